@@ -1,0 +1,47 @@
+# edgebin: `make setup` installs everything (idempotent), `make demo` runs the main job, `make test` the tests.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.edgebin-installed
+# Debian packages: datasets, emulators and cross toolchains (see README "What setup installs").
+DEB_PACKAGES := dataset-fashion-mnist qemu-system-arm qemu-user gcc-arm-none-eabi picolibc-arm-none-eabi \
+                gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+DEMO_OUT ?= out/demo
+
+.PHONY: setup setup-debian setup-python demo test lint clean
+
+setup: setup-debian setup-python
+
+setup-debian:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+setup-python: $(STAMP)
+
+# torch goes first so that nothing later resolves `torch` to the multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(VENV)/bin/edgebin compress models/resnet8_fashion.pt --target x86 --method int8 \
+	    --data fashion-mnist -o $(DEMO_OUT)
+
+test: setup
+	$(VENV)/bin/ruff check edgebin tests tools
+	$(PY) -m pytest -q tests
+
+lint: setup-python
+	$(VENV)/bin/ruff check edgebin tests tools
+
+clean:
+	rm -rf out build .pytest_cache

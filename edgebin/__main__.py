@@ -1,0 +1,5 @@
+"""`python -m edgebin` is the `edgebin` command."""
+
+from edgebin.cli import main
+
+main()

@@ -1,0 +1,86 @@
+"""Compilation targets: one TOML file per board or core in this folder; adding a board is adding a file.
+
+    from edgebin import targets
+    x86 = targets.load("x86")        # also by alias: targets.load("host")
+    x86.tvm                          # the TVM target as a dict, e.g. {"kind": "llvm", "mcpu": "native"}
+
+Each file holds `name`, `kind` (host, cortex-m or cortex-a), `description`, `runner` (how the artefact is
+executed), the `[tvm]` target and, for boards, their flash and RAM in bytes. The files live inside the package
+(not at the repository root) so that an installed edgebin finds them.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from edgebin.errors import UsageError, unknown_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+TARGET_DIR = Path(__file__).parent
+KINDS = ("host", "cortex-m", "cortex-a")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One compilation target, as read from its TOML file."""
+
+    name: str
+    kind: str
+    description: str
+    runner: str
+    tvm: dict[str, Any]
+    aliases: tuple[str, ...] = ()
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "description": self.description}
+
+
+def _parse(path: Path) -> Target:
+    try:
+        data = tomllib.loads(path.read_text())
+        known = {"name", "kind", "description", "runner", "tvm", "aliases", "flash_bytes", "ram_bytes"}
+        target = Target(
+            name=data["name"],
+            kind=data["kind"],
+            description=data["description"],
+            runner=data["runner"],
+            tvm=dict(data["tvm"]),
+            aliases=tuple(data.get("aliases", ())),
+            flash_bytes=data.get("flash_bytes"),
+            ram_bytes=data.get("ram_bytes"),
+            extra={k: v for k, v in data.items() if k not in known},
+        )
+    except (KeyError, TypeError, tomllib.TOMLDecodeError) as err:
+        raise UsageError(f"target file {path} is malformed: {err}") from None
+    if target.kind not in KINDS:
+        raise UsageError(f"target file {path}: kind {target.kind!r} is not one of {', '.join(KINDS)}")
+    return target
+
+
+@cache
+def all_targets() -> tuple[Target, ...]:
+    """Every target file in this folder, sorted by name."""
+    return tuple(sorted((_parse(p) for p in TARGET_DIR.glob("*.toml")), key=lambda t: t.name))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(t.name for t in all_targets())
+
+
+def load(name: str) -> Target:
+    """The target called `name` (or one of its aliases); UsageError listing the valid names otherwise."""
+    for target in all_targets():
+        if name == target.name or name in target.aliases:
+            return target
+    raise unknown_name("target", name, list(names()))
