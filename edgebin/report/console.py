@@ -1,0 +1,69 @@
+"""A compact rich table of the report's key numbers, for the CLI to print after a run.
+
+    console.print(summary_table(report))   # the CLI prints; this module only builds the renderable
+
+Numbers are formatted by the same helpers as report.md; unknown values show as "—".
+"""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from edgebin.report.markdown import (
+    DASH,
+    KIND_ORDER,
+    ms,
+    number,
+    ordered_engines,
+    percent,
+    points,
+    size,
+    times,
+    title,
+)
+from edgebin.report.schema import BASELINE_ENGINE, Report
+
+
+def summary_table(report: Report) -> Table:
+    """Accuracy, agreement, latency, footprint, kernels, fallbacks and warnings, each beside its baseline."""
+    table = Table(title=f"edgebin · {title(report)}", title_justify="left", show_edge=False, pad_edge=False)
+    table.add_column("", style="bold")
+    table.add_column("", no_wrap=True)
+    table.add_column("value", justify="right")
+    table.add_column("vs baseline", justify="right")
+
+    a = report.accuracy
+    table.add_row("accuracy", "FP32", percent(a.fp32), DASH if a.fp32 is None else "baseline")
+    table.add_row("", "compressed", percent(a.compressed), points(a.compressed, a.fp32))
+    table.add_row("", "onnxruntime", percent(a.onnxruntime), points(a.onnxruntime, a.fp32))
+    table.add_row("", "compiled", percent(a.compiled), points(a.compiled, a.fp32), end_section=True)
+
+    g = report.agreement
+    table.add_row("agreement", f"top-1 vs {g.reference or DASH}", percent(g.top1), "")
+    table.add_row("", "max abs", number(g.max_abs), "", end_section=True)
+
+    engines = report.latency.engines
+    speedup = report.latency.speedup_vs[BASELINE_ENGINE]
+    for i, name in enumerate(ordered_engines(engines) or [DASH]):
+        median = ms(engines[name].median_ms) + " ms" if name in engines else DASH
+        table.add_row("latency" if i == 0 else "", name, median, times(speedup.get(name)),
+                      end_section=i == max(len(engines) - 1, 0))
+
+    f = report.footprint
+    table.add_row("footprint", "weights", size(f.weights_bytes),
+                  DASH if f.ratio is None else f"{times(f.ratio)} smaller")
+    table.add_row("", "artefact", size(f.artefact_bytes), "", end_section=True)
+
+    kernels = report.kernels
+    if kernels is None:
+        counts = DASH
+    else:
+        kinds = [k for k in KIND_ORDER if k in kernels] + sorted(set(kernels) - set(KIND_ORDER))
+        counts = " · ".join(f"{k} {kernels[k]}" for k in kinds) or "0"
+    n_fallbacks = len(report.fallbacks)
+    table.add_row("kernels", "by kind", counts, "")
+    shown = f"[yellow]{n_fallbacks}[/]" if n_fallbacks else DASH if kernels is None else "none"
+    table.add_row("", "float fallbacks", shown, "")
+    if report.warnings:
+        table.add_row("warnings", "", f"[yellow]{len(report.warnings)}[/]", "see report.md")
+    return table

@@ -1,0 +1,251 @@
+"""report.md: the report as Markdown that reads well in a terminal and renders as tables in a pull request.
+
+    text = render_markdown(report)   # every number next to its FP32 baseline; unknown values show as "—"
+
+The formatting helpers (`percent`, `points`, `times`, `size`, `ms`) are shared with the console summary, so
+the terminal and report.md always show a number the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from edgebin.report.schema import BASELINE_ENGINE, Report
+
+DASH = "—"
+
+# Engines in the order a reader compares them: the speed-up baseline first, then other float, then integer.
+ENGINE_ORDER = ("onnxruntime-fp32", "pytorch-fp32", "tvm-fp32", "onnxruntime-int8", "edgebin-int8")
+KIND_ORDER = ("int8", "float", "data")
+
+
+def percent(fraction: float | None) -> str:
+    """0.91234 -> "91.23%"."""
+    return DASH if fraction is None else f"{fraction * 100:.2f}%"
+
+
+def points(value: float | None, baseline: float | None) -> str:
+    """Difference of two fractions in percentage points, signed: "-0.25 pts"."""
+    return DASH if value is None or baseline is None else f"{(value - baseline) * 100:+.2f} pts"
+
+
+def times(ratio: float | None) -> str:
+    return DASH if ratio is None else f"{ratio:.2f}×"
+
+
+def ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:.3f}"
+
+
+def size(n_bytes: int | None) -> str:
+    """1536 -> "1,536 B (1.5 KiB)"."""
+    return DASH if n_bytes is None else f"{n_bytes:,} B ({n_bytes / 1024:.1f} KiB)"
+
+
+def number(value: float | int | str | None, digits: int = 4) -> str:
+    """A plain value: integers with thousands separators, floats with `digits` significant digits."""
+    if value is None:
+        return DASH
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def ordered_engines(names: Iterable[str]) -> list[str]:
+    """Engine names in `ENGINE_ORDER`, then any others alphabetically."""
+    names = set(names)
+    return [n for n in ENGINE_ORDER if n in names] + sorted(names - set(ENGINE_ORDER))
+
+
+def title(report: Report) -> str:
+    model = report.model.arch or (Path(report.model.path).name if report.model.path else None)
+    return f"{model or DASH} → {report.target.name or DASH} · {report.method.name or DASH}"
+
+
+def render_markdown(report: Report) -> str:
+    """The whole report.md, ending in a newline."""
+    parts = [
+        f"# edgebin report: {title(report)}",
+        _overview(report),
+        _accuracy(report),
+        _agreement(report),
+        _latency(report),
+        _footprint(report),
+        _kernels(report),
+        _per_layer(report),
+        _warnings(report),
+        _timings(report),
+        _artefacts(report),
+        _environment(report),
+        _command(report),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+def _overview(r: Report) -> str:
+    m, t, q, d = r.model, r.target, r.method, r.dataset
+    shape = "×".join(str(n) for n in m.input_shape) if m.input_shape else None
+    bits = None
+    if q.weight_bits is not None or q.activation_bits is not None:
+        bits = f"W{number(q.weight_bits)}A{number(q.activation_bits)}"
+    rows = [
+        ("Model", _join(m.path and _code(m.path), m.arch, m.format, shape and f"input {shape}",
+                        _count(m.parameters, "parameters"))),
+        ("Target", _join(t.name, t.kind, t.description)),
+        ("Method", _join(q.name, bits, q.calibration.method and
+                         f"calibration {q.calibration.method}", _count(q.calibration.samples, "samples"))),
+        ("Dataset", _join(d.name, _count(d.eval_samples, "evaluation samples"),
+                          _count(d.calibration_samples, "calibration samples"))),
+    ]
+    return "\n".join(f"- **{name}:** {value}" for name, value in rows)
+
+
+def _accuracy(r: Report) -> str:
+    a = r.accuracy
+    target = r.target.name or "target"
+    rows = [
+        ("FP32 (PyTorch)", percent(a.fp32), "baseline" if a.fp32 is not None else DASH),
+        ("Compressed (PyTorch, fake-quant)", percent(a.compressed), points(a.compressed, a.fp32)),
+        ("ONNX Runtime (exported ONNX)", percent(a.onnxruntime), points(a.onnxruntime, a.fp32)),
+        (f"Compiled ({target})", percent(a.compiled), points(a.compiled, a.fp32)),
+    ]
+    note = f"Top-1 on {number(a.samples)} evaluation samples."
+    return "## Accuracy\n\n" + note + "\n\n" + _table(("Model", "Top-1", "Δ vs FP32"), rows, align="lrr")
+
+
+def _agreement(r: Report) -> str:
+    g = r.agreement
+    note = (f"Outputs of the compiled artefact against {g.reference or DASH} "
+            f"on {number(g.samples)} samples.")
+    rows = [
+        ("Top-1 agreement", percent(g.top1)),
+        ("Max abs difference", number(g.max_abs)),
+        ("RMSE", number(g.rmse)),
+        ("Mean cosine similarity", number(g.cosine, 6)),
+    ]
+    return "## Agreement\n\n" + note + "\n\n" + _table(("Metric", "Value"), rows, align="lr")
+
+
+def _latency(r: Report) -> str:
+    lat = r.latency
+    if not lat.engines:
+        return f"## Latency\n\n{DASH} (not measured)"
+    speedup = lat.speedup_vs[BASELINE_ENGINE]
+    rows = []
+    for name in ordered_engines(lat.engines):
+        e = lat.engines[name]
+        ratio = times(speedup.get(name)) + (" (baseline)" if name == BASELINE_ENGINE else "")
+        rows.append((_code(name), ms(e.median_ms), ms(e.p10_ms), ms(e.p90_ms), number(e.runs), ratio))
+    threads = f"{lat.threads} thread{'s' if lat.threads != 1 else ''}" if lat.threads else "mixed threads"
+    batch = f"a batch of {lat.batch}" if lat.batch else "one call"
+    note = (f"Wall-clock time of {batch} in ms on the machine that made this report, {threads}, all engines "
+            f"in the same run; × > 1 is faster than {BASELINE_ENGINE}.")
+    header = ("Engine", "Median ms", "p10 ms", "p90 ms", "Runs", f"× vs {BASELINE_ENGINE}")
+    return "## Latency\n\n" + note + "\n\n" + _table(header, rows, align="lrrrrr")
+
+
+def _footprint(r: Report) -> str:
+    f = r.footprint
+    ratio = times(f.ratio) + (" smaller" if f.ratio is not None else "")
+    rows = [
+        ("Weights, compressed", size(f.weights_bytes)),
+        ("Weights, FP32", size(f.fp32_weights_bytes)),
+        ("Compression ratio (FP32 / compressed)", ratio),
+        ("Compiled artefact", size(f.artefact_bytes)),
+    ]
+    return "## Footprint\n\n" + _table(("", "Size"), rows, align="lr")
+
+
+def _kernels(r: Report) -> str:
+    parts = ["## Kernels"]
+    if r.kernels is None:
+        parts.append(f"{DASH} (not compiled)")
+    else:
+        kinds = [k for k in KIND_ORDER if k in r.kernels] + sorted(set(r.kernels) - set(KIND_ORDER))
+        parts.append("Compiled kernels by the arithmetic they run in.\n\n"
+                     + _table(("Kind", "Kernels"), [(k, number(r.kernels[k])) for k in kinds], align="lr"))
+    if r.fallbacks:
+        lines = [f"**Float fallbacks: {len(r.fallbacks)}**", ""]
+        for fb in r.fallbacks:
+            where = " / ".join(x for x in (fb.layer and f"layer {_code(fb.layer)}",
+                                            fb.kernel and f"kernel {_code(fb.kernel)}") if x)
+            lines.append(f"- {where or 'unnamed'}: {fb.reason}")
+        parts.append("\n".join(lines))
+    else:
+        parts.append("Float fallbacks: none" + (" recorded (not compiled)" if r.kernels is None else ""))
+    if r.ops:
+        rows = [(_code(op), _code(arith), number(n))
+                for op in sorted(r.ops) for arith, n in sorted(r.ops[op].items())]
+        parts.append(_table(("Op", "Arithmetic", "Count"), rows, align="llr"))
+    return "\n\n".join(parts)
+
+
+def _per_layer(r: Report) -> str:
+    if not r.method.per_layer:
+        return f"## Per layer\n\n{DASH}"
+    rows = [(_code(p.layer), number(p.op), number(p.weight_bits), number(p.activation_bits), number(p.method),
+             number(p.kind)) for p in r.method.per_layer]
+    header = ("Layer", "Op", "Weight bits", "Activation bits", "Method", "Kind")
+    return "## Per layer\n\n" + _table(header, rows, align="llrrll")
+
+
+def _warnings(r: Report) -> str:
+    if not r.warnings:
+        return "## Warnings\n\nNone."
+    return "## Warnings\n\n" + "\n".join(f"- {_line(w)}" for w in r.warnings)
+
+
+def _timings(r: Report) -> str:
+    rows = [(f.name, DASH if (s := getattr(r.timings_s, f.name)) is None else f"{s:.2f}")
+            for f in dataclasses.fields(r.timings_s)]
+    return "## Stage timings\n\n" + _table(("Stage", "Seconds"), rows, align="lr")
+
+
+def _artefacts(r: Report) -> str:
+    a = r.artefacts
+    rows = [("ONNX (compressed)", _code(a.onnx)), ("ONNX (FP32)", _code(a.fp32_onnx)),
+            ("Compiled library", _code(a.library)), ("Recipe", _code(a.recipe))]
+    return "## Artefacts\n\nPaths relative to the output directory.\n\n" + _table(("", "File"), rows)
+
+
+def _environment(r: Report) -> str:
+    rows = [(f.name, number(getattr(r.environment, f.name))) for f in dataclasses.fields(r.environment)]
+    return "## Environment\n\n" + _table(("", "Version"), rows)
+
+
+def _command(r: Report) -> str:
+    if not r.command:
+        return f"## Command\n\n{DASH}"
+    return f"## Command\n\n```\n{r.command}\n```"
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[str]], align: str = "") -> str:
+    """A GitHub-flavoured Markdown table; `align` has one "l" or "r" per column (default left)."""
+    rule = ["---:" if a == "r" else "---" for a in align.ljust(len(header), "l")]
+    lines = [_row(header), _row(rule)] + [_row(row) for row in rows]
+    return "\n".join(lines)
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(_line(c).replace("|", "\\|") for c in cells) + " |"
+
+
+def _line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _code(text: str | None) -> str:
+    return DASH if not text else f"`{text}`"
+
+
+def _count(n: int | None, noun: str) -> str | None:
+    return None if n is None else f"{n:,} {noun}"
+
+
+def _join(*items: str | bool | None) -> str:
+    """The truthy items joined by ", ", or "—" when there are none."""
+    return ", ".join(str(i) for i in items if i) or DASH
