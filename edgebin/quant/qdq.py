@@ -1,0 +1,72 @@
+"""QuantizeLinear / DequantizeLinear as autograd Functions that export to exactly those ONNX nodes.
+
+The PyTorch forward computes what onnxruntime computes for the node, so the fake-quant model and the exported
+QDQ graph agree; `symbolic` tells the TorchScript ONNX exporter (`torch.onnx.export(..., dynamo=False)`) to
+emit the standard node instead of the arithmetic, which is what lets compilers see int8 tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from edgebin.quant.uniform import INT8_MAX, INT8_MIN
+
+
+def _broadcast(v: Tensor, like: Tensor, axis: int) -> Tensor:
+    if v.dim() == 0:
+        return v
+    shape = [1] * like.dim()
+    shape[axis] = -1
+    return v.view(shape)
+
+
+class QuantizeDequantize(torch.autograd.Function):
+    """Per-tensor int8 fake quantization of an activation; exports as QuantizeLinear -> DequantizeLinear.
+
+    Gradient: straight-through inside [qmin, qmax], zero outside.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+        zp = zero_point.float()
+        q = torch.round(x / scale) + zp
+        ctx.save_for_backward((q >= INT8_MIN) & (q <= INT8_MAX))
+        return (torch.clamp(q, INT8_MIN, INT8_MAX) - zp) * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point):
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        return g.op("DequantizeLinear", q, scale, zero_point)
+
+
+class DequantizeCodes(torch.autograd.Function):
+    """Integer codes (int8 weights, int32 biases) to float along `axis`; exports as DequantizeLinear."""
+
+    @staticmethod
+    def forward(ctx, codes: Tensor, scale: Tensor, zero_point: Tensor, axis: int) -> Tensor:
+        zp = _broadcast(zero_point.float(), codes, axis)
+        return (codes.float() - zp) * _broadcast(scale, codes, axis)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return None, None, None, None
+
+    @staticmethod
+    def symbolic(g, codes, scale, zero_point, axis):
+        return g.op("DequantizeLinear", codes, scale, zero_point, axis_i=axis)
+
+
+def quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
+    """Fake-quantize `x` (per tensor); `zero_point` is an int8 0-d tensor."""
+    return QuantizeDequantize.apply(x, scale, zero_point)
+
+
+def dequantize_codes(codes: Tensor, scale: Tensor, zero_point: Tensor, axis: int = 0) -> Tensor:
+    """Float values of integer `codes` with per-channel `scale` along `axis`."""
+    return DequantizeCodes.apply(codes, scale, zero_point, axis)
