@@ -1,0 +1,329 @@
+"""Compile an ONNX model for this machine (x86 LLVM), save it, load it back, run it and time it.
+
+    artefact = compile_onnx(Path("out/model.onnx"), {"kind": "llvm", "mcpu": "native", "num-cores": 1}, Path("out"))
+    artefact.kernel_counts()          # {"int8": 9, "float": 0, "convert": 1, "data": 2}
+    logits = artefact.run(x)          # (N, ...) float32 in, (N, classes) out, one sample at a time
+    artefact = load_artefact(Path("out"))   # later, from out/model.so + out/artefact.json
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgebin.atomic import atomic_write_text
+from edgebin.compile import importer, kernels
+from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
+from edgebin.errors import InputShapeError, ModelLoadError, UsageError
+
+log = logging.getLogger(__name__)
+
+LIBRARY = "model.so"
+MANIFEST = "artefact.json"
+FORMAT = "edgebin.host/1"
+
+relax = tvm_api.relax
+
+
+@dataclass(frozen=True)
+class Lowered:
+    """A Relax module lowered to fused TIR kernels (ready for tvm.compile) and what it computes."""
+
+    mod: Any
+    ops: dict[str, dict[str, int]]  # kernels.op_census, read before legalization
+    kernels: list[dict[str, Any]]  # kernels.kernel_census
+    weights_bytes: int
+
+
+def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) -> Lowered:
+    """Import-level Relax -> fused TIR kernels; call inside `with target:`. The build order, step by step."""
+    if integer:
+        mod = QdqToInt8(requant)(mod)  # Q/DQ patterns -> int8 ops, int32 accumulators; needs DQ(int8 weights)
+    ops = kernels.op_census(mod)  # conv/matmul operand dtypes, before legalization hides the ops
+    mod = tvm_api.tvm.transform.Sequential([
+        relax.transform.DeadCodeElimination(),  # drop the float subgraphs the rewrite orphaned
+        relax.transform.DecomposeOpsForInference(),  # batch_norm & co. into arithmetic, if export left any
+        relax.transform.LegalizeOps(),  # Relax ops -> TIR PrimFuncs
+        relax.transform.AnnotateTIROpPattern(),  # op patterns FuseOps needs
+        relax.transform.FoldConstant(),  # weight-side arithmetic left by the import (transposes, reshapes)
+        relax.transform.FuseOps(),  # each conv/matmul with its elementwise epilogue (bias, requant)
+    ], name="edgebin.lower")(mod)
+    ops_by_kernel = kernels.fused_ops(mod)  # FuseTIR keeps kernel names but forgets their ops
+    mod = tvm_api.tvm.transform.Sequential([
+        relax.transform.FuseTIR(),  # one PrimFunc per fused group
+        relax.transform.DeadCodeElimination(),  # drop the per-op PrimFuncs FuseTIR replaced
+    ], name="edgebin.fuse")(mod)
+    census = kernels.kernel_census(mod, ops_by_kernel)
+    if schedule:
+        mod = schedule_cpu_loops(mod)  # untuned loop order that LLVM vectorizes; same results
+    return Lowered(mod, ops, census, _constant_bytes(mod))
+
+
+def schedule_cpu_loops(mod):
+    """Give every kernel a better untuned CPU loop order than TVM's default loop nest.
+
+    Per PrimFunc: fold the elementwise epilogue (bias, ReLU, requant) into one block computed per output row,
+    and (see `_worth_reordering`) move the innermost output axis, contiguous in memory, inside the reduction
+    loops, where LLVM vectorizes it. Kernels the schedule cannot handle keep their default loops. No tuning:
+    MetaSchedule does better, at minutes per model.
+    """
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tvm_api.tirx.PrimFunc):
+            try:
+                mod[gvar] = _schedule_kernel(func)
+            except tvm_api.s_tir.ScheduleError as err:
+                log.debug("default loops kept for %s: %s", gvar.name_hint, str(err).splitlines()[0])
+    return mod
+
+
+def _schedule_kernel(func):
+    sch = tvm_api.s_tir.Schedule(func)
+    root = sch.get_sblock("root")
+    inlined = True
+    while inlined:  # epilogue chain -> one block (pads stay: inlining them puts a branch in the MAC loop)
+        inlined = False
+        for block in sch.get_child_blocks(root):
+            if sch.get(block).init is None:
+                with contextlib.suppress(tvm_api.s_tir.ScheduleError):
+                    sch.reverse_compute_inline(block)
+                    inlined = True
+                    break
+    for block in sch.get_child_blocks(root):
+        node = sch.get(block)
+        loops = sch.get_loops(block)
+        if node.init is None or len(loops) != len(node.iter_vars):
+            continue
+        kinds = [int(iv.iter_type) for iv in node.iter_vars]  # 0 spatial, 2 reduction
+        spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == 0]
+        reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == 2]
+        if not reduction or len(spatial) < 2 or len(spatial) + len(reduction) != len(loops):
+            continue
+        if _worth_reordering(sch, spatial, reduction, integer=_is_integer_kernel(func)):
+            sch.reorder(*spatial[:-1], *reduction, spatial[-1])
+            sch.decompose_reduction(block, reduction[0])
+        for consumer in sch.get_consumers(block):
+            with contextlib.suppress(tvm_api.s_tir.ScheduleError):
+                sch.reverse_compute_at(consumer, spatial[-2])
+    return sch.mod["main"]
+
+
+@dataclass
+class HostArtefact:
+    """A model compiled for this machine: `model.so` (Relax VM executable) and `artefact.json` in `directory`.
+
+    >>> artefact = load_artefact(Path("out"))
+    >>> artefact.run(np.zeros((4, *artefact.input_shape[1:]), np.float32)).shape
+    (4, 10)
+    """
+
+    directory: Path
+    input_name: str
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    kernels: list[dict[str, Any]]
+    ops: dict[str, dict[str, int]] = field(default_factory=dict)
+    constants_bytes: int = 0
+    integer: bool = False
+    requant: str | None = None
+    target: dict[str, Any] = field(default_factory=dict)
+    _vm: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def kernel_counts(self) -> dict[str, int]:
+        """Kernels per arithmetic kind: {"int8": 9, "float": 0, "convert": 1, "data": 2}."""
+        return kernels.kind_counts(self.kernels)
+
+    def op_counts(self) -> dict[str, dict[str, int]]:
+        """Convs and matmuls by operand dtypes: {"conv2d": {"int8xint8->int32": 3}, "matmul": {...}}."""
+        return self.ops
+
+    def weights_bytes(self) -> int:
+        """Bytes of the constants embedded in the library (int8 weights count 1 byte each)."""
+        return self.constants_bytes
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Outputs for a batch `x` of shape (N, *input_shape[1:]), run one sample at a time (static batch 1)."""
+        x = np.asarray(x, dtype=self.input_dtype)
+        if x.shape[1:] != self.input_shape[1:]:
+            raise InputShapeError(
+                f"{self.directory}: input shape {x.shape} does not fit the model's {self.input_shape} (batch first)"
+            )
+        vm = self._load()
+        outputs = [vm["main"](tvm_api.to_tensor(x[i : i + 1])).numpy() for i in range(x.shape[0])]
+        return np.concatenate(outputs, axis=0).astype(np.float32, copy=False)
+
+    def latency_s(self, x1: np.ndarray, *, warmup: int = 5, repeat: int = 50) -> list[float]:
+        """Seconds per inference of one sample `x1` (shape input_shape), one thread, `repeat` runs."""
+        x1 = np.asarray(x1, dtype=self.input_dtype).reshape(self.input_shape)
+        set_threads(1)
+        return tvm_api.time_function(self._load(), "main", [tvm_api.to_tensor(x1)], warmup=warmup, repeat=repeat)
+
+    def _load(self):
+        if self._vm is None:
+            self._vm = tvm_api.load_vm(self.directory / LIBRARY)
+        return self._vm
+
+    def manifest(self) -> dict[str, Any]:
+        """What `artefact.json` holds (stable keys)."""
+        return {
+            "format": FORMAT,
+            "library": LIBRARY,
+            "input": {"name": self.input_name, "shape": list(self.input_shape), "dtype": self.input_dtype},
+            "output_shape": list(self.output_shape),
+            "integer": self.integer,
+            "requant": self.requant,
+            "target": self.target,
+            "weights_bytes": self.constants_bytes,
+            "kernel_counts": self.kernel_counts(),
+            "ops": self.ops,
+            "kernels": self.kernels,
+        }
+
+
+def compile_onnx(
+    onnx_path: Path,
+    target_tvm: dict[str, Any] | Any,
+    out_dir: Path,
+    *,
+    integer: bool = True,
+    requant: str = "float",
+) -> HostArtefact:
+    """Compile an ONNX file for the host into `out_dir` (model.so + artefact.json).
+
+    With `integer` (the default) a QDQ model runs in int8 (QdqToInt8); a float model, or `integer=False`,
+    compiles as it is: the "TVM FP32" baseline, or TVM's own float fake-quant for a QDQ model.
+    `target_tvm` is a target record's `tvm` dict (or the record itself), e.g. {"kind": "llvm", "mcpu": "native"}.
+    """
+    if requant not in REQUANT_MODES:
+        raise UsageError(f"unknown requant mode {requant!r}; valid: {', '.join(REQUANT_MODES)}")
+    target_spec = dict(getattr(target_tvm, "tvm", target_tvm))
+    model = importer.load_onnx(Path(onnx_path))
+    shapes = importer.input_shapes(model)
+    if len(shapes) != 1:
+        raise InputShapeError(f"{onnx_path}: the host artefact takes one input, the model has {list(shapes)}")
+    (input_name, input_shape), = shapes.items()
+    mod = importer.from_onnx(model, shapes)
+    quantized = is_quantized(mod)
+    if integer and not quantized:
+        log.info("%s has no QuantizeLinear/DequantizeLinear; compiling it in float", onnx_path)
+    target = tvm_api.make_target(target_spec)
+    with target:
+        lowered = lower(mod, integer=integer and quantized, requant=requant)
+    executable = tvm_api.build(lowered.mod, target)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artefact = HostArtefact(
+        directory=out_dir,
+        input_name=input_name,
+        input_shape=tuple(input_shape),
+        input_dtype=_input_dtype(model, input_name),
+        output_shape=_output_shape(lowered.mod),
+        kernels=lowered.kernels,
+        ops=lowered.ops,
+        constants_bytes=lowered.weights_bytes,
+        integer=integer and quantized,
+        requant=requant if integer and quantized else None,
+        target=target_spec,
+    )
+    _export_atomic(executable, out_dir / LIBRARY)
+    atomic_write_text(out_dir / MANIFEST, json.dumps(artefact.manifest(), indent=1) + "\n")
+    log.info("compiled %s -> %s: kernels %s", onnx_path, out_dir, artefact.kernel_counts())
+    return artefact
+
+
+def load_artefact(directory: Path) -> HostArtefact:
+    """Reload a compiled artefact from `directory` (artefact.json + model.so)."""
+    directory = Path(directory)
+    manifest_path, library = directory / MANIFEST, directory / LIBRARY
+    if not manifest_path.is_file() or not library.is_file():
+        raise ModelLoadError(
+            f"{directory}: no compiled host artefact ({MANIFEST} and {LIBRARY}); run `edgebin compile`"
+        )
+    try:
+        data = json.loads(manifest_path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {FORMAT!r}")
+        return HostArtefact(
+            directory=directory,
+            input_name=data["input"]["name"],
+            input_shape=tuple(data["input"]["shape"]),
+            input_dtype=data["input"]["dtype"],
+            output_shape=tuple(data["output_shape"]),
+            kernels=data["kernels"],
+            ops=data["ops"],
+            constants_bytes=int(data["weights_bytes"]),
+            integer=bool(data["integer"]),
+            requant=data["requant"],
+            target=data["target"],
+        )
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(f"{manifest_path} is damaged ({err}); compile again") from None
+
+
+def set_threads(n: int) -> None:
+    """Use `n` CPU threads in the TVM runtime (1 for latency measurements)."""
+    if n < 1:
+        raise UsageError(f"thread count must be >= 1, got {n}")
+    tvm_api.set_num_threads(n)
+
+
+def _worth_reordering(sch, spatial, reduction, *, integer: bool) -> bool:
+    """Reduction outside the innermost output axis: always for float; for int8 only with a long reduction and
+    row, where measured faster (int8 3x3 convs with one input channel or 7-wide rows ran slower reordered)."""
+    if not integer:
+        return True
+    extent = 1
+    for loop in reduction:
+        extent *= int(sch.get(loop).extent)
+    return extent >= 32 and int(sch.get(spatial[-1]).extent) >= 8
+
+
+def _is_integer_kernel(func) -> bool:
+    return str(func.params[0].dtype).startswith(("int", "uint"))
+
+
+def _export_atomic(executable, path: Path) -> None:
+    """export_library to a temporary name beside `path`, then rename: never a half-written library."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
+    os.close(fd)
+    try:
+        tvm_api.export_library(executable, Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _constant_bytes(mod) -> int:
+    """Bytes of the distinct constants `main` passes to its kernels."""
+    seen: dict[Any, int] = {}
+    for const in tvm_api.collect(mod["main"].body, tvm_api.GenericConst):
+        seen.setdefault(const, tvm_api.const_array(const).nbytes)  # keyed by object: one tensor per constant
+    return sum(seen.values())
+
+
+def _output_shape(mod) -> tuple[int, ...]:
+    shape = tvm_api.tensor_shape(mod["main"].body.body) or tvm_api.tensor_shape(mod["main"].body)
+    if shape is None:
+        raise InputShapeError("the model's output shape is not static; export with static shapes")
+    return shape
+
+
+def _input_dtype(model, name: str) -> str:
+    import onnx
+
+    for value in model.graph.input:
+        if value.name == name:
+            return str(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
+    return "float32"
