@@ -1,0 +1,272 @@
+"""The `edgebin` command: a thin typer layer over `edgebin.pipeline` (each command calls the function of the
+same name), rich progress bars, and one line on stderr plus a documented exit code for every user error
+(see `edgebin.errors`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shlex
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgebin import __version__, pipeline, targets
+from edgebin.errors import EdgebinError, UsageError
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    help="Compress trained PyTorch models, compile them with TVM for edge targets, and validate them.\n\n"
+    "Quick start: `edgebin compress models/resnet8_fashion.pt --target x86 --data fashion-mnist -o out/`\n\n"
+    "Exit codes: 0 ok, 1 internal error, 2 bad option, 3 unreadable model, 4 untrusted pickle, 5 input shape, "
+    "6 unsupported operator, 7 missing toolchain, 8 data set, 9 device.",
+)
+
+_state = {"debug": False}
+
+ModelArg = Annotated[Path, typer.Argument(help="Model file: edgebin checkpoint, state_dict (+ --arch), "
+                                          "TorchScript archive, torch.export program (.pt2), or a pickled module "
+                                          "(+ --trust-pickle).", show_default=False)]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="A target from `edgebin targets`.")]
+DataOpt = Annotated[str, typer.Option("--data", "-d", help="digits | mnist | fashion-mnist | file.npz (arrays x, y) "
+                                      "| a folder of class sub-folders of images.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
+MethodOpt = Annotated[str, typer.Option("--method", "-m", help="Compression method: int8 (PTQ, W8A8).")]
+ArchOpt = Annotated[str | None, typer.Option(help="Architecture for a plain state_dict: a zoo name (lenet5, resnet8, "
+                                             "ds_cnn, mobilenet_v1_025, tiny_vit) or path/to/file.py:ClassName.")]
+ShapeOpt = Annotated[str | None, typer.Option("--input-shape", help="Input shape with batch 1, e.g. 1x1x28x28, when "
+                                              "the file does not record it.")]
+TrustOpt = Annotated[bool, typer.Option("--trust-pickle", help="Allow unpickling a fully pickled module. Pickles "
+                                        "can run arbitrary code: only for files you made.")]
+CalibOpt = Annotated[str, typer.Option("--calibration", help="Activation range calibration: minmax | percentile.")]
+CalibNOpt = Annotated[int, typer.Option("--calibration-samples", min=1, help="Calibration samples from the "
+                                        "training split (≥ 256 recommended).")]
+PctOpt = Annotated[float, typer.Option("--percentile", help="Percentile for --calibration percentile.")]
+RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A recipe.json (overrides --method and calibration "
+                                                "flags), e.g. from an earlier out/.")]
+EvalOpt = Annotated[int | None, typer.Option("--eval-samples", min=1, help="Evaluate on this many test samples "
+                                             "(default: the whole test split).")]
+RepeatOpt = Annotated[int, typer.Option("--repeat", min=5, help="Timed runs per engine (median reported).")]
+
+
+class RichProgress:
+    """pipeline.Progress drawn as rich progress bars on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    @contextlib.contextmanager
+    def stage(self, description: str, total: int | None = None) -> Iterator[Callable[[int], None]]:
+        if not self.enabled:
+            yield lambda done: None
+            return
+        columns = [SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn()]
+        with Progress(*columns, console=err_console, transient=False) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda done: bar.update(task, completed=done)
+            bar.update(task, completed=total if total is not None else 1, total=total or 1)
+
+
+def _progress() -> RichProgress:
+    return RichProgress(enabled=err_console.is_terminal or _state.get("progress", False))
+
+
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    from edgebin.loading import parse_input_shape
+
+    return parse_input_shape(text)
+
+
+def _command_line() -> str:
+    return "edgebin " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+def _print_report(report, out: Path) -> None:
+    from edgebin.report.console import summary_table
+
+    console.print(summary_table(report))
+    console.print(f"Report: {out / 'report.md'} and {out / 'report.json'}")
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for errors.")] = False,
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="More log output (-v, -vv).")] = 0,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Force progress bars on or off "
+                                           "(default: on in a terminal).")] = False,
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        console.print(f"edgebin {__version__}")
+        raise typer.Exit()
+    _state["debug"] = debug
+    _state["progress"] = progress
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def compress(
+    model: ModelArg,
+    target: TargetOpt = "x86",
+    method: MethodOpt = "int8",
+    data: DataOpt = "fashion-mnist",
+    out: OutOpt = Path("out"),
+    arch: ArchOpt = None,
+    input_shape: ShapeOpt = None,
+    trust_pickle: TrustOpt = False,
+    calibration: CalibOpt = "minmax",
+    calibration_samples: CalibNOpt = 512,
+    percentile: PctOpt = 99.99,
+    recipe: RecipeOpt = None,
+    eval_samples: EvalOpt = None,
+    repeat: RepeatOpt = 50,
+) -> None:
+    """Compress MODEL, compile it for TARGET, validate it on DATA and write a report to OUT.
+
+    Example: `edgebin compress models/resnet8_fashion.pt --target x86 --method int8 --data fashion-mnist -o out/`
+    """
+    rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe)
+    report = pipeline.compress(model, target=target, method=method, data=data, out_dir=out, arch=arch,
+                               input_shape=_shape(input_shape), trust_pickle=trust_pickle, recipe=rec,
+                               eval_samples=eval_samples, latency_repeat=repeat, progress=_progress(),
+                               command=_command_line())
+    _print_report(report, out)
+
+
+@app.command()
+def export(
+    model: ModelArg,
+    data: DataOpt = "fashion-mnist",
+    out: OutOpt = Path("out"),
+    method: MethodOpt = "int8",
+    arch: ArchOpt = None,
+    input_shape: ShapeOpt = None,
+    trust_pickle: TrustOpt = False,
+    calibration: CalibOpt = "minmax",
+    calibration_samples: CalibNOpt = 512,
+    percentile: PctOpt = 99.99,
+    recipe: RecipeOpt = None,
+) -> None:
+    """Quantize MODEL (calibrating on DATA) and export OUT/model.onnx (QDQ) and OUT/model_fp32.onnx.
+
+    Example: `edgebin export models/lenet5_fashion.pt --data fashion-mnist -o out/`
+    """
+    rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe)
+    result = pipeline.export(model, data=data, out_dir=out, recipe=rec, arch=arch, input_shape=_shape(input_shape),
+                             trust_pickle=trust_pickle, progress=_progress())
+    n_int8, n_float = result.summary.count("int8"), result.summary.count("float")
+    console.print(f"Wrote {out / pipeline.MODEL_ONNX} ({n_int8} int8 ops, {n_float} float) and "
+                  f"{out / pipeline.FP32_ONNX}")
+
+
+@app.command("compile")
+def compile_command(
+    model: Annotated[Path, typer.Argument(help="ONNX model, e.g. out/model.onnx from `edgebin export`.")],
+    target: TargetOpt = "x86",
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: the model's folder).")]
+    = None,
+) -> None:
+    """Compile an ONNX MODEL for TARGET with TVM; QDQ models become int8 kernels.
+
+    Example: `edgebin compile out/model.onnx --target x86`
+    """
+    out = out or model.parent
+    artefact = pipeline.compile(model, target=target, out_dir=out, progress=_progress())
+    counts = ", ".join(f"{n} {kind}" for kind, n in artefact.kernel_counts().items())
+    console.print(f"Compiled {model} for {target}: {artefact.directory} (kernels: {counts})")
+
+
+@app.command()
+def validate(
+    out: Annotated[Path, typer.Argument(help="An output folder holding model.onnx, model_fp32.onnx and a compiled "
+                                        "artefact.")],
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one in recipe.json).")]
+    = None,
+    target: TargetOpt = "x86",
+    eval_samples: EvalOpt = None,
+    repeat: RepeatOpt = 50,
+) -> None:
+    """Measure accuracy, agreement with onnxruntime and latency of the artefacts in OUT; write the report.
+
+    Example: `edgebin validate out/ --data fashion-mnist`
+    """
+    report = pipeline.validate(out, data=data, target=target, eval_samples=eval_samples, latency_repeat=repeat,
+                               progress=_progress(), command=_command_line())
+    _print_report(report, out)
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Argument(help="An output folder with report.json.")] = Path("out"),
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print report.md instead of the summary.")] = False,
+) -> None:
+    """Print the report of an earlier run.  Example: `edgebin report out/`"""
+    report = pipeline.report(out)
+    if markdown:
+        from edgebin.report.markdown import render_markdown
+
+        console.print(render_markdown(report), markup=False, highlight=False)
+    else:
+        _print_report(report, out)
+
+
+@app.command("targets")
+def targets_command() -> None:
+    """List the compilation targets.  Example: `edgebin targets`"""
+    table = Table(title="edgebin targets")
+    for column in ("name", "kind", "aliases", "description"):
+        table.add_column(column)
+    for t in targets.all_targets():
+        table.add_row(t.name, t.kind, ", ".join(t.aliases), t.description)
+    console.print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app; map EdgebinError to one stderr line and its exit code."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except EdgebinError as err:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        _exit(err.exit_code, argv)
+    except typer.Exit as done:
+        _exit(done.exit_code, argv)
+    except (typer.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        _exit(130, argv)
+    except Exception as err:  # click usage errors arrive as click exceptions
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show(file=sys.stderr)
+            _exit(UsageError.exit_code, argv)
+        if _state["debug"]:
+            raise
+        err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {err} (rerun with --debug for the "
+                          "traceback, and please report it)", highlight=False, soft_wrap=True)
+        _exit(1, argv)
+    _exit(0, argv)
+    return 0
+
+
+def _exit(code: int, argv: list[str] | None) -> None:
+    if argv is None:
+        raise SystemExit(code)
+    if code:
+        raise SystemExit(code)
