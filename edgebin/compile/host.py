@@ -218,7 +218,15 @@ def compile_onnx(
     target = tvm_api.make_target(target_spec)
     with target:
         lowered = lower(mod, integer=integer and quantized, requant=requant)
-    executable = tvm_api.build(lowered.mod, target)
+    try:
+        executable = tvm_api.build(lowered.mod, target)
+    except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
+        log.warning("the CPU loop schedule produced a kernel TVM cannot build (%s); using TVM's default loops",
+                    str(err).strip().splitlines()[-1][:200])
+        with target:
+            lowered = lower(importer.from_onnx(model, shapes), integer=integer and quantized, requant=requant,
+                            schedule=False)
+        executable = tvm_api.build(lowered.mod, target)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from edgebin.quant.observers import MinMaxObserver
 from edgebin.quant.qdq import dequantize_codes, quantize_dequantize
-from edgebin.quant.uniform import affine_qparams, quantize_bias, quantize_weight, symmetric_weight_scales
+from edgebin.quant.uniform import INT32_MAX, affine_qparams, quantize_bias, quantize_weight, symmetric_weight_scales
 
 MODES = ("float", "observe", "quantize")
 
@@ -92,10 +92,14 @@ class _QuantWeighted(nn.Module):
         """Store int8 weight codes and int32 bias codes; the bias scale needs the input's scale."""
         if self.input_quant is None:
             raise RuntimeError(f"{type(self).__name__}: no input quantizer linked; the recipe must set it")
+        input_scale = float(self.input_quant.source().scale)
         scales = symmetric_weight_scales(self.weight, axis=0)
+        # A bias far larger than the accumulator's scale would saturate int32; widen those channels' weight
+        # scale until it fits (as onnxruntime's quantizer does). Only degenerate layers ever need this.
+        scales = torch.maximum(scales, self.bias.detach().abs() / (input_scale * (INT32_MAX >> 1)))
         self.weight_scale.copy_(scales)
         self.weight_codes.copy_(quantize_weight(self.weight, scales, axis=0))
-        codes, bias_scales = quantize_bias(self.bias, float(self.input_quant.source().scale), scales)
+        codes, bias_scales = quantize_bias(self.bias, input_scale, scales)
         self.bias_codes.copy_(codes)
         self.bias_scale.copy_(bias_scales)
         self.mode = "quantize"
