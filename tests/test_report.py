@@ -237,3 +237,24 @@ def test_read_report_errors_say_what_to_run(tmp_path):
     with pytest.raises(UsageError, match=r"report\.accuracy\.fp32: expected a number"):
         read_report(tmp_path)
     assert UsageError.exit_code == 2
+
+
+def test_microcontroller_sections_render_counts_not_times():
+    from edgebin.report import Report
+    from edgebin.report.markdown import render_markdown
+
+    report = Report.from_dict({
+        "schema_version": 1,
+        "emulator": {"name": "qemu-system-arm -M mps2-an386", "samples": 1000, "instructions_per_inference": 3000,
+                     "macs": 1000, "per_layer": [{"symbol": "k0", "instructions": 2000, "macs": 800, "layer": "c1"}]},
+        "footprint": {"flash_bytes": 50_000, "board_flash_bytes": 100_000, "ram_bytes": 20_000,
+                      "board_ram_bytes": 40_000, "arena_bytes": 9_000, "arena_lower_bound_bytes": 8_000},
+        "agreement": {"exact": 0.999},
+    })
+    data = report.to_dict()
+    assert data["emulator"]["instructions_per_mac"] == 3.0  # 3000 / 1000
+    assert data["emulator"]["per_layer"][0]["instructions_per_mac"] == 2.5  # 2000 / 800
+    text = render_markdown(report)
+    assert "Instructions (emulator)" in text and "not time" in text
+    assert "50.0% of the board" in text and "Bit-exact outputs" in text and "99.90%" in text
+    assert Report.from_dict(data) == report

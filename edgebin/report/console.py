@@ -49,7 +49,15 @@ def summary_table(report: Report) -> Table:
         table.add_row("latency" if i == 0 else "", name, median, times(speedup.get(name)),
                       end_section=i == max(len(engines) - 1, 0))
 
+    e = report.emulator
+    if e.instructions_per_inference is not None:
+        table.add_row("emulator", "instructions / inference", number(e.instructions_per_inference), "")
+        table.add_row("", "instructions / MAC", number(e.instructions_per_mac, 3), "", end_section=True)
+
     f = report.footprint
+    if f.flash_bytes is not None:
+        table.add_row("memory", "flash", size(f.flash_bytes), _share(f.flash_bytes, f.board_flash_bytes))
+        table.add_row("", "RAM", size(f.ram_bytes), _share(f.ram_bytes, f.board_ram_bytes))
     table.add_row("footprint", "weights", size(f.weights_bytes),
                   DASH if f.ratio is None else f"{times(f.ratio)} smaller")
     table.add_row("", "artefact", size(f.artefact_bytes), "", end_section=True)
@@ -67,3 +75,7 @@ def summary_table(report: Report) -> Table:
     if report.warnings:
         table.add_row("warnings", "", f"[yellow]{len(report.warnings)}[/]", "see report.md")
     return table
+
+
+def _share(used: int | None, limit: int | None) -> str:
+    return f"{100 * used / limit:.1f}% of board" if used is not None and limit else ""

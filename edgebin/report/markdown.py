@@ -74,6 +74,7 @@ def render_markdown(report: Report) -> str:
         _accuracy(report),
         _agreement(report),
         _latency(report),
+        _emulator(report),
         _footprint(report),
         _kernels(report),
         _per_layer(report),
@@ -83,7 +84,7 @@ def render_markdown(report: Report) -> str:
         _environment(report),
         _command(report),
     ]
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(p for p in parts if p) + "\n"
 
 
 def _overview(r: Report) -> str:
@@ -127,6 +128,8 @@ def _agreement(r: Report) -> str:
         ("RMSE", number(g.rmse)),
         ("Mean cosine similarity", number(g.cosine, 6)),
     ]
+    if g.exact is not None:
+        rows.insert(0, ("Bit-exact outputs", percent(g.exact)))
     return "## Agreement\n\n" + note + "\n\n" + _table(("Metric", "Value"), rows, align="lr")
 
 
@@ -148,6 +151,23 @@ def _latency(r: Report) -> str:
     return "## Latency\n\n" + note + "\n\n" + _table(header, rows, align="lrrrrr")
 
 
+def _emulator(r: Report) -> str:
+    e = r.emulator
+    if e.instructions_per_inference is None:
+        return ""
+    note = (f"Instructions counted on {e.name or DASH} over {number(e.samples)} inferences (an emulator has no "
+            "clock: these are instruction counts, not time).")
+    rows = [("Instructions per inference", number(e.instructions_per_inference)), ("MACs per inference",
+            number(e.macs)), ("Instructions per MAC", number(e.instructions_per_mac, 3))]
+    text = "## Instructions (emulator)\n\n" + note + "\n\n" + _table(("", "Value"), rows, align="lr")
+    if e.per_layer:
+        layer_rows = [(_code(x.layer or DASH), _code(x.symbol), x.kind or DASH, number(x.instructions),
+                       number(x.macs), number(x.instructions_per_mac, 3)) for x in e.per_layer]
+        header = ("Layer", "Kernel", "Kind", "Instructions", "MACs", "Instr/MAC")
+        text += "\n\n" + _table(header, layer_rows, align="lllrrr")
+    return text
+
+
 def _footprint(r: Report) -> str:
     f = r.footprint
     ratio = times(f.ratio) + (" smaller" if f.ratio is not None else "")
@@ -157,7 +177,23 @@ def _footprint(r: Report) -> str:
         ("Compression ratio (FP32 / compressed)", ratio),
         ("Compiled artefact", size(f.artefact_bytes)),
     ]
+    if f.flash_bytes is not None:
+        rows += [
+            ("Flash (code + weights + data)", size(f.flash_bytes) + _of(f.flash_bytes, f.board_flash_bytes)),
+            ("Flash: code", size(f.flash_code_bytes)),
+            ("Flash: weights", size(f.flash_weights_bytes)),
+            ("RAM (data + bss + stack reserve)", size(f.ram_bytes) + _of(f.ram_bytes, f.board_ram_bytes)),
+            ("RAM: activation arena", size(f.arena_bytes)),
+            ("RAM: largest live activation set", size(f.arena_lower_bound_bytes)),
+            ("RAM: stack high-water mark", size(f.stack_bytes)),
+        ]
     return "## Footprint\n\n" + _table(("", "Size"), rows, align="lr")
+
+
+def _of(used: int | None, limit: int | None) -> str:
+    if used is None or not limit:
+        return ""
+    return f" — {100 * used / limit:.1f}% of the board's {size(limit)}"
 
 
 def _kernels(r: Report) -> str:

@@ -127,6 +127,7 @@ class Agreement(_Section):
     cosine: float | None = None
     samples: int | None = None
     reference: str | None = "onnxruntime"
+    exact: float | None = None  # fraction of samples whose outputs equal the reference's bit for bit
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,16 @@ class Footprint(_Section):
     weights_bytes: int | None = None
     fp32_weights_bytes: int | None = None
     artefact_bytes: int | None = None
+    # Microcontroller targets (null elsewhere): flash and RAM of the firmware as linked, and the board's limits.
+    flash_bytes: int | None = None  # code + weights + initialised data
+    flash_code_bytes: int | None = None
+    flash_weights_bytes: int | None = None
+    ram_bytes: int | None = None  # data + bss (arena included) + stack reserve
+    arena_bytes: int | None = None  # the one static activation arena, as planned
+    arena_lower_bound_bytes: int | None = None  # largest set of simultaneously live activations
+    stack_bytes: int | None = None  # stack high-water mark measured on the emulator
+    board_flash_bytes: int | None = None
+    board_ram_bytes: int | None = None
 
     @property
     def ratio(self) -> float | None:
@@ -184,6 +195,44 @@ class Footprint(_Section):
 
     def to_dict(self) -> dict[str, Any]:
         return {**super().to_dict(), "ratio": self.ratio}
+
+
+@dataclass(frozen=True)
+class LayerInstructions(_Section):
+    """Instructions one kernel executes per inference on the emulator, and its multiply-accumulates."""
+
+    symbol: str
+    instructions: int
+    layer: str | None = None
+    kind: str | None = None
+    macs: int | None = None
+
+    @property
+    def instructions_per_mac(self) -> float | None:
+        return self.instructions / self.macs if self.macs else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "instructions_per_mac": self.instructions_per_mac}
+
+
+@dataclass(frozen=True)
+class Emulator(_Section):
+    """Instruction counts from an emulator (QEMU): counts, never times, because an emulator has no clock."""
+
+    name: str | None = None  # e.g. "qemu-system-arm -M mps2-an386"
+    samples: int | None = None  # inferences counted
+    instructions_per_inference: int | None = None
+    macs: int | None = None  # multiply-accumulates per inference
+    per_layer: tuple[LayerInstructions, ...] = ()
+
+    @property
+    def instructions_per_mac(self) -> float | None:
+        if not self.macs or self.instructions_per_inference is None:
+            return None
+        return self.instructions_per_inference / self.macs
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "instructions_per_mac": self.instructions_per_mac}
 
 
 @dataclass(frozen=True)
@@ -263,6 +312,7 @@ class Report(_Section):
     accuracy: Accuracy = field(default_factory=Accuracy)
     agreement: Agreement = field(default_factory=Agreement)
     latency: Latency = field(default_factory=Latency)
+    emulator: Emulator = field(default_factory=Emulator)
     footprint: Footprint = field(default_factory=Footprint)
     kernels: dict[str, int] | None = None  # compiled kernels per arithmetic kind; None before compile
     kernels_detail: tuple[KernelInfo, ...] | None = None
