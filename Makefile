@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgebin-installed
 # Debian packages: datasets, emulators and cross toolchains (see README "What setup installs").
-DEB_PACKAGES := dataset-fashion-mnist qemu-system-arm qemu-user gcc-arm-none-eabi picolibc-arm-none-eabi \
+DEB_PACKAGES := gcc g++ make dataset-fashion-mnist qemu-system-arm qemu-user gcc-arm-none-eabi picolibc-arm-none-eabi \
                 gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 
-.PHONY: setup setup-debian setup-python demo test lint clean
+.PHONY: setup setup-debian setup-python plugin demo test lint clean
 
-setup: setup-debian setup-python
+setup: setup-debian setup-python plugin
 
 setup-debian:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -23,6 +23,10 @@ setup-debian:
 	fi
 
 setup-python: $(STAMP)
+
+# The QEMU instruction-count plugin (Debian's QEMU ships none), built into $EDGEBIN_CACHE or ~/.cache/edgebin.
+plugin: setup-debian setup-python
+	$(PY) -m edgebin.runners.plugin
 
 # torch goes first so that nothing later resolves `torch` to the multi-GB CUDA build.
 $(STAMP): pyproject.toml

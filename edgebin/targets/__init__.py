@@ -7,6 +7,13 @@
 Each file holds `name`, `kind` (host, cortex-m or cortex-a), `description`, `runner` (how the artefact is
 executed), the `[tvm]` target and, for boards, their flash and RAM in bytes. The files live inside the package
 (not at the repository root) so that an installed edgebin finds them.
+
+A Cortex-M file also names the `board` its limits come from, the gcc CPU flags (`cflags`), and a `[qemu]` table:
+the qemu-system-arm machine that stands in for it and the memory map its firmware links against there.
+
+    m4 = targets.load("cortex-m4")
+    m4.cflags                        # ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
+    m4.qemu.machine                  # "mps2-an386"
 """
 
 from __future__ import annotations
@@ -29,6 +36,18 @@ KINDS = ("host", "cortex-m", "cortex-a")
 
 
 @dataclass(frozen=True)
+class QemuMachine:
+    """A qemu-system-arm machine and where firmware for it goes (the QEMU memory, not the real board's)."""
+
+    machine: str
+    flash_base: int
+    flash_size: int
+    ram_base: int
+    ram_size: int
+    stack_size: int = 0x10000
+
+
+@dataclass(frozen=True)
 class Target:
     """One compilation target, as read from its TOML file."""
 
@@ -40,6 +59,9 @@ class Target:
     aliases: tuple[str, ...] = ()
     flash_bytes: int | None = None
     ram_bytes: int | None = None
+    board: str | None = None
+    cflags: tuple[str, ...] = ()
+    qemu: QemuMachine | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,7 +71,8 @@ class Target:
 def _parse(path: Path) -> Target:
     try:
         data = tomllib.loads(path.read_text())
-        known = {"name", "kind", "description", "runner", "tvm", "aliases", "flash_bytes", "ram_bytes"}
+        known = {"name", "kind", "description", "runner", "tvm", "aliases", "flash_bytes", "ram_bytes", "board",
+                 "cflags", "qemu"}
         target = Target(
             name=data["name"],
             kind=data["kind"],
@@ -59,12 +82,17 @@ def _parse(path: Path) -> Target:
             aliases=tuple(data.get("aliases", ())),
             flash_bytes=data.get("flash_bytes"),
             ram_bytes=data.get("ram_bytes"),
+            board=data.get("board"),
+            cflags=tuple(data.get("cflags", ())),
+            qemu=QemuMachine(**data["qemu"]) if "qemu" in data else None,
             extra={k: v for k, v in data.items() if k not in known},
         )
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"target file {path} is malformed: {err}") from None
     if target.kind not in KINDS:
         raise UsageError(f"target file {path}: kind {target.kind!r} is not one of {', '.join(KINDS)}")
+    if target.runner == "qemu" and target.kind == "cortex-m" and (target.qemu is None or not target.cflags):
+        raise UsageError(f"target file {path}: a Cortex-M target run by qemu needs `cflags` and a [qemu] table")
     return target
 
 
