@@ -29,6 +29,7 @@ _EXPORTS = {
     "load_artefact": "host",
     "lower": "host",
     "set_threads": "host",
+    "compile_bundle": "mcu_emit",
 }
 
 __all__ = sorted(_EXPORTS)

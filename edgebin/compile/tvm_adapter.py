@@ -205,3 +205,21 @@ def set_num_threads(n: int) -> None:
     config = tvm.get_global_func("runtime.config_threadpool", allow_missing=True)
     if config is not None:
         config(0, n)  # 0 = kBig affinity, the runtime's default
+
+
+# --- C kernels for microcontrollers (the Cortex-M bundle) ----------------------------------------------------
+
+
+def build_c_source(tir_mod: tvm.IRModule, spec: dict[str, Any]) -> str:
+    """C source of a module of PrimFuncs from TVM's C codegen (`{"kind": "c"}`), runtime asserts compiled out."""
+    target = make_target(spec)
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        return str(tirx.build(tir_mod, target=target).inspect_source())
+
+
+def c_include_dirs() -> list[Path]:
+    """Where the C headers that TVM-generated kernels include live in the installed wheels (tvm-ffi, then tvm)."""
+    return [Path(tvm_ffi.__file__).parent / "include", Path(tvm.__file__).parent / "include"]
+
+
+__all__ += ["build_c_source", "c_include_dirs"]

@@ -1,0 +1,97 @@
+"""ONNX -> a Relax `main` of static allocations and kernel calls, plus the kernels as C: the MCU build order.
+
+    lowered = lower_for_mcu(importer.from_onnx(model, shapes), integer=True)
+    lowered.mod["main"]            # alloc_storage / alloc_tensor / calls to PrimFuncs, nothing else (mcu_graph)
+    source = build_kernels_c(lowered.mod, ["fused_conv2d_add_..."])   # kernels.c, TVM's C codegen
+
+Integer models use the fixed-point requant (`QdqToInt8(requant="fixed")`): conv, matmul, add and pooling
+kernels compute in int8/int32/int64 only, so the bundle runs on cores without an FPU. Float stays in exactly two
+places of a QDQ model: the kernel that quantizes the float input (`round(x / s) + z`, a float divide and
+`nearbyintf`) and the float multiply that dequantizes the logits in the last kernel (when the ONNX graph ends in
+float). The C target lowers `round` to `nearbyintf` (half to even, as onnxruntime), and the fixed requant rounds
+half up in integers; the float requant is not used here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from edgebin.compile import host
+from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.mcu_schedule import schedule_for_mcu
+
+log = logging.getLogger(__name__)
+
+relax = tvm_api.relax
+
+
+@dataclass(frozen=True)
+class McuLowered:
+    """`main` ready for the C emitter and what each kernel computes."""
+
+    mod: Any
+    kernels: list[dict[str, Any]]  # kernels.kernel_census records (name, ops, kind), one per kernel
+    ops: dict[str, dict[str, int]]  # conv/matmul operand dtypes (kernels.op_census)
+    macs: dict[str, int]  # multiply-accumulates per call, by kernel name
+    integer: bool
+
+
+def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None) -> McuLowered:
+    """Imported Relax -> fused, MCU-scheduled kernels and a `main` of static allocations. The build order."""
+    target = tvm_api.make_target(target_spec or {"kind": "c"})
+    with target:
+        # QdqToInt8(fixed) -> legalize -> fuse, exactly as for the host, minus the host loop schedule.
+        lowered = host.lower(mod, integer=integer, requant="fixed", schedule=False)
+        mod = lowered.mod
+        macs = {gvar.name_hint: kernel_macs(func) for gvar, func in mod.functions.items()
+                if isinstance(func, tvm_api.tirx.PrimFunc)}  # before scheduling splits the reduction blocks
+        mod = schedule_for_mcu(mod)  # inline pads/epilogues: no workspaces, one accumulator per output
+        mod = tvm_api.tvm.transform.Sequential([
+            relax.transform.RewriteDataflowReshape(),  # reshape kernels -> R.reshape views (no copy)
+            relax.transform.ToNonDataflow(),  # one flat binding list for the emitter
+            relax.transform.RemovePurityChecking(),  # the passes below need impure-allowed functions
+            relax.transform.CallTIRRewrite(),  # call_tir -> explicit alloc_tensor + destination-passing call
+            relax.transform.StaticPlanBlockMemory(),  # static shapes and dtypes for every tensor
+            relax.transform.AttachGlobalSymbol(),  # tirx.build needs a global_symbol on each PrimFunc
+        ], name="edgebin.mcu")(mod)
+    return McuLowered(mod=mod, kernels=lowered.kernels, ops=lowered.ops, macs=macs, integer=integer)
+
+
+def kernel_macs(func) -> int:
+    """Multiply-accumulates of one call: the iteration-space size of every reduction block that multiplies."""
+    total = 0
+    for block in tvm_api.collect(func.body, tvm_api.s_tir.SBlock):
+        if block.init is None:
+            continue
+        stores = tvm_api.collect(block.body, tvm_api.tirx.BufferStore)
+        if not any(_multiplies(store.value) for store in stores):
+            continue  # a sum or a max: no multiply of values
+        size = 1
+        for iv in block.iter_vars:
+            size *= int(iv.dom.extent)
+        total += size
+    return total
+
+
+def _multiplies(expr) -> bool:
+    """True when `expr` multiplies loaded values (a MAC), not counting the index arithmetic inside loads."""
+    if isinstance(expr, tvm_api.TensorLoad):
+        return False
+    if isinstance(expr, tvm_api.tirx.Mul):
+        return True
+    children = [getattr(expr, name, None) for name in ("a", "b", "value", "true_value", "false_value")]
+    children += list(getattr(expr, "args", None) or [])
+    return any(_multiplies(child) for child in children if child is not None)
+
+
+def build_kernels_c(mod, names: list[str], target_spec: dict[str, Any] | None = None) -> str:
+    """C source of the PrimFuncs `names` (those `main` calls), from TVM's C codegen, with asserts off."""
+    kernels = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint in set(names)}
+    missing = set(names) - {gvar.name_hint for gvar in kernels}
+    assert not missing, f"main calls kernels the module lacks: {sorted(missing)}"
+    return tvm_api.build_c_source(tvm_api.tvm.IRModule(kernels), target_spec or {"kind": "c"})
+
+
+__all__ = ["McuLowered", "build_kernels_c", "kernel_macs", "lower_for_mcu"]
