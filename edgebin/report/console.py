@@ -44,14 +44,20 @@ def summary_table(report: Report) -> Table:
 
     engines = report.latency.engines
     speedup = report.latency.speedup_vs[BASELINE_ENGINE]
-    for i, name in enumerate(ordered_engines(engines) or [DASH]):
+    if not engines and report.emulator.instructions_per_inference is not None:
+        engines_rows: list[str] = []
+    else:
+        engines_rows = ordered_engines(engines) or [DASH]
+    for i, name in enumerate(engines_rows):
         median = ms(engines[name].median_ms) + " ms" if name in engines else DASH
         table.add_row("latency" if i == 0 else "", name, median, times(speedup.get(name)),
                       end_section=i == max(len(engines) - 1, 0))
 
     e = report.emulator
     if e.instructions_per_inference is not None:
-        table.add_row("emulator", "instructions / inference", number(e.instructions_per_inference), "")
+        vs_fp32 = (f"FP32: {times(e.fp32_instructions_per_inference / e.instructions_per_inference)} as many"
+                   if e.fp32_instructions_per_inference else "")
+        table.add_row("emulator", "instructions / inference", number(e.instructions_per_inference), vs_fp32)
         table.add_row("", "instructions / MAC", number(e.instructions_per_mac, 3), "", end_section=True)
 
     f = report.footprint

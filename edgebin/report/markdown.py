@@ -136,6 +136,8 @@ def _agreement(r: Report) -> str:
 def _latency(r: Report) -> str:
     lat = r.latency
     if not lat.engines:
+        if r.emulator.instructions_per_inference is not None:
+            return "## Latency\n\nNot timed: this target ran on an emulator, which has no clock; see Instructions."
         return f"## Latency\n\n{DASH} (not measured)"
     speedup = lat.speedup_vs[BASELINE_ENGINE]
     rows = []
@@ -159,6 +161,10 @@ def _emulator(r: Report) -> str:
             "clock: these are instruction counts, not time).")
     rows = [("Instructions per inference", number(e.instructions_per_inference)), ("MACs per inference",
             number(e.macs)), ("Instructions per MAC", number(e.instructions_per_mac, 3))]
+    if e.fp32_instructions_per_inference:
+        ratio = e.fp32_instructions_per_inference / e.instructions_per_inference
+        rows.append(("FP32 baseline, instructions per inference",
+                     f"{number(e.fp32_instructions_per_inference)} ({times(ratio)} the compressed model's)"))
     text = "## Instructions (emulator)\n\n" + note + "\n\n" + _table(("", "Value"), rows, align="lr")
     if e.per_layer:
         layer_rows = [(_code(x.layer or DASH), _code(x.symbol), x.kind or DASH, number(x.instructions),

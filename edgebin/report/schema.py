@@ -223,6 +223,7 @@ class Emulator(_Section):
     samples: int | None = None  # inferences counted
     instructions_per_inference: int | None = None
     macs: int | None = None  # multiply-accumulates per inference
+    fp32_instructions_per_inference: int | None = None  # the FP32 model compiled the same way, same emulator
     per_layer: tuple[LayerInstructions, ...] = ()
 
     @property
