@@ -10,7 +10,7 @@ DEB_PACKAGES := gcc g++ make dataset-fashion-mnist qemu-system-arm qemu-user gcc
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 
-.PHONY: setup setup-debian setup-python plugin demo test lint clean
+.PHONY: setup setup-debian setup-python plugin demo demo-m4 test lint clean
 
 setup: setup-debian setup-python plugin
 
@@ -39,6 +39,11 @@ $(STAMP): pyproject.toml
 demo: setup
 	$(VENV)/bin/edgebin compress models/resnet8_fashion.pt --target x86 --method int8 \
 	    --data fashion-mnist -o $(DEMO_OUT)
+
+# The same job for a Cortex-M4 board, run on QEMU (instructions, flash and RAM instead of milliseconds).
+demo-m4: setup
+	$(VENV)/bin/edgebin compress models/resnet8_fashion.pt --target cortex-m4 --method int8 \
+	    --data fashion-mnist -o out/demo-m4
 
 test: setup
 	$(VENV)/bin/ruff check edgebin tests tools

@@ -38,7 +38,9 @@ _state = {"debug": False}
 ModelArg = Annotated[Path, typer.Argument(help="Model file: edgebin checkpoint, state_dict (+ --arch), "
                                           "TorchScript archive, torch.export program (.pt2), or a pickled module "
                                           "(+ --trust-pickle).", show_default=False)]
-TargetOpt = Annotated[str, typer.Option("--target", "-t", help="A target from `edgebin targets`.")]
+TargetOpt = Annotated[str, typer.Option("--target", "-t", help="A target from `edgebin targets`: x86 (this host, "
+                                        "timed in ms) or cortex-m4/m7/m33/m55 (C bundle run on QEMU, counted in "
+                                        "instructions).")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="digits | mnist | fashion-mnist | file.npz (arrays x, y) "
                                       "| a folder of class sub-folders of images.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
@@ -56,7 +58,7 @@ PctOpt = Annotated[float, typer.Option("--percentile", help="Percentile for --ca
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A recipe.json (overrides --method and calibration "
                                                 "flags), e.g. from an earlier out/.")]
 EvalOpt = Annotated[int | None, typer.Option("--eval-samples", min=1, help="Evaluate on this many test samples "
-                                             "(default: the whole test split).")]
+                                             "(default: the whole test split on the host, 1,000 on QEMU).")]
 RepeatOpt = Annotated[int, typer.Option("--repeat", min=5, help="Timed runs per engine (median reported).")]
 
 
@@ -183,10 +185,16 @@ def compile_command(
 ) -> None:
     """Compile an ONNX MODEL for TARGET with TVM; QDQ models become int8 kernels.
 
-    Example: `edgebin compile out/model.onnx --target x86`
+    Host targets get a shared library; Cortex-M targets a self-contained C bundle (checked to fit the board).
+
+    Example: `edgebin compile out/model.onnx --target cortex-m4`
     """
     out = out or model.parent
     artefact = pipeline.compile(model, target=target, out_dir=out, progress=_progress())
+    if isinstance(artefact, Path):  # a microcontroller C bundle
+        console.print(f"Compiled {model} for {target}: C bundle in {artefact} (build it with `make -C {artefact}`; "
+                      f"run it on QEMU with `edgebin validate {out} --target {target}`)")
+        return
     counts = ", ".join(f"{n} {kind}" for kind, n in artefact.kernel_counts().items())
     console.print(f"Compiled {model} for {target}: {artefact.directory} (kernels: {counts})")
 

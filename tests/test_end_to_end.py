@@ -107,3 +107,46 @@ def test_compress_digits_to_int8_for_the_host(digits_model, capsys):
     assert again["accuracy"]["samples"] == 100 and again["accuracy"]["compressed"] is None
     logits = np.asarray(again["agreement"]["top1"])
     assert logits >= 0.99
+
+
+@pytest.mark.slow
+def test_compress_digits_for_cortex_m4_runs_on_qemu(digits_model, capsys):
+    out = digits_model / "out-m4"
+    args = ["compress", digits_model / "digits.pt", "--arch", f"{digits_model / 'digits_net.py'}:DigitsNet",
+            "--input-shape", "1x1x8x8", "--data", "digits", "--target", "cortex-m4", "--eval-samples", "200",
+            "-o", out]
+    assert _run(args) == 0, capsys.readouterr().err
+    report = json.loads((out / "report.json").read_text())
+    acc, agreement, emulator = report["accuracy"], report["agreement"], report["emulator"]
+    assert acc["samples"] == 200 and acc["fp32"] - acc["compiled"] <= 0.01 + 1e-9
+    assert agreement["top1"] >= 0.99 and agreement["exact"] >= 0.99
+    assert emulator["instructions_per_inference"] > 0 and emulator["macs"] > 0
+    assert emulator["fp32_instructions_per_inference"] > 0
+    assert sum(layer["instructions"] for layer in emulator["per_layer"]) <= emulator["instructions_per_inference"]
+    fp = report["footprint"]
+    assert 0 < fp["flash_bytes"] <= fp["board_flash_bytes"] and 0 < fp["ram_bytes"] <= fp["board_ram_bytes"]
+    assert fp["arena_bytes"] <= 1.25 * fp["arena_lower_bound_bytes"]
+    assert report["latency"]["engines"] == {}, "an emulator has no clock: no milliseconds may be reported"
+    # The bundle builds with a plain `make`, no Python involved.
+    bundle = out / "cortex-m4"
+    proc = __import__("subprocess").run(["make", "-C", str(bundle)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (bundle / "libedgebin_model.a").is_file()
+
+
+def test_a_model_too_big_for_the_board_fails_naming_the_overflow(digits_model, capsys, monkeypatch):
+    import dataclasses
+
+    from edgebin import targets
+
+    real = targets.load("cortex-m4")
+    tiny = dataclasses.replace(real, name="tiny-m4", flash_bytes=4096, description="a board with 4 KiB of flash")
+    monkeypatch.setattr(targets, "load", lambda name: tiny if name == "tiny-m4" else real)
+    out = digits_model / "out-tiny"
+    args = ["compress", digits_model / "digits.pt", "--arch", f"{digits_model / 'digits_net.py'}:DigitsNet",
+            "--input-shape", "1x1x8x8", "--data", "digits", "--target", "tiny-m4", "-o", out]
+    code = _run(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "flash" in err and "4,096" in err and "Traceback" not in err
+    assert not (out / "tiny-m4").exists()
