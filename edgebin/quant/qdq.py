@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgebin.quant.uniform import INT8_MAX, INT8_MIN
+from edgebin.quant.uniform import INT8_MAX, INT8_MIN, _FakeQuantizeSTE
 
 
 def _broadcast(v: Tensor, like: Tensor, axis: int) -> Tensor:
@@ -29,15 +29,11 @@ class QuantizeDequantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-        zp = zero_point.float()
-        q = torch.round(x / scale) + zp
-        ctx.save_for_backward((q >= INT8_MIN) & (q <= INT8_MAX))
-        return (torch.clamp(q, INT8_MIN, INT8_MAX) - zp) * scale
+        return _FakeQuantizeSTE.forward(ctx, x, scale, zero_point.float(), INT8_MIN, INT8_MAX)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (inside,) = ctx.saved_tensors
-        return grad * inside, None, None
+        return _FakeQuantizeSTE.backward(ctx, grad)[:3]
 
     @staticmethod
     def symbolic(g, x, scale, zero_point):
