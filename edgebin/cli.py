@@ -208,13 +208,19 @@ def validate(
     target: TargetOpt = "x86",
     eval_samples: EvalOpt = None,
     repeat: RepeatOpt = 50,
+    device: Annotated[str | None, typer.Option("--device", help="Where a Cortex-M bundle runs: qemu (default) or "
+                                               "serial:///dev/ttyACM0?baud=115200 for a board flashed with the "
+                                               "serial firmware (docs/serial-protocol.md).")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the emulator or board.")]
+    = 600.0,
 ) -> None:
-    """Measure accuracy, agreement with onnxruntime and latency of the artefacts in OUT; write the report.
+    """Measure accuracy, agreement with onnxruntime and speed of the artefacts in OUT; write the report.
 
-    Example: `edgebin validate out/ --data fashion-mnist`
+    Examples: `edgebin validate out/ --data fashion-mnist` · `edgebin validate out/ --target cortex-m4` ·
+    `edgebin validate out/ --target cortex-m4 --device serial:///dev/ttyACM0`
     """
     report = pipeline.validate(out, data=data, target=target, eval_samples=eval_samples, latency_repeat=repeat,
-                               progress=_progress(), command=_command_line())
+                               progress=_progress(), command=_command_line(), device=device, timeout_s=timeout)
     _print_report(report, out)
 
 
@@ -258,12 +264,14 @@ def main(argv: list[str] | None = None) -> int:
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         _exit(130, argv)
-    except Exception as err:  # click usage errors arrive as click exceptions
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show(file=sys.stderr)
-            _exit(UsageError.exit_code, argv)
+    except typer.TyperException as err:  # bad flags, missing arguments: typer has printed nothing yet
+        show = getattr(err, "show", None)
+        if show is not None:
+            show(file=sys.stderr)
+        else:
+            err_console.print(f"[bold red]error:[/] {err.format_message()}", highlight=False)
+        _exit(UsageError.exit_code, argv)
+    except Exception as err:
         if _state["debug"]:
             raise
         err_console.print(f"[bold red]internal error:[/] {type(err).__name__}: {err} (rerun with --debug for the "

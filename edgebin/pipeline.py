@@ -211,11 +211,13 @@ class _Evaluation:
 
 def validate(out_dir: Path, *, data: str | None = None, target: str = "x86", eval_samples: int | None = None,
              latency_repeat: int = 50, progress: Progress | None = None, exported: ExportResult | None = None,
-             timings: Timings | None = None, command: str = "", started: float | None = None):
+             timings: Timings | None = None, command: str = "", started: float | None = None,
+             device: str | None = None, timeout_s: float = 600.0):
     """Measure accuracy, agreement and speed of everything in `out_dir`; write report.json and report.md.
 
     Host targets are timed in milliseconds next to PyTorch, onnxruntime and TVM FP32; Cortex-M targets run on QEMU
-    and are measured in instructions, next to the FP32 model's bundle on the same emulator.
+    and are measured in instructions, next to the FP32 model's bundle on the same emulator; with
+    `device="serial://PORT"` they run on a real board flashed with the bundle's serial firmware instead.
     """
     progress = progress or SilentProgress()
     timings = timings or Timings()
@@ -230,10 +232,15 @@ def validate(out_dir: Path, *, data: str | None = None, target: str = "x86", eva
         eval_samples = MCU_EVAL_SAMPLES
     with timings.measure("validate"):
         ev = _evaluate_references(out_dir, run_info, data, eval_samples, exported, progress)
-        if tgt.kind == "host":
+        if device and device != "qemu":
+            if tgt.kind != "cortex-m":
+                raise UsageError(f"--device {device}: only Cortex-M targets run on a board so far; "
+                                 f"{tgt.name} runs here")
+            sections = _measure_board(out_dir, tgt, ev, device, timeout_s, progress)
+        elif tgt.kind == "host":
             sections = _measure_host(out_dir, tgt, ev, exported, latency_repeat, progress)
         else:
-            sections = _measure_mcu(out_dir, tgt, ev, progress)
+            sections = _measure_mcu(out_dir, tgt, ev, progress, timeout_s)
     if started is not None:
         timings.seconds["compress"] = round(time.perf_counter() - started, 3)
     report = _assemble_report(out_dir, run_info, tgt, ev, sections, exported, timings, command)
@@ -311,14 +318,48 @@ def _measure_host(out_dir: Path, tgt, ev: _Evaluation, exported: ExportResult | 
     }
 
 
-def _measure_mcu(out_dir: Path, tgt, ev: _Evaluation, progress: Progress) -> dict[str, Any]:
+def _measure_board(out_dir: Path, tgt, ev: _Evaluation, device: str, timeout_s: float,
+                   progress: Progress) -> dict[str, Any]:
+    """Run every sample on a real board over the serial protocol; cycles and time come from the board."""
+    from edgebin.runners.qemu import read_bundle_manifest
+    from edgebin.runners.serial import SerialRunner
+
+    bundle = out_dir / tgt.name
+    manifest = read_bundle_manifest(bundle)
+    with progress.stage(f"Running {len(ev.x)} samples on the board at {device}"):
+        result = SerialRunner(device, timeout_s=timeout_s).run(bundle, ev.x)
+    ort = ev.outputs["onnxruntime"]
+    outputs = result.outputs.reshape(len(ort), -1)
+    kernels = manifest.get("kernels", [])
+    return {
+        "compiled": outputs,
+        "exact": float(np.mean(np.all(outputs == ort.reshape(len(ort), -1), axis=1))),
+        "board": {"device": device, "samples": len(ev.x), "cycles_per_inference": result.cycles,
+                  "ms_per_inference": None if result.seconds is None else result.seconds * 1e3},
+        "footprint": {"weights_bytes": manifest.get("weights_bytes"), "arena_bytes": manifest.get("arena_bytes"),
+                      "arena_lower_bound_bytes": manifest.get("arena_lower_bound_bytes")},
+        **_kernel_sections(kernels, manifest),
+        "library": f"{tgt.name}/",
+    }
+
+
+def _kernel_sections(kernels: list[dict[str, Any]], manifest: dict[str, Any]) -> dict[str, Any]:
+    counts: dict[str, int] = {}
+    for k in kernels:
+        counts[k.get("kind", "other")] = counts.get(k.get("kind", "other"), 0) + 1
+    detail = [{"name": k.get("name", k["symbol"]), "kind": k.get("kind", "other"), "ops": list(k.get("ops", []))}
+              for k in kernels]
+    return {"kernels": counts, "kernels_detail": detail, "ops": manifest.get("ops")}
+
+
+def _measure_mcu(out_dir: Path, tgt, ev: _Evaluation, progress: Progress, timeout_s: float) -> dict[str, Any]:
     """Run the bundle's firmware on QEMU for every sample; count instructions, next to the FP32 bundle's."""
     from edgebin.runners.footprint import check_fits
     from edgebin.runners.qemu import QemuRunner, read_bundle_manifest
 
     bundle = out_dir / tgt.name
     manifest = read_bundle_manifest(bundle)
-    runner = QemuRunner(tgt)
+    runner = QemuRunner(tgt, timeout_s=timeout_s)
     keep: dict[str, Path] = {}
     with tempfile.TemporaryDirectory(prefix="edgebin-qemu-") as tmp:
         tmp = Path(tmp)
@@ -344,9 +385,6 @@ def _measure_mcu(out_dir: Path, tgt, ev: _Evaluation, progress: Progress) -> dic
     macs = int(sum(k.get("macs") or 0 for k in kernels))
     ort = ev.outputs["onnxruntime"]
     exact = float(np.mean(np.all(result.outputs.reshape(len(ort), -1) == ort.reshape(len(ort), -1), axis=1)))
-    counts: dict[str, int] = {}
-    for k in kernels:
-        counts[k.get("kind", "other")] = counts.get(k.get("kind", "other"), 0) + 1
     return {
         "compiled": result.outputs.reshape(len(ort), -1),
         "exact": exact,
@@ -360,10 +398,7 @@ def _measure_mcu(out_dir: Path, tgt, ev: _Evaluation, progress: Progress) -> dic
                       "arena_lower_bound_bytes": manifest.get("arena_lower_bound_bytes"),
                       "stack_bytes": result.stack_bytes, "board_flash_bytes": tgt.flash_bytes,
                       "board_ram_bytes": tgt.ram_bytes},
-        "kernels": counts,
-        "kernels_detail": [{"name": k.get("name", k["symbol"]), "kind": k.get("kind", "other"),
-                            "ops": list(k.get("ops", []))} for k in kernels],
-        "ops": manifest.get("ops"),
+        **_kernel_sections(kernels, manifest),
         "library": f"{tgt.name}/",
         "keep": keep,
     }
@@ -424,6 +459,7 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
         "agreement": agreement,
         "latency": sections.get("latency", {}),
         "emulator": sections.get("emulator", {}),
+        "board": sections.get("board", {}),
         "footprint": footprint,
         "kernels": sections["kernels"],
         "kernels_detail": sections["kernels_detail"],

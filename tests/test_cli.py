@@ -154,3 +154,17 @@ def test_user_error_in_a_subprocess_has_no_traceback(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3
     assert "Traceback" not in proc.stderr and "none.pt" in proc.stderr
+
+
+def test_bad_flags_are_usage_errors_exit_2(capsys):
+    code, err = run_cli(["compress", "--bogus"], capsys)
+    assert code == 2 and "No such option" in err and "Traceback" not in err
+    code, err = run_cli(["compress", "model.pt", "--calibration-samples", "0"], capsys)
+    assert code == 2 and "--calibration-samples" in err
+
+
+def test_device_url_must_be_serial(tmp_path, capsys):
+    from edgebin.runners.serial import parse_device_url
+
+    with pytest.raises(Exception, match="serial://"):
+        parse_device_url("tcp://10.0.0.1")

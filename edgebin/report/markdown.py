@@ -75,6 +75,7 @@ def render_markdown(report: Report) -> str:
         _agreement(report),
         _latency(report),
         _emulator(report),
+        _board(report),
         _footprint(report),
         _kernels(report),
         _per_layer(report),
@@ -172,6 +173,17 @@ def _emulator(r: Report) -> str:
         header = ("Layer", "Kernel", "Kind", "Instructions", "MACs", "Instr/MAC")
         text += "\n\n" + _table(header, layer_rows, align="lllrrr")
     return text
+
+
+def _board(r: Report) -> str:
+    b = r.board
+    if b.samples is None:
+        return ""
+    rows = [("Device", _code(b.device)), ("Inferences", number(b.samples)),
+            ("Cycles per inference (mean)", number(b.cycles_per_inference)),
+            ("ms per inference (mean)", ms(b.ms_per_inference))]
+    return "## On the board\n\nMeasured on real hardware with its cycle counter.\n\n" + _table(("", "Value"), rows,
+                                                                                              align="lr")
 
 
 def _footprint(r: Report) -> str:

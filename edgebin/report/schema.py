@@ -237,6 +237,16 @@ class Emulator(_Section):
 
 
 @dataclass(frozen=True)
+class Board(_Section):
+    """Measurements on a real board over `edgebin validate --device serial://...` (its cycle counter)."""
+
+    device: str | None = None  # e.g. "serial:///dev/ttyACM0?baud=115200"
+    samples: int | None = None
+    cycles_per_inference: int | None = None  # mean over the samples, from DWT->CYCCNT
+    ms_per_inference: float | None = None  # cycles / the board's clock; null if it did not report its clock
+
+
+@dataclass(frozen=True)
 class KernelInfo(_Section):
     """One compiled kernel: its name, arithmetic kind ("int8", "float", "data") and the ops fused in it."""
 
@@ -314,6 +324,7 @@ class Report(_Section):
     agreement: Agreement = field(default_factory=Agreement)
     latency: Latency = field(default_factory=Latency)
     emulator: Emulator = field(default_factory=Emulator)
+    board: Board = field(default_factory=Board)
     footprint: Footprint = field(default_factory=Footprint)
     kernels: dict[str, int] | None = None  # compiled kernels per arithmetic kind; None before compile
     kernels_detail: tuple[KernelInfo, ...] | None = None

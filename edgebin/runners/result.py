@@ -24,3 +24,4 @@ class RunResult:
     instructions: int | None = None  # emulators only: instructions per inference (mean over the samples)
     per_symbol_instructions: dict[str, int] | None = None  # per inference, by function symbol
     stack_bytes: int | None = None  # deepest stack use seen while the model ran
+    cycles: int | None = None  # real hardware only: CPU cycles per inference (DWT->CYCCNT, mean over the samples)
