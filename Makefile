@@ -6,13 +6,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.edgebin-installed
 # Debian packages: datasets, emulators and cross toolchains (see README "What setup installs").
 DEB_PACKAGES := gcc g++ make dataset-fashion-mnist qemu-system-arm qemu-user gcc-arm-none-eabi picolibc-arm-none-eabi \
-                gcc-aarch64-linux-gnu g++-aarch64-linux-gnu
+                gcc-aarch64-linux-gnu g++-aarch64-linux-gnu gcc-arm-linux-gnueabihf g++-arm-linux-gnueabihf
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEMO_OUT ?= out/demo
 
-.PHONY: setup setup-debian setup-python plugin demo demo-m4 test lint clean
+.PHONY: setup setup-debian setup-python plugin pi-runtime demo demo-m4 test lint clean
 
-setup: setup-debian setup-python plugin
+setup: setup-debian setup-python plugin pi-runtime
 
 setup-debian:
 	@missing=$$(for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
@@ -27,6 +27,11 @@ setup-python: $(STAMP)
 # The QEMU instruction-count plugin (Debian's QEMU ships none), built into $EDGEBIN_CACHE or ~/.cache/edgebin.
 plugin: setup-debian setup-python
 	$(PY) -m edgebin.runners.plugin
+
+# The TVM runtime for 64-bit Raspberry Pi bundles: libtvm_runtime.so and libtvm_ffi.so from TVM's aarch64 wheels
+# (the versions installed in the venv), cached in $EDGEBIN_CACHE or ~/.cache/edgebin; never committed.
+pi-runtime: setup-python
+	$(PY) -m edgebin.runtime_wheels
 
 # torch goes first so that nothing later resolves `torch` to the multi-GB CUDA build.
 $(STAMP): pyproject.toml

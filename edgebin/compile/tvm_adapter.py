@@ -223,3 +223,24 @@ def c_include_dirs() -> list[Path]:
 
 
 __all__ += ["build_c_source", "c_include_dirs"]
+
+
+# --- Arm Linux boards (the Cortex-A bundle) ------------------------------------------------------------------
+
+
+def export_library_cross(executable: Any, path: Path, compiler: str, options: Sequence[str] = ()) -> None:
+    """Link the executable into a shared library for another machine with a cross compiler (`aarch64-linux-gnu-g++`).
+
+    0.27 moved `tvm.contrib.cc` to `tvm.support.cc`; `cross_compiler` wraps the given g++ for `export_library`.
+    """
+    from tvm.support import cc
+
+    executable.export_library(str(path), fcompile=cc.cross_compiler(compiler, options=list(options)))
+
+
+def ffi_include_dir() -> Path:
+    """The tvm-ffi C++ headers (and dlpack) installed with the wheel: all a Python-free runner may include."""
+    return Path(tvm_ffi.__file__).parent / "include"
+
+
+__all__ += ["export_library_cross", "ffi_include_dir"]

@@ -14,6 +14,15 @@ the qemu-system-arm machine that stands in for it and the memory map its firmwar
     m4 = targets.load("cortex-m4")
     m4.cflags                        # ("-mcpu=cortex-m4", "-mthumb", "-mfloat-abi=hard", "-mfpu=fpv4-sp-d16")
     m4.qemu.machine                  # "mps2-an386"
+
+A Cortex-A (Raspberry Pi) file adds the board's `cores` and a `[linux]` table: the GNU cross toolchain's triple,
+the qemu-user binary and sysroot that run its programs here, the Debian packages for both, and how the model runs
+on the board (`runtime`: "tvm" for a TVM library with the runtime from TVM's wheels, or "c" for the runtime-free C
+bundle). `cflags` are then the cross gcc's CPU flags for the C bundle.
+
+    pi4 = targets.load("rpi4")
+    pi4.linux.qemu, pi4.linux.sysroot   # "qemu-aarch64", "/usr/aarch64-linux-gnu"
+    pi4.linux.tool("g++")              # "aarch64-linux-gnu-g++"
 """
 
 from __future__ import annotations
@@ -48,6 +57,26 @@ class QemuMachine:
 
 
 @dataclass(frozen=True)
+class LinuxToolchain:
+    """How edgebin builds programs for an Arm Linux board and runs them here under qemu-user."""
+
+    triple: str  # GNU triple, the prefix of the cross tools: "aarch64-linux-gnu"
+    sysroot: str  # the cross C library qemu-user loads (-L): "/usr/aarch64-linux-gnu"
+    qemu: str  # "qemu-aarch64" or "qemu-arm"
+    qemu_cpu: str  # the -cpu model that stands in for the board's core
+    packages: tuple[str, ...]  # Debian packages providing the cross compilers, the sysroot and qemu-user
+    runtime: str = "tvm"  # "tvm": model.so + the TVM runtime; "c": the runtime-free C bundle
+    wheel_platform: str | None = None  # wheel tag of TVM's runtime libraries for the board (runtime "tvm")
+
+    def tool(self, name: str) -> str:
+        """The cross tool called `name` ("gcc", "g++", "nm"), e.g. "aarch64-linux-gnu-gcc"."""
+        return f"{self.triple}-{name}"
+
+
+RUNTIMES = ("tvm", "c")
+
+
+@dataclass(frozen=True)
 class Target:
     """One compilation target, as read from its TOML file."""
 
@@ -63,6 +92,8 @@ class Target:
     cflags: tuple[str, ...] = ()
     qemu: QemuMachine | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    cores: int | None = None
+    linux: LinuxToolchain | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "description": self.description}
@@ -72,7 +103,8 @@ def _parse(path: Path) -> Target:
     try:
         data = tomllib.loads(path.read_text())
         known = {"name", "kind", "description", "runner", "tvm", "aliases", "flash_bytes", "ram_bytes", "board",
-                 "cflags", "qemu"}
+                 "cflags", "qemu", "cores", "linux"}
+        linux = data.get("linux")
         target = Target(
             name=data["name"],
             kind=data["kind"],
@@ -86,6 +118,8 @@ def _parse(path: Path) -> Target:
             cflags=tuple(data.get("cflags", ())),
             qemu=QemuMachine(**data["qemu"]) if "qemu" in data else None,
             extra={k: v for k, v in data.items() if k not in known},
+            cores=data.get("cores"),
+            linux=None if linux is None else LinuxToolchain(**{**linux, "packages": tuple(linux["packages"])}),
         )
     except (KeyError, TypeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"target file {path} is malformed: {err}") from None
@@ -93,6 +127,14 @@ def _parse(path: Path) -> Target:
         raise UsageError(f"target file {path}: kind {target.kind!r} is not one of {', '.join(KINDS)}")
     if target.runner == "qemu" and target.kind == "cortex-m" and (target.qemu is None or not target.cflags):
         raise UsageError(f"target file {path}: a Cortex-M target run by qemu needs `cflags` and a [qemu] table")
+    if target.kind == "cortex-a":
+        if target.linux is None:
+            raise UsageError(f"target file {path}: a Cortex-A target needs a [linux] table (cross tools, qemu-user)")
+        if target.linux.runtime not in RUNTIMES:
+            raise UsageError(f"target file {path}: [linux] runtime {target.linux.runtime!r} is not one of "
+                             f"{', '.join(RUNTIMES)}")
+        if target.linux.runtime == "tvm" and not target.linux.wheel_platform:
+            raise UsageError(f"target file {path}: [linux] runtime 'tvm' needs the wheel_platform of TVM's runtime")
     return target
 
 
