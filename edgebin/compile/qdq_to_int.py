@@ -10,9 +10,9 @@ This pass rewrites each pattern it fully understands so that the op runs on the 
 |--------------------------------------------------------|--------------------------------------------------------|
 | q(clamp?(conv2d/matmul(dq(x), dq(W)) + dq(b)))         | int8 x int8 -> int32 (+ int32 bias) -> requant -> int8 |
 | conv2d/matmul(dq(x), dq(W)) + dq(b), output not quant. | int8 x int8 -> int32 (+ bias) -> one float multiply    |
-| q(clamp?(dq(a) + dq(b)))                               | (a - za) * sa/sy + (b - zb) * sb/sy -> requant         |
+| q(clamp?(dq(a) + dq(b)))                               | int8 + int8 -> int8, QLinearAdd's arithmetic           |
 | q(mean(dq(x))), q(avg_pool2d(dq(x)))                   | int32 sum -> requant                                   |
-| q(max_pool2d(dq(x))), q(dq(x))                         | int8 max-pool / identity; a requant if the scale moves |
+| q(max_pool2d(dq(x))), q(dq(x))                         | int8 max-pool / identity; a lookup if qparams change   |
 
 `clamp` is ReLU, Clip or Maximum/Minimum with constant bounds; it folds into the requant's saturation bounds.
 Shape-only ops (reshape, flatten, transpose, squeeze) between the op and its quantize move onto the int8 result.
@@ -24,11 +24,12 @@ Input zero point. Conv pads the int8 input with `zx` (the quantized real zero) a
 matmul needs no padding. Both compute `sum(xq * w)` and fold `-zx * sum(w)` into the int32 bias, which is exact in
 int32 and costs nothing at run time.
 
-Requantization. `requant="float"` computes `round(acc * M) + zy` in float32 with `M = float32(sx * sw) / sy`, the
-multiplier onnxruntime's integer kernels use, and round-half-to-even (LLVM's `nearbyint`, as QuantizeLinear).
-`requant="fixed"` is integer only, for cores without an FPU: `M ~= m * 2**-r` with a 31-bit `m` per channel and
-one shift `r` per layer, then `(acc * m + 2**(r-1)) >> r` in int64. It rounds half up and keeps 31 bits of `M`
-where float32 keeps 24, so it differs from "float" by one LSB on the rare values within float error of a tie.
+Requantization is `requant.py`'s: each rule hands it the int32 accumulator (or the int8 operands) and the
+float32 scales, and it emits onnxruntime's own arithmetic (QLinearConv, QLinearAdd, QLinearGlobalAveragePool),
+in float32 (`requant="float"`) or exactly in int64 (`requant="fixed"`, no float at all): both modes give the int8
+codes of onnxruntime's integer kernels bit for bit. Where onnxruntime leaves a DQ -> op -> Q group in float
+(on x86 it converts int8 activations to uint8 only where a Q feeds a single consumer, and fuses a group only if
+its types then agree), its result can differ from every integer kernel, by float accumulation order.
 """
 
 from __future__ import annotations
@@ -40,23 +41,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgebin.compile.requant import REQUANT_MODES, Requantizer
 from edgebin.compile.tvm_adapter import (
     PyExprMutator,
     call_op_name,
     collect,
     const,
     const_array,
-    function_pass,
     mutator,
     relax,
     tensor_dtype,
     tensor_shape,
     tirx,
+    tvm,
 )
 
 log = logging.getLogger(__name__)
 
-REQUANT_MODES = ("float", "fixed")
 _INT_ACTIVATIONS = ("int8", "uint8")
 _SHAPE_OPS = ("relax.reshape", "relax.permute_dims", "relax.squeeze", "relax.expand_dims", "relax.flatten")
 _BIAS_SCALE_RTOL = 1e-5
@@ -189,24 +190,6 @@ def _channel_shape(values: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return values.reshape(shape)
 
 
-def fixed_point_multipliers(multipliers: list[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Integers `m_i` and one shift `r` with `M_i ~= m_i * 2**-r`, the largest `m` in [2**30, 2**31).
-
-    One shift per requant keeps the shift a scalar (cheap on an MCU); a channel whose multiplier is k times
-    smaller than the largest keeps 31 - log2(k) bits of precision, far below one output LSB.
-    """
-    mults = [np.asarray(m, dtype=np.float64) for m in multipliers]
-    largest = max(float(m.max()) for m in mults)
-    if not largest > 0:
-        raise ValueError(f"requant multipliers must be positive, got {largest}")
-    shift = 30 - math.floor(math.log2(largest))
-    if round(largest * 2.0**shift) >= 2**31:
-        shift -= 1
-    if not 1 <= shift <= 62:
-        raise ValueError(f"requant multiplier {largest} is outside the int64 fixed-point range")
-    return [np.rint(m * 2.0**shift).astype(np.int64) for m in mults], shift
-
-
 @dataclass(frozen=True)
 class _Linear:
     """A conv2d or matmul whose activation and weight are dequantized int8, ready to emit in integers."""
@@ -231,7 +214,7 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod, func: relax.Function, requant: str, stage: str) -> None:
         super().__init__(mod)
         self.graph = _Graph(func, mod)
-        self.requant_mode = requant
+        self.requant = Requantizer(self.builder_, requant)
         self.stage = stage
         self.rewritten: Counter[str] = Counter()
 
@@ -309,7 +292,7 @@ class _Rewriter(PyExprMutator):
         acc = self._accumulate(linear, bias_int)
         mult = (np.float32(linear.x_qp.scale) * linear.w_scale).astype(np.float32) / np.float32(y_qp.scale)
         mult = _channel_shape(mult.astype(np.float32), linear.out_ndim, linear.channel_axis)
-        return self._requantize([(acc, mult)], y_qp, lo, hi)
+        return self.requant.linear(acc, mult, y_qp, lo, hi)
 
     def _quantized_add(self, body, y_qp: QParams, lo: int, hi: int):
         add = self.graph.value(body)
@@ -318,12 +301,8 @@ class _Rewriter(PyExprMutator):
         operands = [self.graph.dequantized(arg) for arg in add.args]
         if any(op is None or not op[1].per_tensor or op[1].dtype not in _INT_ACTIVATIONS for op in operands):
             return None
-        terms = []
-        for q, qp in operands:
-            centred = self._emit(relax.op.subtract(relax.op.astype(self.visit_expr(q), "int32"),
-                                                   const(int(qp.zero_point), "int32")))
-            terms.append((centred, np.float32(qp.scale) / np.float32(y_qp.scale)))
-        return self._requantize(terms, y_qp, lo, hi)
+        (a, a_qp), (b, b_qp) = operands
+        return self.requant.add(self.visit_expr(a), a_qp, self.visit_expr(b), b_qp, y_qp, lo, hi)
 
     def _quantized_average(self, body, y_qp: QParams, lo: int, hi: int):
         call = self.graph.value(body)
@@ -347,8 +326,8 @@ class _Rewriter(PyExprMutator):
             if total is None:
                 return None
         centred = self._emit(relax.op.subtract(total, const(count * zx, "int32"))) if zx else total
-        mult = np.float32(x_qp.scale) / (np.float32(count) * np.float32(y_qp.scale))
-        return self._requantize([(centred, mult)], y_qp, lo, hi)
+        mult = np.float32(x_qp.scale) / (np.float32(count) * np.float32(y_qp.scale))  # MLAS's order
+        return self.requant.linear(centred, mult, y_qp, lo, hi)
 
     def _quantized_max_pool(self, body, y_qp: QParams, lo: int, hi: int):
         """max_pool2d on the int8 tensor; requant (monotone, so it commutes with max) only if the scale changes."""
@@ -369,8 +348,7 @@ class _Rewriter(PyExprMutator):
     def _requantize_tensor(self, xq, x_qp: QParams, y_qp: QParams, lo: int, hi: int):
         if x_qp.same_as(y_qp):
             return relax.op.clip(xq, lo, hi) if (lo, hi) != _qrange(y_qp.dtype) else xq
-        centred = self._emit(relax.op.subtract(relax.op.astype(xq, "int32"), const(int(x_qp.zero_point), "int32")))
-        return self._requantize([(centred, np.float32(x_qp.scale) / np.float32(y_qp.scale))], y_qp, lo, hi)
+        return self.requant.table(xq, x_qp, y_qp, lo, hi)
 
     # --- linear layers ---------------------------------------------------------------------------------------
 
@@ -520,40 +498,18 @@ class _Rewriter(PyExprMutator):
             dilation=[int(d) for d in attrs.dilation], groups=shape[1], out_dtype="int32"))
         return total, kh * kw
 
-    # --- requantization --------------------------------------------------------------------------------------
-
-    def _requantize(self, terms, y_qp: QParams, lo: int, hi: int):
-        """clip(round(sum(t_i * M_i)) + zy, lo, hi) as y's dtype; t_i are int32 tensors, M_i float multipliers."""
-        zy = int(y_qp.zero_point)
-        if self.requant_mode == "float":
-            total = None
-            for term, mult in terms:
-                scaled = relax.op.multiply(self._emit(relax.op.astype(term, "float32")),
-                                           const(np.asarray(mult, np.float32)))
-                total = self._emit(scaled if total is None else relax.op.add(total, self._emit(scaled)))
-            value = self._emit(relax.op.add(self._emit(relax.op.round(total)), const(float(zy), "float32")))
-        else:
-            ints, shift = fixed_point_multipliers([mult for _, mult in terms])
-            total = None
-            for (term, _), m in zip(terms, ints, strict=True):
-                product = relax.op.multiply(self._emit(relax.op.astype(term, "int64")), const(m))
-                total = self._emit(product if total is None else relax.op.add(total, self._emit(product)))
-            rounded = self._emit(relax.op.right_shift(  # round half up
-                self._emit(relax.op.add(total, const(1 << (shift - 1), "int64"))), const(shift, "int64")))
-            value = self._emit(relax.op.add(rounded, const(zy, "int64")))
-        return relax.op.astype(self._emit(relax.op.clip(value, lo, hi)), y_qp.dtype)
-
     def _emit(self, expr):
         return self.builder_.emit(expr)
 
 
-@function_pass(opt_level=0, name="QdqToInt8")
+@tvm.ir.transform.module_pass(opt_level=0, name="QdqToInt8")
 class QdqToInt8:
     """Rewrite QDQ fake-quant patterns of an imported ONNX model into int8 x int8 -> int32 Relax compute.
 
     Preconditions: run right after import, before LegalizeOps and FoldConstant (it reads the `dequantize` of
     constant int8 weights, which FoldConstant would turn into float constants); static shapes; NCHW convs.
-    Patterns it does not fully recognise keep their float form (see the module docstring).
+    Patterns it does not fully recognise keep their float form (see the module docstring). A module pass:
+    the fixed requant adds its TIR kernels to the module.
     """
 
     def __init__(self, requant: str = "float") -> None:
@@ -561,16 +517,19 @@ class QdqToInt8:
             raise ValueError(f"QdqToInt8: requant must be one of {REQUANT_MODES}, got {requant!r}")
         self.requant = requant
 
-    def transform_function(self, func: relax.Function, mod, ctx) -> relax.Function:
-        if not isinstance(func, relax.Function) or func.attrs is not None and "Primitive" in func.attrs:
-            return func
-        counts: Counter[str] = Counter()
-        for stage in ("quantized", "float_output"):  # the second stage sees only linears the first left float
-            rewriter = _Rewriter(mod, func, self.requant, stage)
-            func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
-            counts += rewriter.rewritten
-        log.info("QdqToInt8 (%s requant) rewrote %s", self.requant, dict(counts) or "nothing")
-        return func
+    def transform_module(self, mod, ctx):
+        for gvar, func in list(mod.functions.items()):
+            if not isinstance(func, relax.Function) or func.attrs is not None and "Primitive" in func.attrs:
+                continue
+            counts: Counter[str] = Counter()
+            for stage in ("quantized", "float_output"):  # the second stage sees only linears the first left float
+                rewriter = _Rewriter(mod, func, self.requant, stage)
+                func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
+                mod = rewriter.builder_.get()  # with the kernels the fixed requant added
+                mod[gvar] = func
+                counts += rewriter.rewritten
+            log.info("QdqToInt8 (%s requant) rewrote %s", self.requant, dict(counts) or "nothing")
+        return mod
 
 
 def is_quantized(mod) -> bool:
@@ -587,4 +546,4 @@ def is_quantized(mod) -> bool:
     return bool(found)
 
 
-__all__ = ["QParams", "QdqToInt8", "REQUANT_MODES", "fixed_point_multipliers", "is_quantized"]
+__all__ = ["QParams", "QdqToInt8", "REQUANT_MODES", "is_quantized"]

@@ -1,0 +1,300 @@
+"""Requantization that reproduces onnxruntime's integer kernels bit for bit, in float or in integers only.
+
+QdqToInt8 hands every requant to a `Requantizer`, which emits Relax through the rewriter's BlockBuilder:
+
+    rq = Requantizer(builder, mode="fixed")              # "float" for the host, "fixed" for cores without an FPU
+    y = rq.linear(acc, multipliers, y_qp, lo, hi)        # conv / matmul / average pool: int32 -> int8
+    y = rq.add(a, a_qp, b, b_qp, y_qp, lo, hi)           # residual add of two int8 tensors
+    y = rq.table(x, x_qp, y_qp, lo, hi)                  # Q(DQ(x)) with new qparams, as a 256-entry lookup
+
+The specification is what onnxruntime's CPU EP computes on x86-64 (MLAS, AVX2/AVX-512 with FMA), checked
+exhaustively against onnxruntime 1.32; `rne` is round half to even, `sat` the clip to [lo, hi]:
+
+| kernel                              | onnxruntime computes                                                     |
+|-------------------------------------|--------------------------------------------------------------------------|
+| QLinearConv, QGemm, QLinearGlobalAP | sat(rne(f32(acc) * M) + zy), M = f32(sx * sw) / sy (GAP: sx / (sy * N)) |
+| QLinearAdd (raw codes a, b)         | sat(rne(fma(a, ra, fma(b, rb, F)))), ra = sa / sc, rb = sb / sc,        |
+|                                     | F = zc - fma(za, ra, rb * zb): the b term first, the zero points folded  |
+| DQ -> op -> Q, scale changes        | sat(rne((f32(x - zx) * sx) / sy) + zy)                                   |
+
+Every product, sum and quotient above is rounded to float32. `"float"` evaluates the formulas as written (the add
+in float64, where its products and sums are exact, then rounded to float32 once, so an FMA-contracting compiler
+cannot change it). `"fixed"` is integer only: each float32 is m * 2**-e, so the argument of the last rounding is an
+int64 `p` on the grid 2**-e, and `round_f32_half_even` reproduces rne(f32(p * 2**-e)) in integers. A float32
+rounding changes the integer result only where p lies within half a float32 ulp of a tie q + 1/2; there it makes
+the tie exact, which then goes to the even neighbour. Plain fixed point (31-bit multiplier, `+2**(r-1) >> r`)
+differs from onnxruntime there and on every exact tie, about once per 10**5 outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import operator
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+
+from edgebin.compile.tvm_adapter import const, prim_dtype, relax, tirx, tvm
+
+REQUANT_MODES = ("float", "fixed")
+F32 = np.float32
+_MANY_PATCHES = 16  # a fixed QLinearAdd usually patches 0 to 5 of its 65536 code pairs
+
+log = logging.getLogger(__name__)
+
+
+# --- float32 as exact dyadic rationals ---------------------------------------------------------------------------
+
+
+def f32_dyadic(value) -> tuple[int, int]:
+    """(m, e) with the float32 `value` == m * 2**-e exactly; e >= 0 for the magnitudes requant sees."""
+    num, den = Fraction(float(F32(value))).as_integer_ratio()
+    return num, den.bit_length() - 1  # den is a power of two
+
+
+def round_to_f32(m: int, e: int) -> tuple[int, int]:
+    """m * 2**-e rounded half to even to 24 significant bits (float32, no overflow or subnormals here)."""
+    drop = abs(m).bit_length() - 24
+    if drop <= 0:
+        return m, e
+    q, rem = divmod(abs(m), 1 << drop)
+    half = 1 << (drop - 1)
+    q += rem > half or (rem == half and q % 2 == 1)
+    return (q if m >= 0 else -q) << drop, e
+
+
+def fma_f32(x, y, z) -> tuple[int, int]:
+    """f32(x * y + z) rounded once, for float32 values or (m, e) pairs."""
+    (mx, ex), (my, ey), (mz, ez) = (v if isinstance(v, tuple) else f32_dyadic(v) for v in (x, y, z))
+    e = max(ex + ey, ez)
+    return round_to_f32((mx * my << (e - ex - ey)) + (mz << (e - ez)), e)
+
+
+def on_grid(values: list[tuple[int, int]], e: int) -> np.ndarray:
+    """Dyadics (m_i, e_i), all with e_i <= e, as int64 multiples of 2**-e."""
+    return np.array([m << (e - ei) for m, ei in values], np.int64)
+
+
+@dataclass(frozen=True)
+class QLinearAddSpec:
+    """onnxruntime's QLinearAdd for one set of qparams, as exact dyadics: ra, rb, F and fma(b, rb, F) per code b."""
+
+    ra: tuple[int, int]
+    rb: tuple[int, int]
+    fixed: tuple[int, int]  # F = f32(zc - fma(za, ra, f32(rb * zb)))
+    b_min: int
+    b_terms: tuple[tuple[int, int], ...]  # fma(b, rb, F) for b = b_min, b_min + 1, ...
+
+    @classmethod
+    def of(cls, a_qp, b_qp, y_qp) -> QLinearAddSpec:
+        ra, rb = (f32_dyadic(F32(qp.scale) / F32(y_qp.scale)) for qp in (a_qp, b_qp))
+        za, zb, zc = int(a_qp.zero_point), int(b_qp.zero_point), int(y_qp.zero_point)
+        inner = fma_f32((za, 0), ra, fma_f32((zb, 0), rb, (0, 0)))
+        fixed = round_to_f32((zc << inner[1]) - inner[0], inner[1])
+        b_min, b_end = _code_range(b_qp.dtype)
+        return cls(ra, rb, fixed, b_min, tuple(fma_f32((b, 0), rb, fixed) for b in range(b_min, b_end)))
+
+    @property
+    def grid(self) -> int:
+        """The exponent e of the grid 2**-e that holds a * ra + fma(b, rb, F) exactly."""
+        return max(self.ra[1], *(e for _, e in self.b_terms))
+
+    def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """rne(fma(a, ra, fma(b, rb, F))) for int arrays of codes, exactly (before saturation)."""
+        e = self.grid
+        p = a.astype(np.int64) * (self.ra[0] << (e - self.ra[1])) + on_grid(list(self.b_terms), e)[b - self.b_min]
+        return round_f32_half_even(p, e, NumpyOps())
+
+
+# --- the integer emulation, written once for numpy and for Relax --------------------------------------------------
+
+
+def round_f32_half_even(p, e: int, ops):
+    """rne(f32(p * 2**-e)) of an int64 `p`; exact where the result is within [-255, 255], saturating beyond.
+
+    q = floor(|p| 2**-e) and d = frac - 1/2 (units 2**-e). The float32 rounding lands on the tie q + 1/2 iff
+    |d| <= w, half an ulp of q + 1/2: 2**(floor(log2 q) - 24), or 2**-25 above q = 0; both are 2**(k - 25) with
+    k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w.
+    """
+    if e < 1:
+        raise ValueError(f"round_f32_half_even: the grid exponent must be >= 1, got {e}")
+    u = ops.abs(p)
+    q = ops.shr(u, e)
+    d = ops.sub(ops.band(u, (1 << e) - 1), 1 << (e - 1))
+    k = ops.cast(ops.ge(q, 1))
+    for bit in range(1, 8):  # q > 255 saturates whichever way it rounds
+        k = ops.add(k, ops.cast(ops.ge(q, 1 << bit)))
+    w = ops.shl(1 << max(e - 25, 0), k) if e >= 25 else ops.shr(ops.shl(1, k), 25 - e)
+    up = ops.where(ops.eq(ops.band(q, 1), 1), ops.ge(d, ops.neg(w)), ops.gt(d, w))
+    r = ops.add(q, ops.cast(up))
+    return ops.where(ops.lt(p, 0), ops.neg(r), r)
+
+
+def round_int_to_f32(x, ops):
+    """f32(x) for an int64 |x| < 2**31, still an int64: x rounded half to even to 24 significant bits."""
+    u = ops.abs(x)
+    k = ops.cast(ops.ge(u, 1 << 24))
+    for bit in range(25, 31):
+        k = ops.add(k, ops.cast(ops.ge(u, 1 << bit)))
+    q = ops.shr(u, k)
+    rem = ops.sub(u, ops.shl(q, k))
+    half = ops.shr(ops.shl(ops.cast(ops.ge(k, 1)), k), 1)
+    tie_up = ops.band(ops.eq(rem, half), ops.band(ops.ge(k, 1), ops.eq(ops.band(q, 1), 1)))
+    r = ops.shl(ops.add(q, ops.cast(ops.bor(ops.gt(rem, half), tie_up))), k)
+    return ops.where(ops.lt(x, 0), ops.neg(r), r)
+
+
+class NumpyOps:
+    """The integer operations of the two functions above, on int64 numpy arrays (the tests' reference)."""
+
+    lt, ge, gt, eq = (staticmethod(f) for f in (np.less, np.greater_equal, np.greater, np.equal))
+    add, sub, shr, shl = (staticmethod(f) for f in (np.add, np.subtract, np.right_shift, np.left_shift))
+    where, abs, neg = (staticmethod(f) for f in (np.where, np.abs, np.negative))
+    band, bor = staticmethod(np.bitwise_and), staticmethod(np.bitwise_or)
+
+    @staticmethod
+    def cast(x):
+        return np.asarray(x).astype(np.int64)
+
+
+def _on_tir(fn):
+    """A TirOps method: `fn` on TIR expressions, Python ints made int64 constants."""
+    return lambda self, *args: fn(*(tirx.const(a, "int64") if isinstance(a, int | np.integer) else a for a in args))
+
+
+class TirOps:
+    """The same on scalar TIR expressions, for the one `te.compute` of a fixed requant (about 100 nodes)."""
+
+    lt, ge, gt, add, sub = map(_on_tir, (operator.lt, operator.ge, operator.gt, operator.add, operator.sub))
+    shr, shl, neg, eq, where = map(_on_tir, (operator.rshift, operator.lshift, operator.neg, tirx.EQ, tirx.Select))
+    abs = _on_tir(lambda x: tirx.Select(x < tirx.const(0, "int64"), -x, x))
+    band = _on_tir(lambda x, y: tirx.And(x, y) if prim_dtype(x) == "bool" else x & y)
+    bor = _on_tir(lambda x, y: tirx.Or(x, y) if prim_dtype(x) == "bool" else x | y)
+    cast = _on_tir(lambda x: x.astype("int64"))
+
+
+# --- what QdqToInt8 calls ------------------------------------------------------------------------------------------
+
+
+class Requantizer:
+    """Emits onnxruntime's requant arithmetic (module docstring) in `mode` through a Relax BlockBuilder.
+
+    A fixed requant is one elementwise `te.compute` (one TIR block), which FuseOps fuses into the conv's epilogue.
+    """
+
+    def __init__(self, builder, mode: str) -> None:
+        if mode not in REQUANT_MODES:
+            raise ValueError(f"requant must be one of {REQUANT_MODES}, got {mode!r}")
+        self.builder, self.mode = builder, mode
+
+    def emit(self, expr):
+        return self.builder.emit(expr)
+
+    def linear(self, acc, multipliers: np.ndarray, y_qp, lo: int, hi: int):
+        """sat(rne(f32(acc) * M) + zy) for an int32 `acc`; `multipliers` are float32, broadcastable to acc."""
+        zy, mults = int(y_qp.zero_point), np.asarray(multipliers, F32)
+        if self.mode == "float":
+            scaled = self.emit(relax.op.multiply(self.emit(relax.op.astype(acc, "float32")), const(mults)))
+            value = self.emit(relax.op.add(self.emit(relax.op.round(scaled)), const(float(zy), "float32")))
+            return relax.op.astype(self.emit(relax.op.clip(value, lo, hi)), y_qp.dtype)
+        parts = [f32_dyadic(m) for m in mults.reshape(-1)]
+        e = max(ei for _, ei in parts)
+        grid = on_grid(parts, e).reshape(mults.shape)  # M * 2**e, every channel on one grid
+        reach = (max(hi - zy, zy - lo) + 1) / float(mults.min())  # |acc| beyond this saturates
+        bound = 2**62 // int(grid.max())  # |acc| * M * 2**e stays in int64 below this
+        if bound < min(reach, 2**31):
+            raise ValueError(f"requant multipliers {mults.min()}..{mults.max()} span too much for int64")
+
+        def requant(acc_t, grid_t):
+            def element(*idx):
+                ops = TirOps()
+                x = acc_t(*idx).astype("int64")
+                if reach >= 2**24:  # f32(acc) is inexact up there: round acc as the conversion does
+                    x = round_int_to_f32(x, ops)
+                if bound < 2**31:
+                    x = tirx.max(tirx.min(x, ops._c(bound)), ops._c(-bound))
+                m = grid_t(*(i if n != 1 else 0 for i, n in zip(idx, grid_t.shape, strict=False)))
+                value = ops.add(round_f32_half_even(x * m, e, ops), zy)
+                return self._saturated(value, lo, hi, y_qp.dtype)
+            return tvm.te.compute(acc_t.shape, element, name="requant")
+
+        return self.builder.call_te(requant, acc, const(grid.reshape(grid.shape or (1,))))
+
+    def add(self, a, a_qp, b, b_qp, y_qp, lo: int, hi: int):
+        """QLinearAdd: sat(rne(fma(a, ra, fma(b, rb, F)))) on the raw codes `a`, `b` (int8 or uint8).
+
+        "fixed" rounds the exact a * ra + b * rb + zc - za * ra - zb * rb like the float32 result (no table) and
+        patches the few code pairs where onnxruntime's inner fma rounding moves the result: all pairs are checked.
+        """
+        spec, out = QLinearAddSpec.of(a_qp, b_qp, y_qp), y_qp.dtype
+        sa, sb, sy = (float(qp.scale) for qp in (a_qp, b_qp, y_qp))
+        (ma, ea), (mb, eb), (mf, ef) = spec.ra, spec.rb, spec.fixed
+        if self.mode == "float" and _exact_in_float64(spec):  # then this is the float32 formula, to the bit
+            t = self._fma_f32(b, mb * 2.0**-eb, const(mf * 2.0**-ef))
+            value = self.emit(relax.op.round(self._fma_f32(a, ma * 2.0**-ea, self.emit(relax.op.astype(t, "float64")))))
+            return relax.op.astype(self.emit(relax.op.clip(value, lo, hi)), out)
+        e = max(ea, eb)
+        a_step, b_step = ma << (e - ea), mb << (e - eb)
+        offset = (int(y_qp.zero_point) << e) - int(a_qp.zero_point) * a_step - int(b_qp.zero_point) * b_step
+        codes_a, codes_b = (np.arange(*_code_range(qp.dtype)) for qp in (a_qp, b_qp))
+        a_all, b_all = np.repeat(codes_a, codes_b.size), np.tile(codes_b, codes_a.size)
+        exact = round_f32_half_even(a_all * a_step + b_all * b_step + offset, e, NumpyOps())
+        wrong = np.flatnonzero(np.clip(exact, lo, hi) != np.clip(spec.reference(a_all, b_all), lo, hi))
+        if len(wrong) > _MANY_PATCHES:
+            log.warning("QLinearAdd %s + %s -> %s: %d code pairs patched one by one", sa, sb, sy, len(wrong))
+        patched = np.clip(spec.reference(a_all[wrong], b_all[wrong]), lo, hi)
+        patches = [(int(a_all[i]), int(b_all[i]), int(v)) for i, v in zip(wrong, patched, strict=True)]
+
+        def qlinear_add(a_t, b_t):
+            def element(*idx):
+                ops = TirOps()
+                x, y = a_t(*idx).astype("int64"), b_t(*idx).astype("int64")
+                p = x * tirx.const(a_step, "int64") + y * tirx.const(b_step, "int64") + tirx.const(offset, "int64")
+                value = self._saturated(round_f32_half_even(p, e, ops), lo, hi, out)
+                for pa, pb, patched in patches:
+                    hit = tirx.And(tirx.EQ(x, tirx.const(pa, "int64")), tirx.EQ(y, tirx.const(pb, "int64")))
+                    value = tirx.Select(hit, tirx.const(patched, out), value)
+                return value
+            return tvm.te.compute(a_t.shape, element, name="qlinear_add")
+
+        return self._opaque(self.builder.call_te(qlinear_add, a, b))
+
+    def _fma_f32(self, codes, factor: float, addend):
+        """f32(codes * factor + addend), the product and sum exact in float64 (see `_exact_in_float64`)."""
+        product = self.emit(relax.op.multiply(self.emit(relax.op.astype(codes, "float64")), const(factor)))
+        return self.emit(relax.op.astype(self.emit(relax.op.add(product, addend)), "float32"))
+
+    def table(self, x, x_qp, y_qp, lo: int, hi: int):
+        """DQ -> Q with new qparams as a lookup: sat(rne((f32(x - zx) * sx) / sy) + zy) for every code of x."""
+        x_min, x_end = _code_range(x_qp.dtype)
+        codes = np.arange(x_min, x_end)
+        real = ((codes - int(x_qp.zero_point)).astype(F32) * F32(x_qp.scale)).astype(F32)
+        values = np.rint((real / F32(y_qp.scale)).astype(F32)).astype(np.int64) + int(y_qp.zero_point)
+        index = self.emit(relax.op.subtract(self.emit(relax.op.astype(x, "int32")), const(x_min, "int32")))
+        return relax.op.take(const(np.clip(values, lo, hi).astype(y_qp.dtype)), index, axis=0)
+
+    def _opaque(self, call):
+        """Keep a kernel out of FuseOps: TIR's buffer analysis stalls on a requant inlined into another."""
+        gvar = call.args[0]
+        self.builder.update_func(gvar, self.builder.get()[gvar].with_attr("op_pattern", 8))
+        return call
+
+    @staticmethod
+    def _saturated(value, lo: int, hi: int, dtype: str):
+        return tirx.max(tirx.min(value, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
+
+
+def _exact_in_float64(spec: QLinearAddSpec) -> bool:
+    """True when float64 holds b * rb + F and a * ra + fma(b, rb, F) exactly for every code (53 bits)."""
+    (mb, eb), (mf, ef), g = spec.rb, spec.fixed, max(spec.rb[1], spec.fixed[1])
+    ends = [abs((b * mb << (g - eb)) + (mf << (g - ef))) for b in (spec.b_min, spec.b_min + len(spec.b_terms) - 1)]
+    e = spec.grid
+    top = 256 * abs(spec.ra[0] << (e - spec.ra[1])) + int(np.abs(on_grid(list(spec.b_terms), e)).max())
+    return max(ends) < 2**53 and top < 2**53
+
+
+def _code_range(dtype: str) -> tuple[int, int]:
+    """(min, max + 1) of an integer dtype: the arange of its codes."""
+    info = np.iinfo(dtype)
+    return int(info.min), int(info.max) + 1
