@@ -61,7 +61,7 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
     graph = read_graph(lowered.mod)  # strict: UnsupportedOpsError naming every binding C cannot express
     plan = plan_memory(graph.buffers())  # arena offsets from tensor lifetimes
     called = sorted({call.kernel for call in graph.calls})  # not the PrimFuncs the reshape views replaced
-    kernels_c = clean_kernels_source(build_kernels_c(lowered.mod, called, target_spec))
+    kernels_c = clean_kernels_source(build_kernels_c(lowered.mod, called, target_spec))  # + micro-kernel include
     workspace = workspace_bytes(kernels_c)  # 0 unless a kernel kept a TVMBackendAllocWorkspace
     values = _template_values(onnx_path, model, target_cfg, graph, plan, workspace)
     manifest = mcu_manifest.bundle_manifest(model, target_cfg, graph, plan, lowered, workspace, SOURCES)
@@ -73,6 +73,8 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
         for relative, source in required_headers(kernels_c).items():
             (stage / "include" / relative).parent.mkdir(parents=True, exist_ok=True)
             (stage / "include" / relative).write_bytes(source.read_bytes())
+        for name, text in micro_kernel_headers(kernels_c).items():  # beside kernels.c, which includes them
+            (stage / name).write_text(text)
         (stage / "bundle.json").write_text(json.dumps(manifest, indent=1) + "\n")
     log.info("C bundle for %s in %s: arena %d B (lower bound %d B), weights %d B, %d kernel calls", onnx_path.name,
              out_dir, plan.arena_bytes, plan.lower_bound_bytes, graph.weights_bytes(), len(graph.calls))
@@ -196,6 +198,9 @@ def _c_float(value: float, single: bool) -> str:
 # --- kernels.c, workspace, headers ---------------------------------------------------------------------------
 
 _BUILTIN_DECL = re.compile(r"^TVM_DLL \S+ __builtin_\w+\(.*\);\n", re.M)
+MICRO_KERNEL_HEADER = "edgebin_kernels.h"  # mcu_kernels/: what the MCU schedule's call_extern calls
+_MICRO_KERNEL_CALL = re.compile(r"\bedgebin_\w+\(")
+_MICRO_KERNEL_DECL = re.compile(r"^TVM_DLL \S+ edgebin_\w+\(.*\);\n", re.M)  # untyped; the header has the real one
 _FUNC_START = re.compile(r"^\S.*\)\s*\{\s*$", re.M)
 _ALLOC = re.compile(r"TVMBackendAllocWorkspace\(([^;]*?)\)\)*;")
 _ALLOC_SIZE = re.compile(r"^[^,]+,[^,]+,\s*\(uint64_t\)\s*(\d+)(?:ULL|UL|U)?\s*,")
@@ -203,11 +208,23 @@ _UNSUPPORTED_CALLS = ("TVMBackendParallelLaunch", "TVMFFIFunctionCall", "TVMFFIE
 
 
 def clean_kernels_source(source: str) -> str:
-    """kernels.c as gcc takes it: no redeclared GCC builtins (the C codegen declares `__builtin_popcount`)."""
+    """kernels.c as gcc takes it: no redeclared GCC builtins (the C codegen declares `__builtin_popcount`), and
+    the micro-kernel header included, in place of the C codegen's untyped declarations, when a kernel calls one."""
     for name in _UNSUPPORTED_CALLS:
         if f"{name}(" in source:
             raise UnsupportedOpsError(f"a generated kernel calls {name}, which the bare-metal runtime lacks")
-    return _BUILTIN_DECL.sub("", source)
+    source = _MICRO_KERNEL_DECL.sub("", _BUILTIN_DECL.sub("", source))
+    if _MICRO_KERNEL_CALL.search(source):
+        source = f'#include "{MICRO_KERNEL_HEADER}"  /* edgebin\'s micro-kernels (SMLAD on DSP cores) */\n' + source
+    return source
+
+
+def micro_kernel_headers(source: str) -> dict[str, str]:
+    """{file name: text} of the micro-kernel headers that `source` (kernels.c) includes, from mcu_kernels/."""
+    if f'#include "{MICRO_KERNEL_HEADER}"' not in source:
+        return {}
+    return {MICRO_KERNEL_HEADER: resources.files("edgebin.compile").joinpath("mcu_kernels", MICRO_KERNEL_HEADER)
+            .read_text()}
 
 
 def workspace_bytes(source: str) -> int:
@@ -270,5 +287,5 @@ def _template_values(onnx_path: Path, model, target_cfg: dict, graph: Graph, pla
     }
 
 
-__all__ = ["SOURCES", "build_library", "clean_kernels_source", "compile_bundle", "model_c", "render",
-           "required_headers", "workspace_bytes"]
+__all__ = ["SOURCES", "build_library", "clean_kernels_source", "compile_bundle", "micro_kernel_headers", "model_c",
+           "render", "required_headers", "workspace_bytes"]
