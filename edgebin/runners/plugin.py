@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 from edgebin.errors import DeviceError, ToolchainMissingError
@@ -62,6 +63,25 @@ def build_plugin(*, force: bool = False, timeout_s: float = 120.0) -> Path:
             os.unlink(tmp)
     log.info("built the QEMU instruction-count plugin: %s", path)
     return path
+
+def qemu_escape(text: str) -> str:
+    return text.replace(",", ",,")  # QEMU option values escape a comma by doubling it
+
+
+def read_counts(path: Path, machine: str) -> tuple[int, Counter]:
+    """The plugin's file: (windows seen, instructions inside windows per TB start address)."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        raise DeviceError(f"{machine}: the instruction-count plugin wrote no {path.name}; does this QEMU load "
+                          f"plugins (QEMU 7.2 with --enable-plugins)?") from None
+    header = dict(field.split("=") for field in lines[0].split()[3:]) if lines else {}
+    counts: Counter = Counter()
+    for line in lines[1:]:
+        addr, _, window = line.split()
+        if window != "0":
+            counts[int(addr, 16)] += int(window)
+    return int(header.get("windows", 0)), counts
 
 
 if __name__ == "__main__":  # `make setup`

@@ -43,7 +43,7 @@ import numpy as np
 from edgebin.atomic import atomic_write_text
 from edgebin.errors import DeviceError, EdgebinError, InputShapeError, ToolchainMissingError, UsageError
 from edgebin.runners.footprint import Footprint, measure_footprint
-from edgebin.runners.plugin import build_plugin
+from edgebin.runners.plugin import build_plugin, qemu_escape, read_counts
 from edgebin.runners.result import RunResult
 from edgebin.targets import Target
 
@@ -251,7 +251,7 @@ class QemuRunner:
                    "-semihosting-config", "enable=on,target=native", "-kernel", str(elf)]
             counts_path = run_dir / "counts.txt"
             if plugin is not None and symbols is not None:
-                args = [_qemu_escape(str(plugin)), f"out={_qemu_escape(str(counts_path))}",
+                args = [qemu_escape(str(plugin)), f"out={qemu_escape(str(counts_path))}",
                         f"begin={symbols.address('edgebin_harness_begin'):#x}",
                         f"end={symbols.address('edgebin_harness_end'):#x}"]
                 cmd += ["-plugin", ",".join(args)]
@@ -273,7 +273,7 @@ class QemuRunner:
                                   f"{len(x)} x {output_elems}")
             counts: Counter = Counter()
             if plugin is not None:
-                windows, counts = _read_counts(counts_path, machine)
+                windows, counts = read_counts(counts_path, machine)
                 if windows != result.get("chunks"):
                     raise DeviceError(f"{machine}: the instruction-count plugin saw {windows} counting windows for "
                                       f"{result.get('chunks')} chunks; the marker addresses do not match the ELF")
@@ -390,10 +390,6 @@ def _gcc(cmd: list[str], what: str) -> None:
         log.debug("arm-none-eabi-gcc %s:\n%s", what, proc.stderr.strip())
 
 
-def _qemu_escape(text: str) -> str:
-    return text.replace(",", ",,")  # QEMU option values escape a comma by doubling it
-
-
 def _read_result(path: Path) -> dict[str, int]:
     try:
         lines = path.read_text().splitlines()
@@ -401,18 +397,3 @@ def _read_result(path: Path) -> dict[str, int]:
         return {}
     return {key: int(value) for key, value in (line.split() for line in lines if line.strip())}
 
-
-def _read_counts(path: Path, machine: str) -> tuple[int, Counter]:
-    """The plugin's file: (windows seen, instructions inside windows per TB start address)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        raise DeviceError(f"{machine}: the instruction-count plugin wrote no {path.name}; does this QEMU load "
-                          f"plugins (QEMU 7.2 with --enable-plugins)?") from None
-    header = dict(field.split("=") for field in lines[0].split()[3:]) if lines else {}
-    counts: Counter = Counter()
-    for line in lines[1:]:
-        addr, _, window = line.split()
-        if window != "0":
-            counts[int(addr, 16)] += int(window)
-    return int(header.get("windows", 0)), counts

@@ -44,7 +44,7 @@ import numpy as np
 
 from edgebin.compile.cortex_a import CortexABundle, load_bundle
 from edgebin.errors import DeviceError, InputShapeError, ToolchainMissingError, UsageError
-from edgebin.runners.plugin import build_plugin
+from edgebin.runners.plugin import build_plugin, qemu_escape, read_counts
 from edgebin.runners.result import RunResult
 from edgebin.targets import Target
 
@@ -134,7 +134,7 @@ class QemuUserRunner:
             cmd = [qemu, "-L", linux.sysroot, "-cpu", linux.qemu_cpu]
             if plugin is not None and symbols is not None:
                 begin, end = (symbols.runner_address(name) for name in MARKERS)
-                cmd += ["-plugin", f"{_qemu_escape(str(plugin))},out={_qemu_escape(str(work / 'counts.txt'))},"
+                cmd += ["-plugin", f"{qemu_escape(str(plugin))},out={qemu_escape(str(work / 'counts.txt'))},"
                                    f"begin={begin:#x},end={end:#x}"]
             env = {**os.environ, "EDGEBIN_MAPS": str(work / "maps.txt"), "TVM_NUM_THREADS": "1"}
             try:
@@ -155,7 +155,7 @@ class QemuUserRunner:
                                   f"samples, expected {expected}")
             counts = Counter()
             if plugin is not None and symbols is not None:
-                windows, by_address = _read_counts(work / "counts.txt", linux.qemu)
+                windows, by_address = read_counts(work / "counts.txt", linux.qemu)
                 if windows != len(x):
                     raise DeviceError(f"{linux.qemu}: the plugin saw {windows} inference windows for {len(x)} "
                                       f"samples; was the runner built by edgebin (markers {', '.join(MARKERS)})?")
@@ -281,23 +281,3 @@ def _kernel_symbol(symbol: str) -> str:
     if symbol.endswith("_compute_") and not symbol.startswith("__tvm_ffi_"):
         return f"__tvm_ffi_{symbol.removesuffix('_compute_')}"
     return symbol
-
-
-def _qemu_escape(text: str) -> str:
-    return text.replace(",", ",,")  # QEMU option values escape a comma by doubling it
-
-
-def _read_counts(path: Path, emulator: str) -> tuple[int, Counter]:
-    """The plugin's file: (windows seen, instructions inside windows per TB start address)."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        raise DeviceError(f"{emulator}: the instruction-count plugin wrote no {path.name}; does this QEMU load "
-                          f"plugins (QEMU 7.2 with --enable-plugins)?") from None
-    header = dict(field.split("=") for field in lines[0].split()[3:]) if lines else {}
-    counts: Counter = Counter()
-    for line in lines[1:]:
-        addr, _, window = line.split()
-        if window != "0":
-            counts[int(addr, 16)] += int(window)
-    return int(header.get("windows", 0)), counts
