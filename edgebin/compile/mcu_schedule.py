@@ -39,15 +39,18 @@ import numpy as np
 
 from edgebin.compile.tvm_adapter import (
     GenericConst,
+    PyExprMutator,
     TensorLoad,
     call_op_name,
     collect,
     const,
     const_array,
+    mutator,
     prim_dtype,
     relax,
     s_tir,
     tirx,
+    tvm,
 )
 
 log = logging.getLogger(__name__)
@@ -282,8 +285,7 @@ def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, 
 
 def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, *, impl: bool):
     """The description (a loop nest) or the implementation (the call) of the matvec intrinsic, as a PrimFunc."""
-    from tvm.script.ir_builder import IRBuilder
-    from tvm.script.ir_builder import tirx as builder
+    IRBuilder, builder = tvm.script.ir_builder.IRBuilder, tvm.script.ir_builder.tirx
 
     def imm(value: int):
         return tirx.IntImm(index_dtype, value)
@@ -312,9 +314,9 @@ def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, *, impl: boo
                     with builder.grid(imm(n), *map(imm, reduction)) as loops:
                         with builder.sblock("update"):
                             bound = [loops[0]] + [loop for loop, r in zip(loops[1:], reduction, strict=True) if r > 1]
-                            vj, *vs = builder.axis.remap("S" + "R" * (len(bound) - 1), bound, dtype=index_dtype)
-                            vs.reverse()
-                            vr = [vs.pop() if r > 1 else imm(0) for r in reduction]
+                            vj, *looped = builder.axis.remap("S" + "R" * (len(bound) - 1), bound, dtype=index_dtype)
+                            looped = iter(looped)
+                            vr = [next(looped) if r > 1 else imm(0) for r in reduction]
                             ci = [vj if axis == c_axis else imm(0) for axis in range(c_ndim)]
                             ai = [imm(0) if r < 0 else vr[r] for r in a_axes]
                             product = tirx.Cast("int32", a[tuple(ai)]) * tirx.Cast("int32", b[(vj, *vr)])
@@ -344,8 +346,6 @@ def _relayout_constants(mod, relayouts: dict[str, list[Relayout]]):
 
     The kernels are re-added under fresh GlobalVars: a GlobalVar keeps the signature it was created with, and
     CallTIRRewrite checks the arguments against it."""
-    from edgebin.compile.tvm_adapter import PyExprMutator, mutator, tvm
-
     functions = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint not in relayouts}
     builder = relax.BlockBuilder(tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos))
     fresh = {name: builder.add_func(mod[name], name) for name in relayouts}
