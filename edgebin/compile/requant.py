@@ -17,19 +17,24 @@ exhaustively against onnxruntime 1.32; `rne` is round half to even, `sat` the cl
 |                                     | F = zc - fma(za, ra, rb * zb): the b term first, the zero points folded  |
 | DQ -> op -> Q, scale changes        | sat(rne((f32(x - zx) * sx) / sy) + zy)                                   |
 
-Every product, sum and quotient above is rounded to float32. `"float"` evaluates the formulas as written (the add
-in float64, where its products and sums are exact, then rounded to float32 once, so an FMA-contracting compiler
-cannot change it). `"fixed"` is integer only: each float32 is m * 2**-e, so the argument of the last rounding is an
-int64 `p` on the grid 2**-e, and `round_f32_half_even` reproduces rne(f32(p * 2**-e)) in integers. A float32
-rounding changes the integer result only where p lies within half a float32 ulp of a tie q + 1/2; there it makes
-the tie exact, which then goes to the even neighbour. Plain fixed point (31-bit multiplier, `+2**(r-1) >> r`)
-differs from onnxruntime there and on every exact tie, about once per 10**5 outputs.
+Every product, sum and quotient above is rounded to float32. `"float"` evaluates these formulas as written (the
+add in float64, where its products and sums are exact, so an FMA-contracting compiler cannot change it). `"fixed"`
+is integer only: each float32 is m * 2**-e, so the last rounding's argument is an int64 `p` on the grid 2**-e, and
+`round_f32_half_even` reproduces rne(f32(p * 2**-e)): float32 rounding matters only within half an ulp of a tie
+q + 1/2, where it makes the tie exact, which then goes to the even neighbour. (Plain fixed point, `+2**(r-1) >> r`,
+differs there and on every exact tie: about once per 10**5 outputs of a real layer.) The fixed add rounds the exact
+a * ra + b * rb + offset the same way and patches the few code pairs (0 to 5 of 65536) that onnxruntime's inner
+float32 rounding moves; all pairs are checked when the model compiles. One case stays float32 in "fixed", with a
+warning: a multiplier below about 2**-16, where accumulators beyond 2**24 (which f32(acc) rounds) still matter.
+Limits: ARM builds of onnxruntime use other QLinearAdd arithmetic; and x86 onnxruntime runs an int8 add either as
+QLinearAdd on uint8 codes x + 128 or in float (DQ, Add, Q), depending on how many consumers its tensors have. Both
+differ from the int8-code formula here on at most a few of the 65536 code pairs.
 """
 
 from __future__ import annotations
 
 import logging
-import operator
+import operator as op
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -83,8 +88,8 @@ class QLinearAddSpec:
     ra: tuple[int, int]
     rb: tuple[int, int]
     fixed: tuple[int, int]  # F = f32(zc - fma(za, ra, f32(rb * zb)))
-    b_min: int
-    b_terms: tuple[tuple[int, int], ...]  # fma(b, rb, F) for b = b_min, b_min + 1, ...
+    code0: int  # the smallest code: 0 (uint8) or -128 (int8)
+    b_terms: tuple[tuple[int, int], ...]  # fma(b, rb, F) for b = code0 ... code0 + 255
 
     @classmethod
     def of(cls, a_qp, b_qp, y_qp) -> QLinearAddSpec:
@@ -92,8 +97,8 @@ class QLinearAddSpec:
         za, zb, zc = int(a_qp.zero_point), int(b_qp.zero_point), int(y_qp.zero_point)
         inner = fma_f32((za, 0), ra, fma_f32((zb, 0), rb, (0, 0)))
         fixed = round_to_f32((zc << inner[1]) - inner[0], inner[1])
-        b_min, b_end = _code_range(b_qp.dtype)
-        return cls(ra, rb, fixed, b_min, tuple(fma_f32((b, 0), rb, fixed) for b in range(b_min, b_end)))
+        code0 = int(np.iinfo(b_qp.dtype).min)
+        return cls(ra, rb, fixed, code0, tuple(fma_f32((b, 0), rb, fixed) for b in range(code0, code0 + 256)))
 
     @property
     def grid(self) -> int:
@@ -103,19 +108,21 @@ class QLinearAddSpec:
     def reference(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         """rne(fma(a, ra, fma(b, rb, F))) for int arrays of codes, exactly (before saturation)."""
         e = self.grid
-        p = a.astype(np.int64) * (self.ra[0] << (e - self.ra[1])) + on_grid(list(self.b_terms), e)[b - self.b_min]
+        p = a.astype(np.int64) * (self.ra[0] << (e - self.ra[1])) + on_grid(list(self.b_terms), e)[b - self.code0]
         return round_f32_half_even(p, e, NumpyOps())
 
 
 # --- the integer emulation, written once for numpy and for Relax --------------------------------------------------
 
 
-def round_f32_half_even(p, e: int, ops):
+def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0):
     """rne(f32(p * 2**-e)) of an int64 `p`; exact where the result is within [-255, 255], saturating beyond.
 
     q = floor(|p| 2**-e) and d = frac - 1/2 (units 2**-e). The float32 rounding lands on the tie q + 1/2 iff
     |d| <= w, half an ulp of q + 1/2: 2**(floor(log2 q) - 24), or 2**-25 above q = 0; both are 2**(k - 25) with
-    k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w.
+    k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w. Only values with
+    |d| <= max(2**(e - 17), patch_reach) take that branch, which `patch(result)` may edit; the rest (all but
+    about 2**-16 of them) take floor(p 2**-e + 1/2).
     """
     if e < 1:
         raise ValueError(f"round_f32_half_even: the grid exponent must be >= 1, got {e}")
@@ -126,36 +133,23 @@ def round_f32_half_even(p, e: int, ops):
     for bit in range(1, 8):  # q > 255 saturates whichever way it rounds
         k = ops.add(k, ops.cast(ops.ge(q, 1 << bit)))
     w = ops.shl(1 << max(e - 25, 0), k) if e >= 25 else ops.shr(ops.shl(1, k), 25 - e)
-    up = ops.where(ops.eq(ops.band(q, 1), 1), ops.ge(d, ops.neg(w)), ops.gt(d, w))
-    r = ops.add(q, ops.cast(up))
-    return ops.where(ops.lt(p, 0), ops.neg(r), r)
-
-
-def round_int_to_f32(x, ops):
-    """f32(x) for an int64 |x| < 2**31, still an int64: x rounded half to even to 24 significant bits."""
-    u = ops.abs(x)
-    k = ops.cast(ops.ge(u, 1 << 24))
-    for bit in range(25, 31):
-        k = ops.add(k, ops.cast(ops.ge(u, 1 << bit)))
-    q = ops.shr(u, k)
-    rem = ops.sub(u, ops.shl(q, k))
-    half = ops.shr(ops.shl(ops.cast(ops.ge(k, 1)), k), 1)
-    tie_up = ops.band(ops.eq(rem, half), ops.band(ops.ge(k, 1), ops.eq(ops.band(q, 1), 1)))
-    r = ops.shl(ops.add(q, ops.cast(ops.bor(ops.gt(rem, half), tie_up))), k)
-    return ops.where(ops.lt(x, 0), ops.neg(r), r)
+    near = ops.add(q, ops.cast(ops.where(ops.eq(ops.band(q, 1), 1), ops.ge(d, ops.neg(w)), ops.gt(d, w))))
+    near = ops.where(ops.lt(p, 0), ops.neg(near), near)
+    reach = max(1 << max(e - 17, 0), patch_reach)  # >= w: beyond it no float32 rounding reaches the tie
+    shifted = ops.add(p, 1 << (e - 1))
+    far = ops.shr(shifted, e)  # floor(p 2**-e + 1/2), which is rne away from ties
+    is_near = ops.le(ops.band(ops.add(shifted, reach), (1 << e) - 1), 2 * reach)  # |d| <= reach, without |p|
+    return ops.lazy_where(is_near, near if patch is None else patch(near), far)
 
 
 class NumpyOps:
-    """The integer operations of the two functions above, on int64 numpy arrays (the tests' reference)."""
+    """The integer operations of `round_f32_half_even`, on int64 numpy arrays (the tests' reference)."""
 
-    lt, ge, gt, eq = (staticmethod(f) for f in (np.less, np.greater_equal, np.greater, np.equal))
+    lt, le, ge, gt, eq = (staticmethod(f) for f in (np.less, np.less_equal, np.greater_equal, np.greater, np.equal))
     add, sub, shr, shl = (staticmethod(f) for f in (np.add, np.subtract, np.right_shift, np.left_shift))
-    where, abs, neg = (staticmethod(f) for f in (np.where, np.abs, np.negative))
+    where, lazy_where, abs, neg = (staticmethod(f) for f in (np.where, np.where, np.abs, np.negative))
     band, bor = staticmethod(np.bitwise_and), staticmethod(np.bitwise_or)
-
-    @staticmethod
-    def cast(x):
-        return np.asarray(x).astype(np.int64)
+    cast = staticmethod(lambda x: x.astype(np.int64))
 
 
 def _on_tir(fn):
@@ -166,8 +160,9 @@ def _on_tir(fn):
 class TirOps:
     """The same on scalar TIR expressions, for the one `te.compute` of a fixed requant (about 100 nodes)."""
 
-    lt, ge, gt, add, sub = map(_on_tir, (operator.lt, operator.ge, operator.gt, operator.add, operator.sub))
-    shr, shl, neg, eq, where = map(_on_tir, (operator.rshift, operator.lshift, operator.neg, tirx.EQ, tirx.Select))
+    lt, le, ge, gt, add, sub = map(_on_tir, (op.lt, op.le, op.ge, op.gt, op.add, op.sub))
+    shr, shl, neg, eq, where = map(_on_tir, (op.rshift, op.lshift, op.neg, tirx.EQ, tirx.Select))
+    lazy_where = _on_tir(tirx.if_then_else)  # only the branch taken runs: the rare near-tie one costs nothing
     abs = _on_tir(lambda x: tirx.Select(x < tirx.const(0, "int64"), -x, x))
     band = _on_tir(lambda x, y: tirx.And(x, y) if prim_dtype(x) == "bool" else x & y)
     bor = _on_tir(lambda x, y: tirx.Or(x, y) if prim_dtype(x) == "bool" else x | y)
@@ -180,7 +175,8 @@ class TirOps:
 class Requantizer:
     """Emits onnxruntime's requant arithmetic (module docstring) in `mode` through a Relax BlockBuilder.
 
-    A fixed requant is one elementwise `te.compute` (one TIR block), which FuseOps fuses into the conv's epilogue.
+    A fixed requant is one elementwise `te.compute` (one TIR block): FuseOps fuses a conv's into its epilogue;
+    an add's stays a kernel of its own (`_opaque`).
     """
 
     def __init__(self, builder, mode: str) -> None:
@@ -194,68 +190,67 @@ class Requantizer:
     def linear(self, acc, multipliers: np.ndarray, y_qp, lo: int, hi: int):
         """sat(rne(f32(acc) * M) + zy) for an int32 `acc`; `multipliers` are float32, broadcastable to acc."""
         zy, mults = int(y_qp.zero_point), np.asarray(multipliers, F32)
-        if self.mode == "float":
+        parts = [f32_dyadic(m) for m in mults.reshape(-1)]
+        e = max(ei for _, ei in parts)  # one grid 2**-e for every channel
+        acc_reach = (max(hi - zy, zy - lo) + 1) / float(mults.min())  # |acc| beyond this saturates
+        if self.mode == "float" or e > 53 or acc_reach >= 2**24:
+            if self.mode == "fixed":  # M < 2**-16: f32(acc) drops bits of accumulators that matter; no int64 grid
+                log.warning("requant multiplier %s is too small for the fixed-point requant; float32 for this layer",
+                            float(mults.min()))
             scaled = self.emit(relax.op.multiply(self.emit(relax.op.astype(acc, "float32")), const(mults)))
             value = self.emit(relax.op.add(self.emit(relax.op.round(scaled)), const(float(zy), "float32")))
             return relax.op.astype(self.emit(relax.op.clip(value, lo, hi)), y_qp.dtype)
-        parts = [f32_dyadic(m) for m in mults.reshape(-1)]
-        e = max(ei for _, ei in parts)
-        grid = on_grid(parts, e).reshape(mults.shape)  # M * 2**e, every channel on one grid
-        reach = (max(hi - zy, zy - lo) + 1) / float(mults.min())  # |acc| beyond this saturates
-        bound = 2**62 // int(grid.max())  # |acc| * M * 2**e stays in int64 below this
-        if bound < min(reach, 2**31):
-            raise ValueError(f"requant multipliers {mults.min()}..{mults.max()} span too much for int64")
+        grid = on_grid(parts, e).reshape(mults.shape or (1,))  # M * 2**e
+        bound = np.minimum(2**62 // grid, 2**31 - 1).astype(np.int32)  # |acc| * M * 2**e < 2**62 below it...
+        clamp = bool(bound.min() < 2**31 - 1)  # ...and beyond it, as e <= 53, the output saturates anyway
 
-        def requant(acc_t, grid_t):
+        def requant(acc_t, grid_t, bound_t=None):
             def element(*idx):
-                ops = TirOps()
+                at = [i if n != 1 else 0 for i, n in zip(idx, grid.shape, strict=True)] if mults.ndim else [0]
                 x = acc_t(*idx).astype("int64")
-                if reach >= 2**24:  # f32(acc) is inexact up there: round acc as the conversion does
-                    x = round_int_to_f32(x, ops)
-                if bound < 2**31:
-                    x = tirx.max(tirx.min(x, ops._c(bound)), ops._c(-bound))
-                m = grid_t(*(i if n != 1 else 0 for i, n in zip(idx, grid_t.shape, strict=False)))
-                value = ops.add(round_f32_half_even(x * m, e, ops), zy)
-                return self._saturated(value, lo, hi, y_qp.dtype)
+                if clamp:  # a channel whose multiplier is far above the others' (all-zero weights: scale 1)
+                    x = tirx.max(tirx.min(x, bound_t(*at).astype("int64")), -bound_t(*at).astype("int64"))
+                value = round_f32_half_even(x * grid_t(*at), e, TirOps())
+                return self._clip(value + tirx.const(zy, "int64"), lo, hi).astype(y_qp.dtype)
             return tvm.te.compute(acc_t.shape, element, name="requant")
 
-        return self.builder.call_te(requant, acc, const(grid.reshape(grid.shape or (1,))))
+        return self.builder.call_te(requant, acc, const(grid), *([const(bound)] if clamp else []))
 
     def add(self, a, a_qp, b, b_qp, y_qp, lo: int, hi: int):
-        """QLinearAdd: sat(rne(fma(a, ra, fma(b, rb, F)))) on the raw codes `a`, `b` (int8 or uint8).
-
-        "fixed" rounds the exact a * ra + b * rb + zc - za * ra - zb * rb like the float32 result (no table) and
-        patches the few code pairs where onnxruntime's inner fma rounding moves the result: all pairs are checked.
-        """
+        """QLinearAdd: sat(rne(fma(a, ra, fma(b, rb, F)))) on the raw codes `a`, `b` (int8 or uint8)."""
         spec, out = QLinearAddSpec.of(a_qp, b_qp, y_qp), y_qp.dtype
-        sa, sb, sy = (float(qp.scale) for qp in (a_qp, b_qp, y_qp))
         (ma, ea), (mb, eb), (mf, ef) = spec.ra, spec.rb, spec.fixed
         if self.mode == "float" and _exact_in_float64(spec):  # then this is the float32 formula, to the bit
-            t = self._fma_f32(b, mb * 2.0**-eb, const(mf * 2.0**-ef))
-            value = self.emit(relax.op.round(self._fma_f32(a, ma * 2.0**-ea, self.emit(relax.op.astype(t, "float64")))))
+            t = self.emit(relax.op.astype(self._fma_f32(b, mb * 2.0**-eb, const(mf * 2.0**-ef)), "float64"))
+            value = self.emit(relax.op.round(self._fma_f32(a, ma * 2.0**-ea, t)))
             return relax.op.astype(self.emit(relax.op.clip(value, lo, hi)), out)
-        e = max(ea, eb)
+        e = max(ea, eb, 1)
         a_step, b_step = ma << (e - ea), mb << (e - eb)
         offset = (int(y_qp.zero_point) << e) - int(a_qp.zero_point) * a_step - int(b_qp.zero_point) * b_step
-        codes_a, codes_b = (np.arange(*_code_range(qp.dtype)) for qp in (a_qp, b_qp))
-        a_all, b_all = np.repeat(codes_a, codes_b.size), np.tile(codes_b, codes_a.size)
-        exact = round_f32_half_even(a_all * a_step + b_all * b_step + offset, e, NumpyOps())
-        wrong = np.flatnonzero(np.clip(exact, lo, hi) != np.clip(spec.reference(a_all, b_all), lo, hi))
+        if 256 * (abs(a_step) + abs(b_step)) + abs(offset) >= 2**62:
+            raise ValueError(f"QLinearAdd scales {a_qp.scale}, {b_qp.scale} are 2**30 apart: no int64 requant")
+        codes = np.arange(spec.code0, spec.code0 + 256)
+        a_all, b_all = (v.ravel() for v in np.meshgrid(codes, codes, indexing="ij"))
+        p_all = a_all * a_step + b_all * b_step + offset
+        exact, reference = round_f32_half_even(p_all, e, NumpyOps()), spec.reference(a_all, b_all)
+        wrong = np.flatnonzero(np.clip(exact, lo, hi) != np.clip(reference, lo, hi))
         if len(wrong) > _MANY_PATCHES:
-            log.warning("QLinearAdd %s + %s -> %s: %d code pairs patched one by one", sa, sb, sy, len(wrong))
-        patched = np.clip(spec.reference(a_all[wrong], b_all[wrong]), lo, hi)
-        patches = [(int(a_all[i]), int(b_all[i]), int(v)) for i, v in zip(wrong, patched, strict=True)]
+            log.warning("QLinearAdd to scale %s: %d code pairs patched one by one", float(y_qp.scale), len(wrong))
+        patches = [(int(a_all[i]), int(b_all[i]), int(reference[i])) for i in wrong]
+        reach = int(np.abs((np.abs(p_all[wrong]) & ((1 << e) - 1)) - (1 << (e - 1))).max(initial=0))  # all near ties
 
         def qlinear_add(a_t, b_t):
             def element(*idx):
-                ops = TirOps()
                 x, y = a_t(*idx).astype("int64"), b_t(*idx).astype("int64")
+
+                def patch(value):
+                    for pa, pb, patched in patches:
+                        hit = tirx.And(tirx.EQ(x, tirx.const(pa, "int64")), tirx.EQ(y, tirx.const(pb, "int64")))
+                        value = tirx.Select(hit, tirx.const(patched, "int64"), value)
+                    return value
+
                 p = x * tirx.const(a_step, "int64") + y * tirx.const(b_step, "int64") + tirx.const(offset, "int64")
-                value = self._saturated(round_f32_half_even(p, e, ops), lo, hi, out)
-                for pa, pb, patched in patches:
-                    hit = tirx.And(tirx.EQ(x, tirx.const(pa, "int64")), tirx.EQ(y, tirx.const(pb, "int64")))
-                    value = tirx.Select(hit, tirx.const(patched, out), value)
-                return value
+                return self._clip(round_f32_half_even(p, e, TirOps(), patch, reach), lo, hi).astype(out)
             return tvm.te.compute(a_t.shape, element, name="qlinear_add")
 
         return self._opaque(self.builder.call_te(qlinear_add, a, b))
@@ -267,11 +262,10 @@ class Requantizer:
 
     def table(self, x, x_qp, y_qp, lo: int, hi: int):
         """DQ -> Q with new qparams as a lookup: sat(rne((f32(x - zx) * sx) / sy) + zy) for every code of x."""
-        x_min, x_end = _code_range(x_qp.dtype)
-        codes = np.arange(x_min, x_end)
+        codes = np.arange(np.iinfo(x_qp.dtype).min, np.iinfo(x_qp.dtype).max + 1)
         real = ((codes - int(x_qp.zero_point)).astype(F32) * F32(x_qp.scale)).astype(F32)
         values = np.rint((real / F32(y_qp.scale)).astype(F32)).astype(np.int64) + int(y_qp.zero_point)
-        index = self.emit(relax.op.subtract(self.emit(relax.op.astype(x, "int32")), const(x_min, "int32")))
+        index = self.emit(relax.op.subtract(self.emit(relax.op.astype(x, "int32")), const(int(codes[0]), "int32")))
         return relax.op.take(const(np.clip(values, lo, hi).astype(y_qp.dtype)), index, axis=0)
 
     def _opaque(self, call):
@@ -281,20 +275,14 @@ class Requantizer:
         return call
 
     @staticmethod
-    def _saturated(value, lo: int, hi: int, dtype: str):
-        return tirx.max(tirx.min(value, tirx.const(hi, "int64")), tirx.const(lo, "int64")).astype(dtype)
+    def _clip(value, lo: int, hi: int):
+        return tirx.max(tirx.min(value, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
 
 
 def _exact_in_float64(spec: QLinearAddSpec) -> bool:
     """True when float64 holds b * rb + F and a * ra + fma(b, rb, F) exactly for every code (53 bits)."""
     (mb, eb), (mf, ef), g = spec.rb, spec.fixed, max(spec.rb[1], spec.fixed[1])
-    ends = [abs((b * mb << (g - eb)) + (mf << (g - ef))) for b in (spec.b_min, spec.b_min + len(spec.b_terms) - 1)]
+    ends = [abs((b * mb << (g - eb)) + (mf << (g - ef))) for b in (spec.code0, spec.code0 + 255)]
     e = spec.grid
     top = 256 * abs(spec.ra[0] << (e - spec.ra[1])) + int(np.abs(on_grid(list(spec.b_terms), e)).max())
     return max(ends) < 2**53 and top < 2**53
-
-
-def _code_range(dtype: str) -> tuple[int, int]:
-    """(min, max + 1) of an integer dtype: the arange of its codes."""
-    info = np.iinfo(dtype)
-    return int(info.min), int(info.max) + 1
