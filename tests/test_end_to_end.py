@@ -92,8 +92,8 @@ def test_compress_digits_to_int8_for_the_host(digits_model, capsys):
     assert report["kernels"].get("float", 0) == 0
     assert report["fallbacks"] == []
     conv_kinds = report["ops"]["conv2d"]
-    assert set(conv_kinds) == {"int8xint8->int32"} and sum(conv_kinds.values()) == 3
-    assert set(report["ops"]["matmul"]) == {"int8xint8->int32"}
+    assert set(conv_kinds) == {"uint8xint8->int32"} and sum(conv_kinds.values()) == 3
+    assert set(report["ops"]["matmul"]) == {"uint8xint8->int32"}
     engines = report["latency"]["engines"]
     assert {"pytorch-fp32", "onnxruntime-fp32", "onnxruntime-int8", "tvm-fp32", "edgebin-int8"} <= set(engines)
     assert all(e["median_ms"] > 0 for e in engines.values())

@@ -1,6 +1,6 @@
 """The int8 micro-kernel (`mcu_kernels/edgebin_kernels.h`) and the MCU schedule that calls it.
 
-- `edgebin_matvec_s8` against numpy: the plain C path built natively with gcc, and the SMLAD path built for each
+- `edgebin_matvec_s8` and `edgebin_matvec_u8s8` (the same bytes read as uint8) against numpy: the plain C path built natively with gcc, and the SMLAD path built for each
   Cortex-M target with DSP and run on QEMU, over shapes that hit every remainder (k % 4, n % 4) and unaligned rows;
 - the schedule on its own: an int8 matmul becomes one call and asks for its weight transposed; without a constant
   weight, or in float, it keeps plain loops;
@@ -23,7 +23,7 @@ from conftest import TinyResNet, randomize_batch_norms  # pytest puts tests/ on 
 from edgebin import targets
 from edgebin.capture import capture_graph
 from edgebin.compile.mcu_emit import MICRO_KERNEL_HEADER, build_library, compile_bundle, micro_kernel_headers
-from edgebin.compile.mcu_schedule import MATVEC, plain_loops, schedule_kernel
+from edgebin.compile.mcu_schedule import MATVEC, MATVEC_U8, plain_loops, schedule_kernel
 from edgebin.compile.tvm_adapter import collect, tirx, tvm
 from edgebin.export import export_onnx
 from edgebin.loading import LoadedModel
@@ -40,7 +40,7 @@ CASES = [(1, 1, 0, 0), (2, 3, 1, 2), (3, 5, 3, 1), (4, 4, 0, 0), (5, 2, 2, 3), (
          (16, 32, 2, 1), (25, 6, 1, 0), (36, 13, 0, 3), (64, 10, 3, 3), (144, 16, 1, 2), (576, 8, 2, 0)]
 X_BYTES, W_BYTES, ACC = 600, 4700, 32  # int8 inputs, int8 weights, int32 starting accumulators per sample
 IN_ELEMS = X_BYTES + W_BYTES + ACC
-OUT_ELEMS = sum(n for _, n, _, _ in CASES)
+OUT_ELEMS = 2 * sum(n for _, n, _, _ in CASES)  # int8 x, then the same bytes as uint8 x
 
 DRIVER_C = """#include <stdint.h>
 #include "edgebin_kernels.h"
@@ -49,7 +49,7 @@ static const int32_t cases[][4] = {CASES};
 static int8_t xs[X_BYTES + 4], ws[W_BYTES + 4];
 
 /* input: X_BYTES int8 values, W_BYTES int8 values, ACC starting accumulators (/1000);
- * output: every case's accumulators, in order. */
+ * output: every case's accumulators, in order, with x as int8; then all again with x's bytes as uint8. */
 int edgebin_kernels_test(const float* input, float* output) {
   for (int i = 0; i < X_BYTES; ++i) xs[i] = (int8_t)input[i];
   for (int i = 0; i < W_BYTES; ++i) ws[i] = (int8_t)input[X_BYTES + i];
@@ -58,6 +58,12 @@ int edgebin_kernels_test(const float* input, float* output) {
     for (int j = 0; j < n; ++j) acc[j] = (int32_t)input[X_BYTES + W_BYTES + j % ACC] * 1000;
     edgebin_matvec_s8(xs + cases[c][2], ws + cases[c][3], k, n, acc);
     for (int j = 0; j < n; ++j) *output++ = (float)acc[j];  /* |acc| < 2**24: exact */
+  }
+  for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
+    int32_t k = cases[c][0], n = cases[c][1], acc[64];
+    for (int j = 0; j < n; ++j) acc[j] = (int32_t)input[X_BYTES + W_BYTES + j % ACC] * 1000;
+    edgebin_matvec_u8s8((const uint8_t*)xs + cases[c][2], ws + cases[c][3], k, n, acc);
+    for (int j = 0; j < n; ++j) *output++ = (float)acc[j];
   }
   return 0;
 }
@@ -91,9 +97,10 @@ def reference(x: np.ndarray) -> np.ndarray:
     for sample in x.astype(np.int64):
         xs, ws, acc = sample[:X_BYTES], sample[X_BYTES:X_BYTES + W_BYTES], sample[X_BYTES + W_BYTES:]
         row = []
-        for k, n, xo, wo in CASES:
-            weights = ws[wo:wo + n * k].reshape(n, k)
-            row.append(acc[np.arange(n) % ACC] * 1000 + weights @ xs[xo:xo + k])
+        for x_bytes in (xs, xs % 256):  # int8, then uint8
+            for k, n, xo, wo in CASES:
+                weights = ws[wo:wo + n * k].reshape(n, k)
+                row.append(acc[np.arange(n) % ACC] * 1000 + weights @ x_bytes[xo:xo + k])
         outputs.append(np.concatenate(row))
     return np.asarray(outputs, dtype=np.float32)
 
@@ -251,10 +258,10 @@ def test_micro_kernel_bundle_calls_it_and_has_no_pad_kernels(bundles):
     plain, micro = (json.loads((bundles[name] / "bundle.json").read_text()) for name in ("plain", "micro"))
     assert (bundles["micro"] / MICRO_KERNEL_HEADER).is_file() and not (bundles["plain"] / MICRO_KERNEL_HEADER).exists()
     source = (bundles["micro"] / "kernels.c").read_text()
-    assert source.count(f"{MATVEC}(") == 4  # stem, c1, c2, fc
-    assert [k["ops"] for k in plain["kernels"]].count(["pad"]) == 2  # before c1 and c2 (zero point != 0)
+    assert source.count(f"{MATVEC_U8}(") == 4  # stem, c1, c2, fc: uint8 activations, as exported
+    # c1 and c2 read ReLU outputs, whose uint8 zero point is 0: their padding is the conv's own, no pad kernel
+    assert [k["ops"] for k in plain["kernels"]].count(["pad"]) == 0
     assert [k["ops"] for k in micro["kernels"]].count(["pad"]) == 0
-    assert sum(k["ops"][0] == "pad" and "conv2d" in k["ops"] for k in micro["kernels"]) == 2
     assert [(k["layer"], k["macs"]) for k in micro["kernels"] if k["macs"]] == \
         [(k["layer"], k["macs"]) for k in plain["kernels"] if k["macs"]]
     assert micro["weights_bytes"] == plain["weights_bytes"]  # the gemm weight is transposed, not grown

@@ -35,7 +35,7 @@ def test_zoo_model_compiles_to_int8_and_agrees_with_onnxruntime(name, tmp_path):
     assert (expected.argmax(1) == got.argmax(1)).mean() == 1.0
     np.testing.assert_allclose(got, expected, atol=0.05 * np.abs(expected).max())
     convs = artefact.op_counts().get("conv2d", {})
-    assert set(convs) == {"int8xint8->int32"}
+    assert set(convs) == {"uint8xint8->int32"}
     if name == "tiny_vit":  # attention (softmax, layer norm, activation x activation matmul) stays float
         assert artefact.kernel_counts()["float"] > 0
         ops = {r.op for r in summary.fallbacks()}

@@ -5,17 +5,17 @@
 
 Per kernel, with `tvm.s_tir.Schedule`, one of two schedules:
 
-**int8 conv / matmul** (a block `acc += int32(x) * int32(w)` of int8 operands, the weight a constant), the
-micro-kernel schedule, when `MICRO_KERNELS` is on (the default):
+**int8 conv / matmul** (a block `acc += int32(x) * int32(w)`, an int8 weight that is a constant and an int8 or
+uint8 activation), the micro-kernel schedule, when `MICRO_KERNELS` is on (the default):
 1. im2col: `reindex` the activation read, so that each output pixel's receptive field becomes one contiguous
    int8 column (C order ci, ky, kx, the order of the OIHW weight rows); the pad block of a fused pad+conv is
    inlined into this gather, so padding costs a bounds test per gathered byte instead of a kernel;
 2. loops: output pixels outside, output channels and the reduction inside; the column is gathered per pixel
    (`compute_at`) and the whole epilogue (bias, requant, residual) runs per pixel after it (`reverse_compute_at`),
    reading int32 accumulators from a Cout-element array on the stack;
-3. the channel and reduction loops become one call, `edgebin_matvec_s8(col, w, K, Cout, acc)` (`tensorize`
-   with an intrinsic generated for the shape), the C micro-kernel of `mcu_kernels/edgebin_kernels.h`: two MACs
-   per SMLAD on cores with the DSP extension, a plain loop elsewhere;
+3. the channel and reduction loops become one call, `edgebin_matvec_s8(col, w, K, Cout, acc)` (or `_u8s8` for a
+   uint8 activation; `tensorize` with an intrinsic generated for the shape), the C micro-kernel of
+   `mcu_kernels/edgebin_kernels.h`: two MACs per SMLAD on cores with the DSP extension, a plain loop elsewhere;
 4. a weight whose reduction axis is not innermost (matmul's (K, N)) is stored the other way round: the PrimFunc
    parameter with `transform_layout`, the constant in `main` with the same permutation (free: weights are
    constants; same bytes, so flash is unchanged).
@@ -55,7 +55,8 @@ from edgebin.compile.tvm_adapter import (
 
 log = logging.getLogger(__name__)
 
-MATVEC = "edgebin_matvec_s8"  # the C micro-kernel (mcu_kernels/edgebin_kernels.h)
+MATVEC = "edgebin_matvec_s8"  # the C micro-kernel (mcu_kernels/edgebin_kernels.h)...
+MATVEC_U8 = "edgebin_matvec_u8s8"  # ...and its twin for a uint8 activation
 # The micro-kernel schedule (and mcu_lower's pad fusion) on or off; EDGEBIN_MCU_MICRO_KERNELS=0 switches it off
 # for a run, `with plain_loops():` for a block (a baseline to compare with, or to rule the schedule out).
 MICRO_KERNELS = contextvars.ContextVar(
@@ -189,12 +190,14 @@ def _schedule_matvec(func, constant_params: frozenset[int]):
     if looped != sorted(looped) or a_axes[len(a_axes) - len(looped):] != tuple(looped) or any(
             extent > 1 and r not in looped for r, extent in enumerate(extents)):
         raise _NotMatvec("the column is not contiguous along the reduction")
-    sch.tensorize(j_loop, matvec_intrin(n, extents, len(out.indices), c_axis, a_axes, prim_dtype(j)))
+    sch.tensorize(j_loop, matvec_intrin(n, extents, len(out.indices), c_axis, a_axes, prim_dtype(j),
+                                        str(x.source.dtype)))
     return sch.mod["main"], relayouts
 
 
 def _int8_mac_block(sch):
-    """The one reduction block whose statement is `C[...] = C[...] + int32(A[...]) * int32(B[...])`, int8 A, B."""
+    """The one reduction block whose statement is `C[...] = C[...] + int32(A[...]) * int32(B[...])`: int8 B,
+    int8 or uint8 A."""
     found = [block for block in sch.get_child_blocks(sch.get_sblock("root"))
              if sch.get(block).init is not None and _mac_loads(sch.get(block).body) is not None]
     if len(found) != 1:
@@ -227,7 +230,8 @@ def _mac_statement(node):
 
 
 def _mac_loads(stmt):
-    """(store, x load, w load) of `C[i] = C[i] + int32(x) * int32(w)` with int8 x, w and an int32 C, else None."""
+    """(store, x load, w load) of `C[i] = C[i] + int32(x) * int32(w)` with an int8 w, an int8 or uint8 x and an
+    int32 C (the operands in either order), else None."""
     if not isinstance(stmt, tirx.BufferStore) or str(stmt.buffer.dtype) != "int32":
         return None
     value = stmt.value
@@ -237,9 +241,13 @@ def _mac_loads(stmt):
     loads = []
     for operand in (value.b.a, value.b.b):
         if not (isinstance(operand, tirx.Cast) and prim_dtype(operand) == "int32"
-                and isinstance(operand.value, TensorLoad) and str(operand.value.source.dtype) == "int8"):
+                and isinstance(operand.value, TensorLoad) and str(operand.value.source.dtype) in ("int8", "uint8")):
             return None
         loads.append(operand.value)
+    if str(loads[1].source.dtype) != "int8":
+        loads.reverse()
+    if str(loads[1].source.dtype) != "int8":
+        return None
     return stmt, loads[0], loads[1]
 
 
@@ -267,23 +275,25 @@ def _permutation(axes: tuple[int, ...]):
 
 
 def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, a_axes: tuple[int, ...],
-                  index_dtype: str = "int64") -> str:
+                  index_dtype: str = "int64", x_dtype: str = "int8") -> str:
     """The name of a tensor intrinsic for `C[.., j, ..] += int32(A[..]) * int32(B[j, *r])` (registered once).
 
     C is the int32 accumulator, j at `c_axis` and unit extents elsewhere; B the int8 weight rows, (n, *reduction);
-    A the int8 column: its axis i is reduction axis `a_axes[i]`, or a unit axis where that is -1 (the reduction
-    axes come last and in order, so the column is contiguous). The implementation is one `edgebin_matvec_s8`.
+    A the `x_dtype` (int8 or uint8) column: its axis i is reduction axis `a_axes[i]`, or a unit axis where that is
+    -1 (the reduction axes come last and in order, so the column is contiguous). The implementation is one
+    `edgebin_matvec_s8` (`_u8s8` for uint8).
     """
-    name = (f"{MATVEC}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}"
+    kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
+    name = (f"{kernel}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}"
             f"_a{''.join('_' if r < 0 else str(r) for r in a_axes)}_{index_dtype}")
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        desc, impl = (_matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, impl=flag)
+        desc, impl = (_matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, x_dtype, impl=flag)
                       for flag in (False, True))
         s_tir.TensorIntrin.register(name, desc, impl)
     return name
 
 
-def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, *, impl: bool):
+def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, x_dtype, *, impl: bool):
     """The description (a loop nest) or the implementation (the call) of the matvec intrinsic, as a PrimFunc."""
     IRBuilder, builder = tvm.script.ir_builder.IRBuilder, tvm.script.ir_builder.tirx
 
@@ -299,16 +309,17 @@ def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, *, impl: boo
 
     with IRBuilder() as ib:
         with builder.prim_func(s_tir=True):
-            builder.func_name(f"{MATVEC}_{'impl' if impl else 'desc'}")
+            kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
+            builder.func_name(f"{kernel}_{'impl' if impl else 'desc'}")
             handles = [builder.arg(name, builder.handle()) for name in ("a", "b", "c")]
             a, b, c = (builder.match_buffer(handle, shape, dtype, offset_factor=1)
                        for handle, shape, dtype in zip(handles, (a_shape, b_shape, c_shape),
-                                                       ("int8", "int8", "int32"), strict=True))
+                                                       (x_dtype, "int8", "int32"), strict=True))
             with builder.sblock("root"):
                 builder.reads(whole(c, c_shape), whole(a, a_shape), whole(b, b_shape))
                 builder.writes(whole(c, c_shape))
                 if impl:
-                    builder.evaluate(tirx.call_extern("void", MATVEC, a.access_ptr("r"), b.access_ptr("r"),
+                    builder.evaluate(tirx.call_extern("void", kernel, a.access_ptr("r"), b.access_ptr("r"),
                                                       int(np.prod(reduction)), n, c.access_ptr("rw")))
                 else:  # blockize binds no unit loop to the inner block: neither does the description
                     with builder.grid(imm(n), *map(imm, reduction)) as loops:
@@ -428,5 +439,5 @@ def _n_spatial(sch, block) -> int:
     return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == _SPATIAL)
 
 
-__all__ = ["MATVEC", "MICRO_KERNELS", "Relayout", "constant_arguments", "matvec_intrin", "plain_loops",
+__all__ = ["MATVEC", "MATVEC_U8", "MICRO_KERNELS", "Relayout", "constant_arguments", "matvec_intrin", "plain_loops",
            "schedule_for_mcu", "schedule_kernel", "uses_micro_kernel"]

@@ -16,13 +16,26 @@ from torch import Tensor, nn
 
 from edgebin.quant.observers import MinMaxObserver
 from edgebin.quant.qdq import dequantize_codes, quantize_dequantize
-from edgebin.quant.uniform import INT32_MAX, affine_qparams, quantize_bias, quantize_weight, symmetric_weight_scales
+from edgebin.quant.uniform import (
+    ACT_QMAX,
+    ACT_QMIN,
+    INT32_MAX,
+    affine_qparams,
+    quantize_bias,
+    quantize_weight,
+    symmetric_weight_scales,
+)
 
 MODES = ("float", "observe", "quantize")
 
 
 class ActQuant(nn.Module):
-    """Per-tensor asymmetric int8 quantizer of an activation; exports as QuantizeLinear -> DequantizeLinear.
+    """Per-tensor asymmetric 8-bit quantizer of an activation; exports as QuantizeLinear -> DequantizeLinear.
+
+    Codes are uint8 (zero point in 0..255), the form onnxruntime's x86 kernels expect: with int8 activations it
+    leaves every Conv/Add whose input feeds two consumers in float, so its reference stops being integer
+    arithmetic that a compiled model can equal bit for bit. Against int8 codes this only shifts codes and zero
+    point by 128: the fake-quant values are the same.
 
     With `shared_with`, it reuses another quantizer's scale and zero point: used after max-pool, reshape and
     ReLU on already-quantized values, where requantizing would only lose precision.
@@ -36,7 +49,7 @@ class ActQuant(nn.Module):
         self.observer = observer
         object.__setattr__(self, "shared_with", shared_with)  # a reference, not a submodule
         self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int8))
+        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.uint8))
 
     def source(self) -> ActQuant:
         """The quantizer whose parameters this one uses."""
@@ -49,7 +62,7 @@ class ActQuant(nn.Module):
         """Fix scale and zero point from the observed range (or copy them from the shared quantizer)."""
         if self.shared_with is None:
             lo, hi = self.observer.range() if self.observer is not None else (0.0, 0.0)
-            scale, zero_point = affine_qparams(lo, hi)
+            scale, zero_point = affine_qparams(lo, hi, ACT_QMIN, ACT_QMAX)
             self.scale.fill_(scale)
             self.zero_point.fill_(zero_point)
         else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from edgebin.quant.uniform import INT8_MAX, INT8_MIN, _FakeQuantizeSTE
+from edgebin.quant.uniform import ACT_QMAX, ACT_QMIN, INT8_MAX, INT8_MIN, _FakeQuantizeSTE
 
 
 def _broadcast(v: Tensor, like: Tensor, axis: int) -> Tensor:
@@ -22,14 +22,16 @@ def _broadcast(v: Tensor, like: Tensor, axis: int) -> Tensor:
 
 
 class QuantizeDequantize(torch.autograd.Function):
-    """Per-tensor int8 fake quantization of an activation; exports as QuantizeLinear -> DequantizeLinear.
+    """Per-tensor 8-bit fake quantization of an activation (uint8 or int8 codes, the zero point's dtype); exports
+    as QuantizeLinear -> DequantizeLinear.
 
     Gradient: straight-through inside [qmin, qmax], zero outside.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-        return _FakeQuantizeSTE.forward(ctx, x, scale, zero_point.float(), INT8_MIN, INT8_MAX)
+        qmin, qmax = (ACT_QMIN, ACT_QMAX) if zero_point.dtype == torch.uint8 else (INT8_MIN, INT8_MAX)
+        return _FakeQuantizeSTE.forward(ctx, x, scale, zero_point.float(), qmin, qmax)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -59,7 +61,7 @@ class DequantizeCodes(torch.autograd.Function):
 
 
 def quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
-    """Fake-quantize `x` (per tensor); `zero_point` is an int8 0-d tensor."""
+    """Fake-quantize `x` (per tensor); `zero_point` is a uint8 (or int8) 0-d tensor."""
     return QuantizeDequantize.apply(x, scale, zero_point)
 
 

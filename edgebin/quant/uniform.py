@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 INT8_MIN, INT8_MAX = -128, 127
+ACT_QMIN, ACT_QMAX = 0, 255  # activations: uint8 codes (see quant.modules.ActQuant)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
 WEIGHT_QMAX = 127  # symmetric narrow range: -127..127, so -w is representable whenever w is
 
