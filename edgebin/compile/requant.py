@@ -203,6 +203,12 @@ class Requantizer:
         grid = on_grid(parts, e).reshape(mults.shape or (1,))  # M * 2**e
         bound = np.minimum(2**62 // grid, 2**31 - 1).astype(np.int32)  # |acc| * M * 2**e < 2**62 below it...
         clamp = bool(bound.min() < 2**31 - 1)  # ...and beyond it, as e <= 53, the output saturates anyway
+        # Narrower types where they are exact: an int32 grid (half the constant's bytes, and a 32x64-bit multiply
+        # for the C compiler); M < 1 keeps the rounded value within int32, so the clip is 32-bit.
+        narrow = int(grid.max()) < 2**31
+        small = float(mults.max()) < 1.0
+        if narrow:
+            grid = grid.astype(np.int32)
 
         def requant(acc_t, grid_t, bound_t=None):
             def element(*idx):
@@ -210,8 +216,9 @@ class Requantizer:
                 x = acc_t(*idx).astype("int64")
                 if clamp:  # a channel whose multiplier is far above the others' (all-zero weights: scale 1)
                     x = tirx.max(tirx.min(x, bound_t(*at).astype("int64")), -bound_t(*at).astype("int64"))
-                value = round_f32_half_even(x * grid_t(*at), e, TirOps())
-                return self._clip(value + tirx.const(zy, "int64"), lo, hi).astype(y_qp.dtype)
+                value = round_f32_half_even(x * grid_t(*at).astype("int64"), e, TirOps())
+                kind = "int32" if small else "int64"
+                return self._clip(value.astype(kind) + tirx.const(zy, kind), lo, hi).astype(y_qp.dtype)
             return tvm.te.compute(acc_t.shape, element, name="requant")
 
         return self.builder.call_te(requant, acc, const(grid), *([const(bound)] if clamp else []))
@@ -276,7 +283,8 @@ class Requantizer:
 
     @staticmethod
     def _clip(value, lo: int, hi: int):
-        return tirx.max(tirx.min(value, tirx.const(hi, "int64")), tirx.const(lo, "int64"))
+        kind = prim_dtype(value)
+        return tirx.max(tirx.min(value, tirx.const(hi, kind)), tirx.const(lo, kind))
 
 
 def _exact_in_float64(spec: QLinearAddSpec) -> bool:
