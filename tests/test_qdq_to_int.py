@@ -192,7 +192,7 @@ def test_fixed_point_requant_matches_onnxruntime_exactly(tmp_path):
     path, artefact = compile_model(edgebin_form_model(), tmp_path, "m", requant="fixed")
     x = np.random.default_rng(2).standard_normal((100, 3, 12, 12)).astype(np.float32)
     np.testing.assert_array_equal(artefact.run(x), onnxruntime_outputs(path, x))
-    assert {"int64"} <= {d for k in artefact.kernels for d in k["constants"]}  # integer multipliers
+    assert {"int32"} <= {d for k in artefact.kernels for d in k["constants"]}  # integer multipliers
     convs = [k for k in artefact.kernels if "conv2d" in k["ops"]]
     assert convs and not any("float32" in k["constants"] for k in convs)
 
