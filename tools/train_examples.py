@@ -8,13 +8,16 @@ linear warm-up and cosine decay per step, and fixed seeds with deterministic ker
 bit-for-bit repeatable for the same seed, thread count and torch build. Accuracy is measured on all
 10,000 test images once training ends; no epoch is chosen by test accuracy. Each checkpoint is a plain dict
 (`torch.load(path, weights_only=True)` reads it) written atomically to <out>/<arch>_fashion.pt.
+
+The pieces (augmentation, parameter groups, schedule, accuracy) are `edgebin.train`'s. The loop stays here, a
+single process with one generator for order and augmentation, so that the committed checkpoints can be
+reproduced bit for bit; QAT and fine-tuning use `edgebin.train.train` (DDP, checkpoints, distillation).
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import math
 import random
 import sys
 import time
@@ -22,11 +25,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from edgebin import zoo
 from edgebin.atomic import atomic_write_bytes
 from edgebin.data import Dataset, Normalization, load_dataset
+from edgebin.train import evaluate, param_groups, random_shift_flip, warmup_cosine_lr
 
 ARCHS = ("lenet5", "resnet8")
 DEFAULT_EPOCHS = {"lenet5": 30, "resnet8": 15}
@@ -46,47 +50,6 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True)
 
 
-def augment(x: Tensor, generator: torch.Generator) -> Tensor:
-    """Shift each image by up to SHIFT_PX pixels (zero fill) and flip half of them left-right.
-
-    Runs on images in [0, 1], before normalisation, so the fill is the black background.
-    """
-    n, _, h, w = x.shape
-    padded = nn.functional.pad(x, (SHIFT_PX,) * 4)
-    dy = torch.randint(0, 2 * SHIFT_PX + 1, (n, 1, 1), generator=generator)
-    dx = torch.randint(0, 2 * SHIFT_PX + 1, (n, 1, 1), generator=generator)
-    rows = dy + torch.arange(h).view(1, h, 1)
-    cols = dx + torch.arange(w).view(1, 1, w)
-    shifted = padded.permute(0, 2, 3, 1)[torch.arange(n).view(n, 1, 1), rows, cols].permute(0, 3, 1, 2)
-    flip = torch.rand(n, generator=generator) < 0.5
-    return torch.where(flip.view(n, 1, 1, 1), shifted.flip(3), shifted)
-
-
-def param_groups(model: nn.Module) -> list[dict]:
-    """Weight decay on conv and linear weights only."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_at(step: int, total: int, warmup: int) -> float:
-    """Linear warm-up to LR, then cosine decay to 0."""
-    if step < warmup:
-        return LR * (step + 1) / warmup
-    return 0.5 * LR * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
-
-@torch.no_grad()
-def accuracy(model: nn.Module, x: Tensor, y: Tensor, batch: int = 1000) -> float:
-    """Top-1 accuracy as a fraction, in eval mode."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        xb = x[i : i + batch].contiguous(memory_format=torch.channels_last)
-        correct += int((model(xb).argmax(1) == y[i : i + batch]).sum())
-    return correct / len(x)
-
-
 def train(arch: str, ds: Dataset, epochs: int, seed: int) -> tuple[nn.Module, float, float]:
     """Train `arch` from scratch; returns the model, its test accuracy and the seconds taken."""
     seed_everything(seed)
@@ -101,7 +64,7 @@ def train(arch: str, ds: Dataset, epochs: int, seed: int) -> tuple[nn.Module, fl
     x_test = torch.from_numpy(norm.apply(ds.x_test))
     y_test = torch.from_numpy(ds.y_test)
 
-    optimizer = torch.optim.AdamW(param_groups(model), lr=LR)
+    optimizer = torch.optim.AdamW(param_groups(model, WEIGHT_DECAY), lr=LR)
     steps_per_epoch = len(x_train) // BATCH_SIZE  # the last partial batch is dropped
     total, warmup = epochs * steps_per_epoch, WARMUP_EPOCHS * steps_per_epoch
     step, start = 0, time.perf_counter()
@@ -111,11 +74,11 @@ def train(arch: str, ds: Dataset, epochs: int, seed: int) -> tuple[nn.Module, fl
         loss_sum, correct = 0.0, 0
         for b in range(steps_per_epoch):
             idx = order[b * BATCH_SIZE : (b + 1) * BATCH_SIZE]
-            xb = (augment(x_train[idx], generator) - mean) / std
+            xb = (random_shift_flip(x_train[idx], generator, shift_px=SHIFT_PX) - mean) / std
             xb = xb.contiguous(memory_format=torch.channels_last)
             yb = y_train[idx]
             for group in optimizer.param_groups:
-                group["lr"] = lr_at(step, total, warmup)
+                group["lr"] = warmup_cosine_lr(step, total_steps=total, warmup_steps=warmup, peak_lr=LR)
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb)
             optimizer.zero_grad(set_to_none=True)
@@ -125,14 +88,14 @@ def train(arch: str, ds: Dataset, epochs: int, seed: int) -> tuple[nn.Module, fl
             loss_sum += float(loss.detach()) * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
         seen = steps_per_epoch * BATCH_SIZE
-        test_acc = accuracy(model, x_test, y_test)
+        test_acc = evaluate(model, x_test, y_test)
         print(
             f"{arch} epoch {epoch + 1:2d}/{epochs}  loss {loss_sum / seen:.4f}  train {correct / seen:.2%}  "
             f"test {test_acc:.2%}  {time.perf_counter() - start:.0f} s",
             flush=True,
         )
     model = model.to(memory_format=torch.contiguous_format).eval()
-    return model, accuracy(model, x_test, y_test), time.perf_counter() - start
+    return model, evaluate(model, x_test, y_test), time.perf_counter() - start
 
 
 def checkpoint(arch: str, model: nn.Module, ds: Dataset, acc: float, epochs: int, args) -> dict:

@@ -4,19 +4,39 @@
     summary = quantize_graph(gm, Recipe())      # gm from edgebin.capture.capture_graph
     calibrate(gm, x_calibration)
     freeze(gm)                                  # gm is the fake-quant model; export it with edgebin.export
+
+Quantization-aware training (StatsQ, LSQ, TBT, binary, ternary) lives in `edgebin.quant.qat`:
+
+    model = qat.prepare(model, Recipe.for_method("statsq", weight_bits=2, activation_bits=2))
 """
 
 from edgebin.quant.int8 import LayerRecord, QuantSummary, calibrate, freeze, quantize_graph, weights_bytes
-from edgebin.quant.recipe import METHODS, CalibrationConfig, FloatConfig, Int8Config, Recipe
+from edgebin.quant.recipe import (
+    METHODS,
+    BinaryConfig,
+    CalibrationConfig,
+    FloatConfig,
+    Int8Config,
+    LsqConfig,
+    Recipe,
+    StatsQConfig,
+    TbtConfig,
+    TernaryConfig,
+)
 
 __all__ = [
     "METHODS",
+    "BinaryConfig",
     "CalibrationConfig",
     "FloatConfig",
     "Int8Config",
     "LayerRecord",
+    "LsqConfig",
     "QuantSummary",
     "Recipe",
+    "StatsQConfig",
+    "TbtConfig",
+    "TernaryConfig",
     "calibrate",
     "freeze",
     "quantize_graph",

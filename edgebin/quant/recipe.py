@@ -2,6 +2,11 @@
 
     recipe = Recipe(method="int8", default=Int8Config(), overrides={"fc": FloatConfig()})
     recipe.config_for("layer1.0.conv1")      # -> Int8Config(...)
+    recipe = Recipe.for_method("binary", estimator="biper")   # QAT: --method binary --estimator biper
+
+`int8` is post-training quantization (`edgebin.quant.quantize_graph`); the other methods are quantization-aware
+training (`edgebin.quant.qat.prepare`), whose recipes keep the first and last quantizable layers at
+`first_last_bits` (8: LSQ W8A8, as OFQ keeps patch embedding and head) unless an override names them.
 
 Overrides match layer names (module paths such as 'layer1.0.conv1') with shell patterns ('stem.*'); the
 first matching pattern wins. The recipe is saved as `recipe.json` in the output folder, so any run can be
@@ -16,10 +21,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgebin.errors import RecipeError, unknown_name
+from edgebin.errors import RecipeError, closest, unknown_name
 from edgebin.quant.observers import CALIBRATION_METHODS
 
-METHODS = ("int8",)
+METHODS = ("int8", "statsq", "lsq", "tbt", "binary", "ternary")
+QAT_METHODS = METHODS[1:]
+ESTIMATORS = ("ste", "reste", "biper")
+WEIGHT_SCALES = ("auto", "channel", "tensor", "learned", "none")
+FLOAT_BITS = 32  # activation_bits=32: the layer's input stays float (weight-only quantization, e.g. ReSTE W1A32)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,6 +61,118 @@ class Int8Config(LayerConfig):
             )
 
 
+def _check_bits(config: LayerConfig, field_name: str, allowed: tuple[int, ...]) -> None:
+    value = getattr(config, field_name)
+    if isinstance(value, bool) or value not in allowed:
+        valid = ", ".join(str(b) for b in allowed)
+        raise RecipeError(f"{config.kind}: {field_name} must be one of {valid}, got {value!r}")
+
+
+_MULTI_BIT = (2, 3, 4, 5, 6, 7, 8)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsQConfig(LayerConfig):
+    """OFQ: StatsQ weights (scale 2·mean|W| per channel, not learned) and LSQ activations, 2-8 bits.
+
+    `activation_bias` wraps each activation quantizer as Q(x + β₁) + β₂ with learnable per-channel biases, as
+    OFQ's code does; it is off by default because β₂ after the quantizer keeps a conv's input off the integer
+    grid. `per_token` gives one activation step per token (OFQ's code; fixes the token count). `qkr`
+    reparameterizes attention blocks (q·kᵀ through one quantized W_qk); `keep_q_bias` keeps the q bias the
+    official code drops.
+    """
+
+    kind: str = "statsq"
+    weight_bits: int = 2
+    activation_bits: int = 2
+    activation_bias: bool = False
+    per_token: bool = False
+    qkr: bool = False
+    keep_q_bias: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", _MULTI_BIT)
+        _check_bits(self, "activation_bits", (*_MULTI_BIT, FLOAT_BITS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LsqConfig(LayerConfig):
+    """LSQ weights (learned per-channel step) and LSQ activations, 2-8 bits: the baseline of OFQ's comparison."""
+
+    kind: str = "lsq"
+    weight_bits: int = 2
+    activation_bits: int = 2
+    activation_bias: bool = False
+    per_token: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", _MULTI_BIT)
+        _check_bits(self, "activation_bits", (*_MULTI_BIT, FLOAT_BITS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TbtConfig(LayerConfig):
+    """TBT: ternary (2) or binary (1) statistics-scaled weights, elastic 1- or 2-bit activations (8: LSQ).
+
+    `shift` adds BiT's learnable per-channel shift before each elastic activation quantizer; `center`
+    binarizes W - mean(W) (the paper's form; the released code does not center).
+    """
+
+    kind: str = "tbt"
+    weight_bits: int = 2
+    activation_bits: int = 2
+    shift: bool = False
+    center: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", (1, 2))
+        _check_bits(self, "activation_bits", (1, 2, 8, FLOAT_BITS))
+
+
+@dataclass(frozen=True, kw_only=True)
+class BinaryConfig(LayerConfig):
+    """W1A1 (or W1A32) with the estimator `ste` (clipped), `reste` (power schedule) or `biper` (sine, 2 stages).
+
+    `weight_scale="auto"` takes each estimator's own: ste -> per-channel mean|W| (detached), reste -> the
+    whole-tensor mean|W| with gradient (its code), biper -> a learned per-channel scale. `omega` is BiPer's
+    frequency, `o_end` ReSTE's final power. `learnable_shift` trains a per-channel threshold before the sign.
+    """
+
+    kind: str = "binary"
+    weight_bits: int = 1
+    activation_bits: int = 1
+    estimator: str = "ste"
+    weight_scale: str = "auto"
+    omega: float = 20.0
+    o_end: float = 3.0
+    learnable_shift: bool = False
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", (1,))
+        _check_bits(self, "activation_bits", (1, FLOAT_BITS))
+        if self.estimator not in ESTIMATORS:
+            raise RecipeError(f"unknown estimator {self.estimator!r}{closest(self.estimator, ESTIMATORS)}; "
+                              f"valid estimators: {', '.join(ESTIMATORS)}")
+        if self.weight_scale not in WEIGHT_SCALES:
+            raise RecipeError(f"binary: weight_scale must be one of {', '.join(WEIGHT_SCALES)}, "
+                              f"got {self.weight_scale!r}")
+        if self.omega <= 0 or self.o_end < 1:
+            raise RecipeError(f"binary: omega must be > 0 and o_end >= 1, got {self.omega} and {self.o_end}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TernaryConfig(LayerConfig):
+    """TWN ternary weights (threshold 0.7·mean|W| per channel) with 3-level elastic (2), LSQ (8) or float inputs."""
+
+    kind: str = "ternary"
+    weight_bits: int = 2
+    activation_bits: int = 2
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", (2,))
+        _check_bits(self, "activation_bits", (2, 8, FLOAT_BITS))
+
+
 @dataclass(frozen=True, kw_only=True)
 class CalibrationConfig:
     """How activation ranges are found: `minmax`, or `percentile` (clips the outer 100 - p percent)."""
@@ -69,27 +190,72 @@ class CalibrationConfig:
             raise RecipeError(f"percentile must be in (50, 100], got {self.percentile}")
 
 
-_CONFIGS: dict[str, type[LayerConfig]] = {"int8": Int8Config, "float": FloatConfig}
+_CONFIGS: dict[str, type[LayerConfig]] = {
+    "int8": Int8Config,
+    "float": FloatConfig,
+    "statsq": StatsQConfig,
+    "lsq": LsqConfig,
+    "tbt": TbtConfig,
+    "binary": BinaryConfig,
+    "ternary": TernaryConfig,
+}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """A method, its default layer config, per-layer overrides and the calibration settings."""
+    """A method, its default layer config, per-layer overrides and the calibration settings.
+
+    `first_last_bits` applies to QAT methods only: the first and last quantizable layers get LSQ at that many
+    bits (None: they follow the default like every other layer). An override that matches them wins.
+    """
 
     method: str = "int8"
     default: LayerConfig = field(default_factory=Int8Config)
     overrides: dict[str, LayerConfig] = field(default_factory=dict)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    first_last_bits: int | None = 8
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise unknown_name("method", self.method, list(METHODS))
+        if self.method in QAT_METHODS and self.default.kind != self.method:
+            raise RecipeError(f"method {self.method!r} needs a {_CONFIGS[self.method].__name__} default, got "
+                              f"{type(self.default).__name__}; try Recipe.for_method({self.method!r})")
+        if self.first_last_bits is not None and self.first_last_bits not in _MULTI_BIT:
+            raise RecipeError(f"first_last_bits must be None or in 2..8, got {self.first_last_bits!r}")
+
+    @classmethod
+    def for_method(cls, method: str, *, weight_bits: int | None = None, activation_bits: int | None = None,
+                   estimator: str | None = None, **fields: Any) -> Recipe:
+        """The recipe that CLI flags describe (`--method`, `--bits`, `--act-bits`, `--estimator`).
+
+        Recipe.for_method("statsq", weight_bits=2, activation_bits=2)
+        Recipe.for_method("binary", estimator="reste", first_last_bits=None)
+        Other keyword arguments (`overrides`, `calibration`, `first_last_bits`) go to the Recipe.
+        """
+        if method not in METHODS:
+            raise unknown_name("method", method, list(METHODS))
+        if estimator is not None and method != "binary":
+            raise RecipeError(f"--estimator applies to --method binary only, not {method!r}")
+        layer: dict[str, Any] = {}
+        if weight_bits is not None:
+            layer["weight_bits"] = weight_bits
+        if activation_bits is not None:
+            layer["activation_bits"] = activation_bits
+        if estimator is not None:
+            layer["estimator"] = estimator
+        return cls(method=method, default=_CONFIGS[method](**layer), **fields)
 
     def config_for(self, layer: str) -> LayerConfig:
+        override = self.override_for(layer)
+        return self.default if override is None else override
+
+    def override_for(self, layer: str) -> LayerConfig | None:
+        """The config of the first override pattern that matches `layer`, or None."""
         for pattern, config in self.overrides.items():
             if fnmatch.fnmatchcase(layer, pattern):
                 return config
-        return self.default
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -97,6 +263,7 @@ class Recipe:
             "default": asdict(self.default),
             "overrides": {k: asdict(v) for k, v in self.overrides.items()},
             "calibration": asdict(self.calibration),
+            "first_last_bits": self.first_last_bits,
         }
 
     @classmethod
@@ -104,9 +271,10 @@ class Recipe:
         try:
             return cls(
                 method=data.get("method", "int8"),
-                default=_layer_config(data.get("default", {"kind": "int8"})),
+                default=_layer_config(data.get("default", {"kind": data.get("method", "int8")})),
                 overrides={k: _layer_config(v) for k, v in data.get("overrides", {}).items()},
                 calibration=CalibrationConfig(**data.get("calibration", {})),
+                first_last_bits=data.get("first_last_bits", 8),
             )
         except TypeError as err:
             raise RecipeError(f"malformed recipe: {err}") from None
