@@ -289,10 +289,10 @@ class _Rewriter(PyExprMutator):
         if found is None:
             return None
         linear, bias_int = found
-        acc = self._accumulate(linear, bias_int)
+        acc, bias = self._accumulate(linear, bias_int, add_bias=False)  # the requant adds it, cheaper
         mult = (np.float32(linear.x_qp.scale) * linear.w_scale).astype(np.float32) / np.float32(y_qp.scale)
         mult = _channel_shape(mult.astype(np.float32), linear.out_ndim, linear.channel_axis)
-        return self.requant.linear(acc, mult, y_qp, lo, hi)
+        return self.requant.linear(acc, mult, y_qp, lo, hi, bias=bias)
 
     def _quantized_add(self, body, y_qp: QParams, lo: int, hi: int):
         add = self.graph.value(body)
@@ -456,8 +456,11 @@ class _Rewriter(PyExprMutator):
         log.info("QdqToInt8: bias is not at the accumulator scale sx*sw; requantized to it (error <= 0.5 LSB)")
         return np.rint(bias_real.reshape(-1) / acc_scale).astype(np.int64)
 
-    def _accumulate(self, linear: _Linear, bias_int: np.ndarray):
-        """int32 accumulator of `sum((x - zx) * w) + bias`; `-zx * sum(w)` is folded into the bias constant."""
+    def _accumulate(self, linear: _Linear, bias_int: np.ndarray, *, add_bias: bool = True):
+        """int32 accumulator of `sum((x - zx) * w) + bias`; `-zx * sum(w)` is folded into the bias constant.
+
+        With `add_bias=False`: (the accumulator without the bias, the int32 bias broadcastable to it, or None).
+        """
         xq, zx, w = self.visit_expr(linear.x), int(linear.x_qp.zero_point), linear.weight
         if linear.is_conv:  # OIHW
             attrs = linear.call.attrs
@@ -476,10 +479,10 @@ class _Rewriter(PyExprMutator):
         bias = bias_int - zx * weight_sums
         if np.any(np.abs(bias) >= 2**31):
             raise ValueError("int32 bias overflow in QdqToInt8; the bias scale is not sx*sw")
-        if np.any(bias != 0):
-            bias_c = _channel_shape(bias.astype(np.int32), linear.out_ndim, linear.channel_axis)
-            acc = self._emit(relax.op.add(acc, const(bias_c)))
-        return acc
+        bias_c = _channel_shape(bias.astype(np.int32), linear.out_ndim, linear.channel_axis) if np.any(bias) else None
+        if not add_bias:
+            return acc, bias_c
+        return acc if bias_c is None else self._emit(relax.op.add(acc, const(bias_c)))
 
     def _window_sum(self, call, xq, shape, zx):
         """(int32 window sums, window size) of an avg_pool2d, as a depthwise conv with an all-ones kernel."""

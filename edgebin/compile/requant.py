@@ -115,14 +115,21 @@ class QLinearAddSpec:
 # --- the integer emulation, written once for numpy and for Relax --------------------------------------------------
 
 
-def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0):
+def tie_reach(e: int, patch_reach: int = 0) -> int:
+    """How far (units 2**-e) from a tie `round_f32_half_even` takes its exact branch: beyond 2**(e - 17) no
+    float32 rounding reaches the tie (half an ulp is at most 2**(e - 17) below 256), and every patched value."""
+    return max(1 << max(e - 17, 0), patch_reach)
+
+
+def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0, t=None):
     """rne(f32(p * 2**-e)) of an int64 `p`; exact where the result is within [-255, 255], saturating beyond.
 
     q = floor(|p| 2**-e) and d = frac - 1/2 (units 2**-e). The float32 rounding lands on the tie q + 1/2 iff
     |d| <= w, half an ulp of q + 1/2: 2**(floor(log2 q) - 24), or 2**-25 above q = 0; both are 2**(k - 25) with
     k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w. Only values with
     |d| <= max(2**(e - 17), patch_reach) take that branch, which `patch(result)` may edit; the rest (all but
-    about 2**-16 of them) take floor(p 2**-e + 1/2).
+    about 2**-16 of them) take floor(p 2**-e + 1/2). `t`, when given, must be p + 2**(e - 1) + tie_reach(e,
+    patch_reach), which a caller can often form with one add of a precomputed constant.
     """
     if e < 1:
         raise ValueError(f"round_f32_half_even: the grid exponent must be >= 1, got {e}")
@@ -135,10 +142,11 @@ def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0):
     w = ops.shl(1 << max(e - 25, 0), k) if e >= 25 else ops.shr(ops.shl(1, k), 25 - e)
     near = ops.add(q, ops.cast(ops.where(ops.eq(ops.band(q, 1), 1), ops.ge(d, ops.neg(w)), ops.gt(d, w))))
     near = ops.where(ops.lt(p, 0), ops.neg(near), near)
-    reach = max(1 << max(e - 17, 0), patch_reach)  # >= w: beyond it no float32 rounding reaches the tie
-    shifted = ops.add(p, 1 << (e - 1))
-    far = ops.shr(shifted, e)  # floor(p 2**-e + 1/2), which is rne away from ties
-    is_near = ops.le(ops.band(ops.add(shifted, reach), (1 << e) - 1), 2 * reach)  # |d| <= reach, without |p|
+    reach = tie_reach(e, patch_reach)  # >= w
+    if t is None:
+        t = ops.add(p, (1 << (e - 1)) + reach)
+    is_near = ops.le(ops.band(t, (1 << e) - 1), 2 * reach)  # |d| <= reach, without |p|
+    far = ops.shr(t, e)  # = floor(p 2**-e + 1/2), rne away from ties, wherever is_near is false
     return ops.lazy_where(is_near, near if patch is None else patch(near), far)
 
 
@@ -187,12 +195,16 @@ class Requantizer:
     def emit(self, expr):
         return self.builder.emit(expr)
 
-    def linear(self, acc, multipliers: np.ndarray, y_qp, lo: int, hi: int):
-        """sat(rne(f32(acc) * M) + zy) for an int32 `acc`; `multipliers` are float32, broadcastable to acc."""
+    def linear(self, acc, multipliers: np.ndarray, y_qp, lo: int, hi: int, bias: np.ndarray | None = None):
+        """sat(rne(f32(acc + bias) * M) + zy) for an int32 `acc` and an optional int32 constant `bias`;
+        `multipliers` are float32; both broadcast to acc. The fixed form folds the bias into its rounding constant.
+        """
         zy, mults = int(y_qp.zero_point), np.asarray(multipliers, F32)
         parts = [f32_dyadic(m) for m in mults.reshape(-1)]
         e = max(ei for _, ei in parts)  # one grid 2**-e for every channel
         acc_reach = (max(hi - zy, zy - lo) + 1) / float(mults.min())  # |acc| beyond this saturates
+        if bias is not None and (self.mode == "float" or e > 53 or acc_reach >= 2**24):
+            acc, bias = self.emit(relax.op.add(acc, const(np.asarray(bias, np.int32)))), None
         if self.mode == "float" or e > 53 or acc_reach >= 2**24:
             if self.mode == "fixed":  # M < 2**-16: f32(acc) drops bits of accumulators that matter; no int64 grid
                 log.warning("requant multiplier %s is too small for the fixed-point requant; float32 for this layer",
@@ -209,19 +221,36 @@ class Requantizer:
         small = float(mults.max()) < 1.0
         if narrow:
             grid = grid.astype(np.int32)
+        if bias is not None and clamp:  # the clamp bounds acc + bias: add it first
+            acc, bias = self.emit(relax.op.add(acc, const(np.asarray(bias, np.int32)))), None
+        # t = (acc + bias) * grid + 2**(e - 1) + reach = acc * grid + offset: one multiply and one add per output
+        # (the cheap path of round_f32_half_even); |acc * grid|, |bias * grid| < 2**62 as clamp is False.
+        rounding = (1 << (e - 1)) + tie_reach(e)
+        offset = None if bias is None else np.asarray(bias, np.int64) * grid.astype(np.int64) + rounding
 
-        def requant(acc_t, grid_t, bound_t=None):
+        def index(idx, shape):
+            return [i if n != 1 else 0 for i, n in zip(idx[len(idx) - len(shape):], shape, strict=True)]
+
+        def requant(acc_t, grid_t, *extra):
+            offset_t, bound_t = (extra[0], None) if offset is not None else (None, extra[0] if extra else None)
+
             def element(*idx):
-                at = [i if n != 1 else 0 for i, n in zip(idx, grid.shape, strict=True)] if mults.ndim else [0]
+                at = index(idx, grid.shape) if mults.ndim else [0]
                 x = acc_t(*idx).astype("int64")
                 if clamp:  # a channel whose multiplier is far above the others' (all-zero weights: scale 1)
                     x = tirx.max(tirx.min(x, bound_t(*at).astype("int64")), -bound_t(*at).astype("int64"))
-                value = round_f32_half_even(x * grid_t(*at).astype("int64"), e, TirOps())
+                product = x * grid_t(*at).astype("int64")
+                if offset_t is None:
+                    value = round_f32_half_even(product, e, TirOps())
+                else:
+                    t = product + offset_t(*index(idx, offset.shape))
+                    value = round_f32_half_even(t - tirx.const(rounding, "int64"), e, TirOps(), t=t)
                 kind = "int32" if small else "int64"
                 return self._clip(value.astype(kind) + tirx.const(zy, kind), lo, hi).astype(y_qp.dtype)
             return tvm.te.compute(acc_t.shape, element, name="requant")
 
-        return self.builder.call_te(requant, acc, const(grid), *([const(bound)] if clamp else []))
+        extra = [const(offset)] if offset is not None else [const(bound)] if clamp else []
+        return self.builder.call_te(requant, acc, const(grid), *extra)
 
     def add(self, a, a_qp, b, b_qp, y_qp, lo: int, hi: int):
         """QLinearAdd: sat(rne(fma(a, ra, fma(b, rb, F)))) on the raw codes `a`, `b` (int8 or uint8)."""
