@@ -28,8 +28,9 @@ Requantization is `requant.py`'s: each rule hands it the int32 accumulator (or t
 float32 scales, and it emits onnxruntime's own arithmetic (QLinearConv, QLinearAdd, QLinearGlobalAveragePool),
 in float32 (`requant="float"`) or exactly in int64 (`requant="fixed"`, no float at all): both modes give the int8
 codes of onnxruntime's integer kernels bit for bit. Where onnxruntime leaves a DQ -> op -> Q group in float
-(on x86 it converts int8 activations to uint8 only where a Q feeds a single consumer, and fuses a group only if
-its types then agree), its result can differ from every integer kernel, by float accumulation order.
+its result can differ from every integer kernel, by float accumulation order: on x86 it does so for int8
+activations wherever a Q feeds two consumers (it converts int8 to uint8 only for single-consumer Qs, and fuses a
+group only if its types then agree). edgebin exports uint8 activations, which it fuses everywhere.
 """
 
 from __future__ import annotations

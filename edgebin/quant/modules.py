@@ -1,6 +1,6 @@
 """Quantized modules that the INT8 recipe puts into a captured graph.
 
-    act = ActQuant(observer=make_observer("minmax"))   # per-tensor int8 activation quantizer
+    act = ActQuant(observer=make_observer("minmax"))   # per-tensor 8-bit (uint8) activation quantizer
     conv = QuantConv2d.from_float(weight, bias, stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
 
 Life cycle of a quantized graph: `float` (exactly the float model) -> `observe` (float, observers record
