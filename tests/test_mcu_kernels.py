@@ -1,7 +1,8 @@
 """The int8 micro-kernel (`mcu_kernels/edgebin_kernels.h`) and the MCU schedule that calls it.
 
-- `edgebin_matvec_s8` and `edgebin_matvec_u8s8` (the same bytes read as uint8) against numpy: the plain C path built natively with gcc, and the SMLAD path built for each
-  Cortex-M target with DSP and run on QEMU, over shapes that hit every remainder (k % 4, n % 4) and unaligned rows;
+- `edgebin_matvec_s8` and `edgebin_matvec_u8s8` (the same bytes read as uint8) against numpy: the plain C path
+  built natively with gcc, and the SMLAD path built for each Cortex-M target with DSP and run on QEMU, over shapes
+  that hit every remainder (k % 4, n % 4) and unaligned rows;
 - the schedule on its own: an int8 matmul becomes one call and asks for its weight transposed; without a constant
   weight, or in float, it keeps plain loops;
 - a small int8 model (conftest TinyResNet: padded convs, a residual, a gemm) whose bundle outputs are the same bit

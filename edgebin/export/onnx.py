@@ -41,6 +41,21 @@ def export_onnx(
     layers: list[dict] | None = None,
 ) -> onnx.ModelProto:
     """Export `module` for one input of `input_shape`; write it atomically to `path` and return it."""
+    model = trace_onnx(module, input_shape)
+    props = {"edgebin.version": __version__, **(metadata or {})}
+    if layers is not None:
+        props["edgebin.layers"] = json.dumps(_with_node_names(model, layers))
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    model.producer_name, model.producer_version = "edgebin", __version__
+    onnx.checker.check_model(model, full_check=True)
+    atomic_write_bytes(Path(path), model.SerializeToString())
+    return model
+
+
+def trace_onnx(module: torch.nn.Module, input_shape: tuple[int, ...]) -> onnx.ModelProto:
+    """The TorchScript export of `module` at opset 17, with Identity copies of initializers removed (not checked)."""
     example = torch.zeros(tuple(input_shape), dtype=torch.float32)
     buffer = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
@@ -61,15 +76,6 @@ def export_onnx(
             raise UsageError(f"ONNX export failed: {first}") from err
     model = onnx.load_from_string(buffer.getvalue())
     _drop_identity_of_initializers(model)
-    props = {"edgebin.version": __version__, **(metadata or {})}
-    if layers is not None:
-        props["edgebin.layers"] = json.dumps(_with_node_names(model, layers))
-    for key, value in props.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    model.producer_name, model.producer_version = "edgebin", __version__
-    onnx.checker.check_model(model, full_check=True)
-    atomic_write_bytes(Path(path), model.SerializeToString())
     return model
 
 

@@ -47,7 +47,7 @@ class FloatConfig(LayerConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class Int8Config(LayerConfig):
-    """W8A8: per-channel symmetric int8 weights, per-tensor asymmetric int8 activations."""
+    """W8A8: per-channel symmetric int8 weights, per-tensor asymmetric 8-bit activations (uint8 codes)."""
 
     kind: str = "int8"
     weight_bits: int = 8
