@@ -39,8 +39,11 @@ ModelArg = Annotated[Path, typer.Argument(help="Model file: edgebin checkpoint, 
                                           "TorchScript archive, torch.export program (.pt2), or a pickled module "
                                           "(+ --trust-pickle).", show_default=False)]
 TargetOpt = Annotated[str, typer.Option("--target", "-t", help="A target from `edgebin targets`: x86 (this host, "
-                                        "timed in ms) or cortex-m4/m7/m33/m55 (C bundle run on QEMU, counted in "
-                                        "instructions).")]
+                                        "timed in ms), cortex-m4/m7/m33/m55 (C bundle run on QEMU, counted in "
+                                        "instructions) or a Raspberry Pi: rpi3, rpi-zero2, rpi4, rpi5, rpi3-armv7, "
+                                        "rpi4-armv7 (run on qemu-user, counted in instructions).")]
+CompiledTargetOpt = Annotated[str | None, typer.Option("--target", "-t", help="The target whose artefact in OUT to "
+                                                       "use (default: the only one there).")]
 DataOpt = Annotated[str, typer.Option("--data", "-d", help="digits | mnist | fashion-mnist | file.npz (arrays x, y) "
                                       "| a folder of class sub-folders of images.")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")]
@@ -58,8 +61,13 @@ PctOpt = Annotated[float, typer.Option("--percentile", help="Percentile for --ca
 RecipeOpt = Annotated[Path | None, typer.Option("--recipe", help="A recipe.json (overrides --method and calibration "
                                                 "flags), e.g. from an earlier out/.")]
 EvalOpt = Annotated[int | None, typer.Option("--eval-samples", min=1, help="Evaluate on this many test samples "
-                                             "(default: the whole test split on the host, 1,000 on QEMU).")]
+                                             "(default: the whole test split on the host, 1,000 on QEMU for "
+                                             "microcontrollers, 500 for Raspberry Pis and boards over SSH or RPC).")]
 RepeatOpt = Annotated[int, typer.Option("--repeat", min=5, help="Timed runs per engine (median reported).")]
+TuneOpt = Annotated[int, typer.Option("--tune", min=0, help="MetaSchedule tuning trials for the whole model (0: none; "
+                                      "a few hundred take minutes). The database in OUT/TARGET/tuning/ is reused.")]
+TuneDeviceOpt = Annotated[str | None, typer.Option("--tune-device", help="Where a board's tuning candidates run: "
+                                                   "rpc://HOST:9090 or rpc-tracker://HOST:9190/KEY.")]
 
 
 class RichProgress:
@@ -137,6 +145,8 @@ def compress(
     recipe: RecipeOpt = None,
     eval_samples: EvalOpt = None,
     repeat: RepeatOpt = 50,
+    tune: TuneOpt = 0,
+    tune_device: TuneDeviceOpt = None,
 ) -> None:
     """Compress MODEL, compile it for TARGET, validate it on DATA and write a report to OUT.
 
@@ -146,7 +156,7 @@ def compress(
     report = pipeline.compress(model, target=target, method=method, data=data, out_dir=out, arch=arch,
                                input_shape=_shape(input_shape), trust_pickle=trust_pickle, recipe=rec,
                                eval_samples=eval_samples, latency_repeat=repeat, progress=_progress(),
-                               command=_command_line())
+                               command=_command_line(), tune=tune, tune_device=tune_device)
     _print_report(report, out)
 
 
@@ -182,21 +192,32 @@ def compile_command(
     target: TargetOpt = "x86",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Output folder (default: the model's folder).")]
     = None,
+    tune: TuneOpt = 0,
+    tune_device: TuneDeviceOpt = None,
 ) -> None:
     """Compile an ONNX MODEL for TARGET with TVM; QDQ models become int8 kernels.
 
     Host targets get a shared library; Cortex-M targets a self-contained C bundle (checked to fit the board).
 
-    Example: `edgebin compile out/model.onnx --target cortex-m4`
+    Examples: `edgebin compile out/model.onnx --target cortex-m4` · `edgebin compile out/model_fp32.onnx --tune 256`
     """
     out = out or model.parent
-    artefact = pipeline.compile(model, target=target, out_dir=out, progress=_progress())
+    artefact = pipeline.compile(model, target=target, out_dir=out, progress=_progress(), tune=tune,
+                                tune_device=tune_device)
     if isinstance(artefact, Path):  # a microcontroller C bundle
         console.print(f"Compiled {model} for {target}: C bundle in {artefact} (build it with `make -C {artefact}`; "
                       f"run it on QEMU with `edgebin validate {out} --target {target}`)")
         return
+    if hasattr(artefact, "runtime"):  # a Raspberry Pi bundle
+        counts = ", ".join(f"{n} {kind}" for kind, n in artefact.kernel_counts().items())
+        console.print(f"Compiled {model} for {target}: bundle in {artefact.directory} (kernels: {counts}); run it "
+                      f"under qemu-user with `edgebin validate {out} --target {target}`, on the board with "
+                      f"`edgebin deploy {out} --to ssh://USER@BOARD`")
+        return
     counts = ", ".join(f"{n} {kind}" for kind, n in artefact.kernel_counts().items())
-    console.print(f"Compiled {model} for {target}: {artefact.directory} (kernels: {counts})")
+    tuned = artefact.tuning  # empty when untuned
+    note = f"; {len(tuned['tuned_kernels'])} tuned, {tuned['trials_run']} new trials" if tuned else ""
+    console.print(f"Compiled {model} for {target}: {artefact.directory} (kernels: {counts}{note})")
 
 
 @app.command()
@@ -205,22 +226,51 @@ def validate(
                                         "artefact.")],
     data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one in recipe.json).")]
     = None,
-    target: TargetOpt = "x86",
+    target: CompiledTargetOpt = None,
     eval_samples: EvalOpt = None,
     repeat: RepeatOpt = 50,
-    device: Annotated[str | None, typer.Option("--device", help="Where a Cortex-M bundle runs: qemu (default) or "
-                                               "serial:///dev/ttyACM0?baud=115200 for a board flashed with the "
-                                               "serial firmware (docs/serial-protocol.md).")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="Where the model runs: qemu (default for "
+                                               "microcontrollers and Raspberry Pis), serial:///dev/ttyACM0?baud="
+                                               "115200 for a microcontroller flashed with the serial firmware "
+                                               "(docs/serial-protocol.md), ssh://USER@HOST[:PORT] for a Raspberry Pi "
+                                               "bundle, rpc://HOST:9090 or rpc-tracker://HOST:9190/KEY for a TVM "
+                                               "library on a board's TVM RPC server (docs/raspberry-pi.md).")]
+    = None,
     timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds to wait for the emulator or board.")]
     = 600.0,
 ) -> None:
     """Measure accuracy, agreement with onnxruntime and speed of the artefacts in OUT; write the report.
 
     Examples: `edgebin validate out/ --data fashion-mnist` · `edgebin validate out/ --target cortex-m4` ·
-    `edgebin validate out/ --target cortex-m4 --device serial:///dev/ttyACM0`
+    `edgebin validate out/ --target cortex-m4 --device serial:///dev/ttyACM0` ·
+    `edgebin validate out/ --target rpi4 --device rpc://raspberrypi.local:9090`
     """
     report = pipeline.validate(out, data=data, target=target, eval_samples=eval_samples, latency_repeat=repeat,
                                progress=_progress(), command=_command_line(), device=device, timeout_s=timeout)
+    _print_report(report, out)
+
+
+@app.command()
+def deploy(
+    out: Annotated[Path, typer.Argument(help="An output folder holding a Raspberry Pi bundle (from `edgebin compress "
+                                        "--target rpi4` or `edgebin compile --target rpi4`).")],
+    to: Annotated[str, typer.Option("--to", help="ssh://USER@HOST[:PORT][/remote/folder][?identity=KEY&config=FILE]: "
+                                    "the board, reached with the system ssh and a key (no password prompts).",
+                                    show_default=False)],
+    target: CompiledTargetOpt = None,
+    data: Annotated[str | None, typer.Option("--data", "-d", help="Data set (default: the one in recipe.json).")]
+    = None,
+    eval_samples: EvalOpt = None,
+    timeout: Annotated[float, typer.Option("--timeout", min=1, help="Seconds the board may take for all samples.")]
+    = 600.0,
+) -> None:
+    """Copy the bundle in OUT to a board over SSH, run the evaluation samples there and write the report with the
+    board's milliseconds (next to the FP32 model's on the same board).
+
+    Example: `edgebin deploy out/ --to ssh://pi@raspberrypi.local`
+    """
+    report = pipeline.deploy(out, to=to, target=target, data=data, eval_samples=eval_samples, timeout_s=timeout,
+                             progress=_progress(), command=_command_line())
     _print_report(report, out)
 
 

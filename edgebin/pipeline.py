@@ -157,11 +157,15 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
 
 
 def compile(onnx_path: Path, *, target: str = "x86", out_dir: Path, integer: bool = True,
-            progress: Progress | None = None):
+            progress: Progress | None = None, tune: int = 0, tune_device: str | None = None):
     """Compile an ONNX model for `target` into `out_dir/<target>/`.
 
+    `tune` trials of MetaSchedule tuning (`edgebin.compile.tune`), on this machine or, for a board, on its TVM RPC
+    server at `tune_device`; the database stays in `out_dir/<target>/tuning/` and later compiles reuse it.
+
     Host: a shared library run by the Relax VM (returns the HostArtefact). Cortex-M: a self-contained C bundle;
-    its firmware is linked once to check that it fits the board (returns the bundle folder).
+    its firmware is linked once to check that it fits the board (returns the bundle folder). Cortex-A (Raspberry
+    Pi): a folder to copy to the board, with the TVM library and runtime or runtime-free C (a CortexABundle).
     """
     progress = progress or SilentProgress()
     tgt = targets.load(target)
@@ -173,7 +177,8 @@ def compile(onnx_path: Path, *, target: str = "x86", out_dir: Path, integer: boo
 
         _require_host_compiler()
         with progress.stage(f"Compiling for {tgt.name} with TVM"), staged_dir(Path(out_dir)) as stage:
-            compile_onnx(onnx_path, tgt.tvm, stage / tgt.name, integer=integer)
+            compile_onnx(onnx_path, tgt.tvm, stage / tgt.name, integer=integer,
+                         tune=_tuning(tgt, out_dir, tune, tune_device), progress=progress)
         return load_artefact(Path(out_dir) / tgt.name)
     if tgt.kind == "cortex-m":
         from edgebin.runners.footprint import check_fits
@@ -188,8 +193,31 @@ def compile(onnx_path: Path, *, target: str = "x86", out_dir: Path, integer: boo
                 runner = QemuRunner(tgt)
                 check_fits(runner.footprint(runner.build(bundle, Path(tmp))), tgt)
         return Path(out_dir) / tgt.name
-    raise UsageError(f"target {tgt.name} ({tgt.kind}) is not supported yet; available now: "
-                     f"{', '.join(t.name for t in targets.all_targets() if t.kind in ('host', 'cortex-m'))}")
+    if tgt.kind == "cortex-a":
+        from edgebin.compile.cortex_a import compile_cortex_a
+
+        with progress.stage(f"Compiling for {tgt.name} with TVM and the {tgt.linux.triple} toolchain"):
+            return compile_cortex_a(onnx_path, tgt, Path(out_dir) / tgt.name, integer=integer,  # written atomically
+                                    tune=_tuning(tgt, out_dir, tune, tune_device), progress=progress)
+    raise UsageError(f"target {tgt.name} has kind {tgt.kind}, which edgebin cannot compile for")
+
+
+def _tuning(tgt, out_dir: Path, trials: int, device: str | None):
+    """`--tune N [--tune-device URL]` -> the TuneConfig to compile with (None: no trials, no database to apply)."""
+    from edgebin.compile.tune import cross_builder, rpc_runner, tune_config
+
+    work_dir = Path(out_dir) / tgt.name / "tuning"
+    if device is None:
+        if trials and tgt.kind != "host":
+            raise UsageError(f"--tune for {tgt.name} times candidates on the board: add --tune-device "
+                             "rpc://HOST:9090 (or rpc-tracker://HOST:9190/KEY)")
+        return tune_config(trials, work_dir)
+    from edgebin.compile.cortex_a import require_tool
+    from edgebin.runners.rpc import parse_rpc_url
+
+    rpc = parse_rpc_url(device)
+    builder = cross_builder(require_tool(tgt, "g++")) if tgt.kind == "cortex-a" else None
+    return tune_config(trials, work_dir, runner=rpc_runner(rpc.host, rpc.port, rpc.key), builder=builder)
 
 
 def _emit_bundle(onnx_path: Path, tgt, out_dir: Path, *, integer: bool = True) -> Path:
@@ -209,7 +237,7 @@ class _Evaluation:
     outputs: dict[str, np.ndarray]
 
 
-def validate(out_dir: Path, *, data: str | None = None, target: str = "x86", eval_samples: int | None = None,
+def validate(out_dir: Path, *, data: str | None = None, target: str | None = None, eval_samples: int | None = None,
              latency_repeat: int = 50, progress: Progress | None = None, exported: ExportResult | None = None,
              timings: Timings | None = None, command: str = "", started: float | None = None,
              device: str | None = None, timeout_s: float = 600.0):
@@ -218,27 +246,41 @@ def validate(out_dir: Path, *, data: str | None = None, target: str = "x86", eva
     Host targets are timed in milliseconds next to PyTorch, onnxruntime and TVM FP32; Cortex-M targets run on QEMU
     and are measured in instructions, next to the FP32 model's bundle on the same emulator; with
     `device="serial://PORT"` they run on a real board flashed with the bundle's serial firmware instead.
+    Cortex-A bundles run under qemu-user (instructions), or on the board with `device="ssh://USER@HOST"`; TVM
+    libraries (Cortex-A or host) on a board's TVM RPC server with `device="rpc://HOST:PORT"` or
+    `"rpc-tracker://HOST:PORT/KEY"` (milliseconds measured there). `target` defaults to the one compiled in `out_dir`.
     """
     progress = progress or SilentProgress()
     timings = timings or Timings()
     out_dir = Path(out_dir)
     run_info = _read_run_info(out_dir)
-    tgt = targets.load(target)
+    tgt = targets.load(target or _compiled_target(out_dir))
     manifest = "artefact.json" if tgt.kind == "host" else "bundle.json"
     if not (out_dir / tgt.name / manifest).is_file():
         raise UsageError(f"no compiled artefact in {out_dir / tgt.name}: run `edgebin compile "
                          f"{out_dir / MODEL_ONNX} --target {tgt.name} -o {out_dir}` first")
+    scheme = device.split("://", 1)[0] if device and "://" in device else None
     if eval_samples is None and tgt.kind == "cortex-m":
         eval_samples = MCU_EVAL_SAMPLES
+    elif eval_samples is None and (tgt.kind == "cortex-a" or scheme in REMOTE_DEVICES):
+        eval_samples = REMOTE_EVAL_SAMPLES
     with timings.measure("validate"):
         ev = _evaluate_references(out_dir, run_info, data, eval_samples, exported, progress)
-        if device and device != "qemu":
+        if scheme in REMOTE_DEVICES:
+            from edgebin import measure
+
+            sections = measure.on_device(out_dir, tgt, ev, device, progress, timeout_s, latency_repeat)
+        elif device and device != "qemu":
             if tgt.kind != "cortex-m":
                 raise UsageError(f"--device {device}: only Cortex-M targets run on a board so far; "
                                  f"{tgt.name} runs here")
             sections = _measure_board(out_dir, tgt, ev, device, timeout_s, progress)
         elif tgt.kind == "host":
             sections = _measure_host(out_dir, tgt, ev, exported, latency_repeat, progress)
+        elif tgt.kind == "cortex-a":
+            from edgebin import measure
+
+            sections = measure.under_qemu_user(out_dir, tgt, ev, progress, timeout_s)
         else:
             sections = _measure_mcu(out_dir, tgt, ev, progress, timeout_s)
     if started is not None:
@@ -255,6 +297,32 @@ def validate(out_dir: Path, *, data: str | None = None, target: str = "x86", eva
 
 
 MCU_EVAL_SAMPLES = 1000  # QEMU runs ~100 inferences a second: 1,000 samples keep validation near a minute
+REMOTE_DEVICES = ("ssh", "rpc", "rpc-tracker")  # boards over the network, measured by edgebin.measure
+REMOTE_EVAL_SAMPLES = 500  # Raspberry Pi bundles: qemu-user runs ResNet-8 at ~11 inferences a second
+
+
+def _compiled_target(out_dir: Path) -> str:
+    """The target `out_dir` holds a compiled artefact for, when it is only one (else x86, the old default)."""
+    found = sorted(p.parent.name for p in Path(out_dir).glob("*/*.json")
+                   if p.name in ("artefact.json", "bundle.json") and p.parent.name in targets.names())
+    if len(found) > 1:
+        raise UsageError(f"{out_dir} holds artefacts for {', '.join(found)}: pass --target")
+    return found[0] if found else "x86"
+
+
+def deploy(out_dir: Path, *, to: str, target: str | None = None, data: str | None = None,
+           eval_samples: int | None = None, timeout_s: float = 600.0, progress: Progress | None = None,
+           command: str = ""):
+    """Copy the Raspberry Pi bundle in `out_dir` to the board at `to` (ssh://USER@HOST[:PORT]), run the evaluation
+    samples there and write the report with the board's milliseconds. Returns the report."""
+    from edgebin.runners.ssh import parse_ssh_url
+
+    if not to.startswith("ssh://"):
+        raise UsageError(f"--to {to!r}: deploy copies over SSH, expected ssh://USER@HOST[:PORT] (for TVM's RPC use "
+                         f"`edgebin validate {out_dir} --device {to}`)")
+    parse_ssh_url(to)  # a malformed URL fails before any work
+    return validate(out_dir, data=data, target=target, eval_samples=eval_samples, progress=progress,
+                    command=command, device=to, timeout_s=timeout_s)
 
 
 def _evaluate_references(out_dir: Path, run_info: dict[str, Any], data: str | None, eval_samples: int | None,
@@ -335,7 +403,8 @@ def _measure_board(out_dir: Path, tgt, ev: _Evaluation, device: str, timeout_s: 
         "compiled": outputs,
         "exact": float(np.mean(np.all(outputs == ort.reshape(len(ort), -1), axis=1))),
         "board": {"device": device, "samples": len(ev.x), "cycles_per_inference": result.cycles,
-                  "ms_per_inference": None if result.seconds is None else result.seconds * 1e3},
+                  "ms_per_inference": None if result.seconds is None else result.seconds * 1e3,
+                  "timer": "cycle-counter", "timed_runs": len(ev.x)},
         "footprint": {"weights_bytes": manifest.get("weights_bytes"), "arena_bytes": manifest.get("arena_bytes"),
                       "arena_lower_bound_bytes": manifest.get("arena_lower_bound_bytes")},
         **_kernel_sections(kernels, manifest),
@@ -422,6 +491,11 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
     }
     agreement = {**metrics.agreement(outputs["onnxruntime"], compiled), "reference": "onnxruntime",
                  "exact": sections.get("exact")}
+    fp32_compiled = sections.get("fp32_compiled")  # the FP32 model built and run the same way (Cortex-A, RPC)
+    if fp32_compiled is not None:
+        accuracy["compiled_fp32"] = metrics.accuracy(fp32_compiled, y)
+        fp32_agreement = metrics.agreement(outputs["onnxruntime-fp32"], fp32_compiled)
+        agreement.update(fp32_top1=fp32_agreement["top1"], fp32_max_abs=fp32_agreement["max_abs"])
     fallbacks = [{"layer": r["layer"], "reason": r["reason"]} for r in run_info.get("layers", [])
                  if r.get("kind") == "float"]
     fallbacks += [{"kernel": k["name"], "reason": "compiled in float32"} for k in sections["kernels_detail"]
@@ -477,11 +551,10 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
 def compress(model_path: Path, *, target: str = "x86", method: str = "int8", data: str = "fashion-mnist",
              out_dir: Path = Path("out"), arch: str | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, recipe: Recipe | None = None, eval_samples: int | None = None,
-             latency_repeat: int = 50, progress: Progress | None = None, command: str = ""):
-    """The whole job: export, compile, validate, report. Returns the report."""
+             latency_repeat: int = 50, progress: Progress | None = None, command: str = "", tune: int = 0,
+             tune_device: str | None = None):
+    """The whole job: export, compile (with `tune` MetaSchedule trials), validate, report. Returns the report."""
     tgt = targets.load(target)  # fail on a bad target before any heavy work
-    if tgt.kind not in ("host", "cortex-m"):
-        raise UsageError(f"target {tgt.name} ({tgt.kind}) is not supported yet")
     recipe = recipe or make_recipe(method)
     timings = Timings()
     start = time.perf_counter()
@@ -489,7 +562,8 @@ def compress(model_path: Path, *, target: str = "x86", method: str = "int8", dat
         exported = export(model_path, data=data, out_dir=out_dir, recipe=recipe, arch=arch, input_shape=input_shape,
                           trust_pickle=trust_pickle, progress=progress)
     with timings.measure("compile"):
-        compile(Path(out_dir) / MODEL_ONNX, target=tgt.name, out_dir=out_dir, progress=progress)
+        compile(Path(out_dir) / MODEL_ONNX, target=tgt.name, out_dir=out_dir, progress=progress, tune=tune,
+                tune_device=tune_device)
     timings.seconds["compress"] = 0.0  # filled in by validate's report: the whole job's wall time
     return validate(out_dir, data=data, target=tgt.name, eval_samples=eval_samples, latency_repeat=latency_repeat,
                     progress=progress, exported=exported, timings=timings, command=command, started=start)

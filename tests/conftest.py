@@ -46,3 +46,22 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 def tiny_resnet() -> nn.Module:
     torch.manual_seed(0)
     return randomize_batch_norms(TinyResNet())
+
+
+
+@pytest.fixture(scope="session")
+def tiny_digits_run(tmp_path_factory):
+    """An `edgebin export` folder (recipe.json, model.onnx, model_fp32.onnx) of TinyResNet on the digits data (8x8
+    images, untrained: the tests compare engines, not accuracy). Copy it before compiling into it: the Raspberry
+    Pi, SSH and RPC tests each start from a copy."""
+    from pathlib import Path
+
+    from edgebin import pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_digits")
+    torch.manual_seed(0)
+    torch.save(randomize_batch_norms(TinyResNet()).state_dict(), folder / "tiny.pt")
+    out = folder / "out"
+    pipeline.export(folder / "tiny.pt", data="digits", out_dir=out, arch=f"{Path(__file__)}:TinyResNet",
+                    input_shape=(1, 1, 8, 8), recipe=pipeline.make_recipe(calibration_samples=128))
+    return out

@@ -258,3 +258,24 @@ def test_microcontroller_sections_render_counts_not_times():
     assert "Instructions (emulator)" in text and "not time" in text
     assert "50.0% of the board" in text and "Bit-exact outputs" in text and "99.90%" in text
     assert Report.from_dict(data) == report
+
+
+def test_board_sections_say_how_they_were_timed_next_to_fp32():
+    from edgebin.report import Report
+    from edgebin.report.markdown import render_markdown
+
+    report = Report.from_dict({
+        "schema_version": 1,
+        "board": {"device": "rpc://pi:9090", "samples": 500, "ms_per_inference": 2.0, "fp32_ms_per_inference": 3.0,
+                  "timer": "time-evaluator-median", "timed_runs": 50},
+        "accuracy": {"fp32": 0.9, "compiled": 0.9, "compiled_fp32": 0.89},
+        "agreement": {"top1": 1.0, "fp32_top1": 0.999, "fp32_max_abs": 1e-6},
+        "footprint": {"artefact_bytes": 6_000_000, "runtime_bytes": 5_000_000},
+    })
+    text = render_markdown(report)
+    assert "time_evaluator on the board" in text and "median of 50 runs" in text
+    assert "3.000 (1.50× the compressed model's)" in text  # by hand: 3.0 / 2.0
+    assert "FP32 compiled (" in text and "89.00%" in text and "-1.00 pts" in text and "99.90%" in text
+    assert "of which the TVM runtime" in text and "Not timed on this machine" in text
+    with pytest.raises(ValueError, match="fp32_top1: expected a fraction"):
+        Report.from_dict({"schema_version": 1, "agreement": {"fp32_top1": 99.9}})

@@ -6,8 +6,9 @@
     logits = ebc.load_artefact(Path("out")).run(x)
 
 Modules, one job each: `importer` (ONNX -> Relax, unsupported-op scan), `qdq_to_int` (the QdqToInt8 pass),
-`kernels` (census of compiled kernels), `host` (x86 build, save, load, run, time) and `tvm_adapter` (the only
-module that imports TVM). Importing this package does not import TVM; the first use of a name below does.
+`kernels` (census of compiled kernels), `host` (x86 build, save, load, run, time), `tune` (MetaSchedule tuning
+with a reusable database) and `tvm_adapter` (the only module that imports TVM). Importing this package does not
+import TVM; the first use of a name below does.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ _EXPORTS = {
     "lower": "host",
     "set_threads": "host",
     "compile_bundle": "mcu_emit",
+    "TuneConfig": "tune",
+    "tune_kernels": "tune",
 }
 
 __all__ = sorted(_EXPORTS)

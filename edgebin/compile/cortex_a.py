@@ -100,8 +100,11 @@ class CortexABundle:
 
 
 def compile_cortex_a(onnx_path: Path, target: Target | str, out_dir: Path, *, integer: bool = True,
-                     runtime: str | None = None, requant: str = "float") -> CortexABundle:
+                     runtime: str | None = None, requant: str = "float", tune: Any = None,
+                     progress: Any = None) -> CortexABundle:
     """Compile `onnx_path` for a Cortex-A `target` into the bundle folder `out_dir` (written atomically).
+
+    `tune` (a `tune.TuneConfig`, TVM runtime only): kernels tuned on the board over RPC, or taken from its database.
 
     With `integer` (the default) a QDQ model computes in int8; a float model, or `integer=False`, in float32.
     `runtime` overrides the target file's: "tvm" (model.so + TVM runtime) or "c" (runtime-free C). `requant` is
@@ -121,13 +124,18 @@ def compile_cortex_a(onnx_path: Path, target: Target | str, out_dir: Path, *, in
     if runtime == "tvm" and not target.linux.wheel_platform:
         raise UsageError(f"target {target.name}: TVM publishes no runtime for it (no {target.linux.triple} wheels); "
                          f"use runtime 'c', the runtime-free C bundle")
+    if runtime == "c" and tune is not None:
+        if tune.trials:
+            raise UsageError(f"--tune tunes TVM kernels; {target.name}'s runtime-free C bundle has none")
+        tune = None  # a database from an earlier TVM bundle: nothing to apply it to
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     if not onnx_path.is_file():
         raise ModelLoadError(f"no such ONNX file: {onnx_path}")
     require_tool(target, "g++" if runtime == "tvm" else "gcc")  # before minutes of compiling
     with staged_dir(out_dir) as stage:
         build = _build_tvm if runtime == "tvm" else _build_c
-        manifest = build(onnx_path, target, stage, integer=integer, requant=requant)
+        tuning = {"tune": tune, "progress": progress} if tune is not None else {}  # checked: tvm runtime
+        manifest = build(onnx_path, target, stage, integer=integer, requant=requant, **tuning)
         manifest.update(_board_record(target, runtime))
         manifest["kernel_counts"] = CortexABundle(stage, manifest).kernel_counts()
         (stage / "run.sh").write_text(_run_script(manifest))
@@ -163,10 +171,11 @@ def load_bundle(directory: Path) -> CortexABundle:
 # --- runtime "tvm": model.so, the TVM runtime from the wheels, runner.cc -------------------------------------
 
 
-def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, requant: str) -> dict[str, Any]:
+def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, requant: str, tune: Any = None,
+               progress: Any = None) -> dict[str, Any]:
     from edgebin.compile import importer
     from edgebin.compile import tvm_adapter as tvm_api
-    from edgebin.compile.host import lower
+    from edgebin.compile.host import lower, tune_lowered
     from edgebin.compile.qdq_to_int import is_quantized
     from edgebin.runtime_wheels import runtime_libraries
 
@@ -180,7 +189,10 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
     integer = integer and is_quantized(mod)
     tvm_target = tvm_api.make_target(target.tvm)
     with tvm_target:
-        lowered = lower(mod, integer=integer, requant=requant)  # the host's build order, Arm LLVM codegen
+        lowered = lower(mod, integer=integer, requant=requant, schedule=tune is None)  # host's order, Arm LLVM
+    tuning = None
+    if tune is not None:  # MetaSchedule on the board over RPC (or its database), as for the host
+        lowered, tuning = tune_lowered(lowered, tvm_target, tune, progress=progress)
     try:
         executable = tvm_api.build(lowered.mod, tvm_target)
     except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
@@ -215,6 +227,7 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
         "run": ["./runner", "model.so", INPUTS, OUTPUTS, SAMPLES],
         "files": ["model.so", "libtvm_runtime.so", "libtvm_ffi.so", "runner", "input.txt", "run.sh", "runner.cc"],
         "tvm_target": dict(target.tvm),
+        "tuning": tuning.to_dict() if tuning is not None else {},
         "tvm_runtime": {"platform": libs.platform, "apache-tvm": libs.tvm_version,
                         "apache-tvm-ffi": libs.ffi_version},
     }

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from edgebin.atomic import atomic_write_text
 from edgebin.compile import importer, kernels
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
+from edgebin.compile.tune import TuneConfig, TuneSummary, tune_kernels
 from edgebin.errors import InputShapeError, ModelLoadError, UsageError
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,13 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
     return Lowered(mod, ops, census, _constant_bytes(mod))
 
 
+def tune_lowered(lowered: Lowered, target, tune: TuneConfig, *, progress: Any = None) -> tuple[Lowered, TuneSummary]:
+    """Kernels of `lowered` (from `lower(..., schedule=False)`, inside `with target`) with schedules from the
+    tuning database, tuned first up to `tune.trials`; the kernels it has none for get `schedule_cpu_loops`."""
+    tuned_mod, summary = tune_kernels(lowered.mod, target, tune, progress=progress)
+    return replace(lowered, mod=schedule_cpu_loops(tuned_mod)), summary
+
+
 def schedule_cpu_loops(mod):
     """Give every kernel a better untuned CPU loop order than TVM's default loop nest.
 
@@ -77,7 +85,7 @@ def schedule_cpu_loops(mod):
     MetaSchedule does better, at minutes per model.
     """
     for gvar, func in list(mod.functions.items()):
-        if isinstance(func, tvm_api.tirx.PrimFunc):
+        if isinstance(func, tvm_api.tirx.PrimFunc) and not _tuned(func):
             try:
                 mod[gvar] = _schedule_kernel(func)
             except tvm_api.s_tir.ScheduleError as err:
@@ -136,6 +144,7 @@ class HostArtefact:
     integer: bool = False
     requant: str | None = None
     target: dict[str, Any] = field(default_factory=dict)
+    tuning: dict[str, Any] = field(default_factory=dict)  # tune.TuneSummary.to_dict(); empty when untuned
     _vm: Any = field(default=None, init=False, repr=False, compare=False)
 
     def kernel_counts(self) -> dict[str, int]:
@@ -182,6 +191,7 @@ class HostArtefact:
             "integer": self.integer,
             "requant": self.requant,
             "target": self.target,
+            "tuning": self.tuning,
             "weights_bytes": self.constants_bytes,
             "kernel_counts": self.kernel_counts(),
             "ops": self.ops,
@@ -196,12 +206,16 @@ def compile_onnx(
     *,
     integer: bool = True,
     requant: str = "float",
+    tune: TuneConfig | None = None,
+    progress: Any = None,
 ) -> HostArtefact:
     """Compile an ONNX file for the host into `out_dir` (model.so + artefact.json).
 
     With `integer` (the default) a QDQ model runs in int8 (QdqToInt8); a float model, or `integer=False`,
     compiles as it is: the "TVM FP32" baseline, or TVM's own float fake-quant for a QDQ model.
     `target_tvm` is a target record's `tvm` dict (or the record itself), e.g. {"kind": "llvm", "mcpu": "native"}.
+    With `tune`, MetaSchedule tunes the kernels first (`edgebin.compile.tune`; the trials its database lacks) and
+    the kernels it has schedules for use them; `progress` (a `pipeline.Progress`) then shows the tuning bar.
     """
     if requant not in REQUANT_MODES:
         raise UsageError(f"unknown requant mode {requant!r}; valid: {', '.join(REQUANT_MODES)}")
@@ -217,7 +231,10 @@ def compile_onnx(
         log.info("%s has no QuantizeLinear/DequantizeLinear; compiling it in float", onnx_path)
     target = tvm_api.make_target(target_spec)
     with target:
-        lowered = lower(mod, integer=integer and quantized, requant=requant)
+        lowered = lower(mod, integer=integer and quantized, requant=requant, schedule=tune is None)
+    tuning = None
+    if tune is not None:
+        lowered, tuning = tune_lowered(lowered, target, tune, progress=progress)
     try:
         executable = tvm_api.build(lowered.mod, target)
     except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
@@ -226,6 +243,8 @@ def compile_onnx(
         with target:
             lowered = lower(importer.from_onnx(model, shapes), integer=integer and quantized, requant=requant,
                             schedule=False)
+        if tune is not None:  # the database again (no new trials): only the untuned kernels lose their loop order
+            lowered = replace(lowered, mod=tune_kernels(lowered.mod, target, tune)[0])
         executable = tvm_api.build(lowered.mod, target)
 
     out_dir = Path(out_dir)
@@ -242,6 +261,7 @@ def compile_onnx(
         integer=integer and quantized,
         requant=requant if integer and quantized else None,
         target=target_spec,
+        tuning=tuning.to_dict() if tuning is not None else {},
     )
     _export_atomic(executable, out_dir / LIBRARY)
     atomic_write_text(out_dir / MANIFEST, json.dumps(artefact.manifest(), indent=1) + "\n")
@@ -273,6 +293,7 @@ def load_artefact(directory: Path) -> HostArtefact:
             integer=bool(data["integer"]),
             requant=data["requant"],
             target=data["target"],
+            tuning=data.get("tuning") or {},
         )
     except (ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{manifest_path} is damaged ({err}); compile again") from None
@@ -294,6 +315,11 @@ def _worth_reordering(sch, spatial, reduction, *, integer: bool) -> bool:
     for loop in reduction:
         extent *= int(sch.get(loop).extent)
     return extent >= 32 and int(sch.get(spatial[-1]).extent) >= 8
+
+
+def _tuned(func) -> bool:
+    """A kernel MetaSchedule's database scheduled (MetaScheduleApplyDatabase marks it)."""
+    return bool(func.attrs is not None and func.attrs.get("tirx.is_scheduled", False))
 
 
 def _is_integer_kernel(func) -> bool:

@@ -191,9 +191,13 @@ def to_tensor(array: np.ndarray) -> Any:
     return tvm.runtime.tensor(np.ascontiguousarray(array), tvm.cpu())
 
 
-def time_function(vm: Any, name: str, args: Sequence[Any], *, warmup: int, repeat: int) -> list[float]:
-    """Seconds per call of `vm[name](*args)`, one number per run, after `warmup` untimed runs."""
-    evaluator = vm.time_evaluator(name, tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
+def time_function(vm: Any, name: str, args: Sequence[Any], *, warmup: int, repeat: int,
+                  device: Any = None) -> list[float]:
+    """Seconds per call of `vm[name](*args)`, one number per run, after `warmup` untimed runs.
+
+    `device` is where the VM runs (default this CPU; a remote CPU for a VM loaded over RPC, timed on the board).
+    """
+    evaluator = vm.time_evaluator(name, device or tvm.cpu(), number=1, repeat=repeat, min_repeat_ms=0)
     for _ in range(warmup):
         vm[name](*args)
     return [float(t) for t in evaluator(*args).results]
@@ -244,3 +248,141 @@ def ffi_include_dir() -> Path:
 
 
 __all__ += ["export_library_cross", "ffi_include_dir"]
+
+
+# --- TVM RPC: a board running TVM's RPC server, directly or behind a tracker ----------------------------------
+
+
+def rpc_connect(host: str, port: int, *, session_timeout_s: float = 0) -> Any:
+    """A session with the RPC server at host:port (`python -m tvm.exec.rpc_server` on the board)."""
+    from tvm import rpc
+
+    return rpc.connect(host, port, session_timeout=int(session_timeout_s))
+
+
+def rpc_tracker_queue(host: str, port: int) -> dict[str, dict[str, int]]:
+    """The tracker's devices: key -> {"free": servers idle, "pending": requests waiting}."""
+    from tvm import rpc
+
+    tracker = rpc.connect_tracker(host, port)
+    try:
+        return {str(k): dict(v) for k, v in tracker.summary()["queue_info"].items()}
+    finally:
+        tracker.close()
+
+
+def rpc_request(host: str, port: int, key: str, *, session_timeout_s: float = 0) -> Any:
+    """A session with a server the tracker at host:port hands out for `key` (waits while all are busy)."""
+    from tvm import rpc
+
+    tracker = rpc.connect_tracker(host, port)
+    try:
+        return tracker.request(key, priority=1, session_timeout=int(session_timeout_s), max_retry=1)
+    finally:
+        tracker.close()
+
+
+def rpc_load_vm(session: Any, library: Path, remote_name: str) -> tuple[Any, Any]:
+    """Upload a library from `export_library` and load it into a Relax VM on the remote CPU: (vm, device)."""
+    session.upload(str(library), target=remote_name)
+    device = session.cpu()
+    return relax.VirtualMachine(session.load_module(remote_name), device), device
+
+
+def tensor_on(array: np.ndarray, device: Any) -> Any:
+    """A copy of `array` on `device` (a remote one over RPC too)."""
+    return tvm.runtime.tensor(np.ascontiguousarray(array), device)
+
+
+__all__ += ["rpc_connect", "rpc_load_vm", "rpc_request", "rpc_tracker_queue", "tensor_on"]
+
+
+# --- MetaSchedule tuning (0.27: `tvm.s_tir.meta_schedule`, formerly `tvm.meta_schedule`) ---------------------
+
+meta_schedule = s_tir.meta_schedule
+derived_object = tvm.ir.utils.derived_object  # subclassing MetaSchedule's Py* classes (PyMeasureCallback)
+
+
+def load_tensor_intrinsics(target: tvm.target.Target) -> None:
+    """Register the tensor intrinsics MetaSchedule may tensorize with on `target`'s CPU, and no others.
+
+    MetaSchedule's TuneContext and default builder run `import tvm.s_tir.tensor_intrin`, which parses the
+    intrinsics of every backend from TVMScript: ~80 s on a 2-core machine (CUDA alone ~50 s), in the main process
+    and again in every builder worker, so that builds hit their 30 s timeout. Putting the bare package in
+    `sys.modules` first makes that import a no-op; the CPU's own module (x86 VNNI, Arm dot products) still loads.
+    """
+    _load_intrinsics(intrinsic_modules(target))
+
+
+def _load_intrinsics(names: Sequence[str]) -> None:
+    import importlib
+    import importlib.util
+    import sys
+
+    package = "tvm.s_tir.tensor_intrin"
+    if package not in sys.modules:
+        spec = importlib.util.find_spec(package)
+        if spec is None:  # pragma: no cover - a TVM without tensor intrinsics
+            return
+        sys.modules[package] = importlib.util.module_from_spec(spec)  # __path__ set, __init__ not run
+        s_tir.tensor_intrin = sys.modules[package]
+    for name in names:
+        importlib.import_module(f"{package}.{name}")
+
+
+def intrinsic_modules(target: tvm.target.Target) -> tuple[str, ...]:
+    """The `tvm.s_tir.tensor_intrin` modules for `target`'s CPU: ("x86",), ("arm_cpu",), ("riscv_cpu",) or ()."""
+    import platform
+
+    triple = str(target.attrs.get("mtriple", "") or platform.machine()).lower()
+    if triple.startswith(("aarch64", "arm64", "arm", "thumb")):
+        return ("arm_cpu",)
+    if triple.startswith("riscv"):
+        return ("riscv_cpu",)
+    if triple.startswith(("x86_64", "amd64", "i386", "i686")):
+        return ("x86",)
+    return ()
+
+
+def tuning_worker_init(intrinsics: tuple[str, ...], threads: int) -> None:
+    """Start of a MetaSchedule builder or runner process: the target's intrinsics only, and `threads` threads."""
+    _load_intrinsics(intrinsics)
+    if threads > 0:
+        set_num_threads(threads)
+
+
+def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) -> Any:
+    """MetaSchedule's `default_build` without its import of every backend's intrinsics."""
+    from tvm.driver import build as build_tir  # a runtime Module; tvm.compile returns an Executable
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
+    return build_tir(mod, target=target)
+
+
+def export_candidate_cross(compiler: str, rt_mod: Any) -> str:
+    """A shared library of a tuning candidate linked by a cross compiler, for a board's RPC server to load."""
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="edgebin-tune-"), "candidate.so")
+    rt_mod.export_library(path, fcompile=cc.cross_compiler(compiler))
+    return path
+
+
+def structural_hash(node: Any) -> int:
+    """A content hash of a TIR or Relax node, equal for structurally equal nodes (0.27: in tvm_ffi)."""
+    return int(tvm_ffi.structural_hash(node))
+
+
+def rpc_connect_direct(config: Any) -> Any:
+    """MetaSchedule `f_create_session` for a server without a tracker (its host and port ride in RPCConfig)."""
+    from tvm import rpc
+
+    return rpc.connect(config.tracker_host, int(config.tracker_port), session_timeout=config.session_timeout_sec)
+
+
+__all__ += ["build_candidate", "derived_object", "export_candidate_cross", "intrinsic_modules",
+            "load_tensor_intrinsics", "meta_schedule",
+            "rpc_connect_direct", "structural_hash", "tuning_worker_init"]

@@ -36,7 +36,10 @@ def summary_table(report: Report) -> Table:
     table.add_row("accuracy", "FP32", percent(a.fp32), DASH if a.fp32 is None else "baseline")
     table.add_row("", "compressed", percent(a.compressed), points(a.compressed, a.fp32))
     table.add_row("", "onnxruntime", percent(a.onnxruntime), points(a.onnxruntime, a.fp32))
-    table.add_row("", "compiled", percent(a.compiled), points(a.compiled, a.fp32), end_section=True)
+    table.add_row("", "compiled", percent(a.compiled), points(a.compiled, a.fp32), end_section=a.compiled_fp32 is None)
+    if a.compiled_fp32 is not None:
+        table.add_row("", "compiled FP32", percent(a.compiled_fp32), points(a.compiled_fp32, a.fp32),
+                      end_section=True)
 
     g = report.agreement
     table.add_row("agreement", f"top-1 vs {g.reference or DASH}", percent(g.top1), "")
@@ -59,6 +62,12 @@ def summary_table(report: Report) -> Table:
                    if e.fp32_instructions_per_inference else "")
         table.add_row("emulator", "instructions / inference", number(e.instructions_per_inference), vs_fp32)
         table.add_row("", "instructions / MAC", number(e.instructions_per_mac, 3), "", end_section=True)
+
+    b = report.board
+    if b.ms_per_inference is not None:
+        vs_fp32 = (f"FP32: {times(b.fp32_ms_per_inference / b.ms_per_inference)} as long"
+                   if b.fp32_ms_per_inference and b.ms_per_inference else "")
+        table.add_row("board", "ms / inference", ms(b.ms_per_inference) + " ms", vs_fp32, end_section=True)
 
     f = report.footprint
     if f.flash_bytes is not None:

@@ -115,6 +115,8 @@ def _accuracy(r: Report) -> str:
         ("ONNX Runtime (exported ONNX)", percent(a.onnxruntime), points(a.onnxruntime, a.fp32)),
         (f"Compiled ({target})", percent(a.compiled), points(a.compiled, a.fp32)),
     ]
+    if a.compiled_fp32 is not None:
+        rows.append((f"FP32 compiled ({target})", percent(a.compiled_fp32), points(a.compiled_fp32, a.fp32)))
     note = f"Top-1 on {number(a.samples)} evaluation samples."
     return "## Accuracy\n\n" + note + "\n\n" + _table(("Model", "Top-1", "Δ vs FP32"), rows, align="lrr")
 
@@ -131,12 +133,17 @@ def _agreement(r: Report) -> str:
     ]
     if g.exact is not None:
         rows.insert(0, ("Bit-exact outputs", percent(g.exact)))
+    if g.fp32_top1 is not None:
+        rows += [("FP32 compiled: top-1 agreement with FP32 onnxruntime", percent(g.fp32_top1)),
+                 ("FP32 compiled: max abs difference", number(g.fp32_max_abs))]
     return "## Agreement\n\n" + note + "\n\n" + _table(("Metric", "Value"), rows, align="lr")
 
 
 def _latency(r: Report) -> str:
     lat = r.latency
     if not lat.engines:
+        if r.board.ms_per_inference is not None:
+            return "## Latency\n\nNot timed on this machine: the model ran on a board; see On the board."
         if r.emulator.instructions_per_inference is not None:
             return "## Latency\n\nNot timed: this target ran on an emulator, which has no clock; see Instructions."
         return f"## Latency\n\n{DASH} (not measured)"
@@ -175,15 +182,28 @@ def _emulator(r: Report) -> str:
     return text
 
 
+BOARD_TIMERS = {
+    "cycle-counter": ("its cycle counter", "mean"),
+    "runner-mean": ("its clock (CLOCK_MONOTONIC around each inference, after a warm-up)", "mean"),
+    "time-evaluator-median": ("TVM's time_evaluator on the board", "median"),
+}
+
+
 def _board(r: Report) -> str:
     b = r.board
     if b.samples is None:
         return ""
-    rows = [("Device", _code(b.device)), ("Inferences", number(b.samples)),
-            ("Cycles per inference (mean)", number(b.cycles_per_inference)),
-            ("ms per inference (mean)", ms(b.ms_per_inference))]
-    return "## On the board\n\nMeasured on real hardware with its cycle counter.\n\n" + _table(("", "Value"), rows,
-                                                                                              align="lr")
+    how, stat = BOARD_TIMERS.get(b.timer or "cycle-counter", (b.timer, "mean"))
+    rows = [("Device", _code(b.device)), ("Inferences", number(b.samples))]
+    if b.cycles_per_inference is not None or b.timer in (None, "cycle-counter"):
+        rows.append(("Cycles per inference (mean)", number(b.cycles_per_inference)))
+    rows.append((f"ms per inference ({stat} of {number(b.timed_runs)} runs)", ms(b.ms_per_inference)))
+    if b.fp32_ms_per_inference is not None:
+        ratio = b.fp32_ms_per_inference / b.ms_per_inference if b.ms_per_inference else None
+        rows.append(("FP32 baseline, ms per inference", f"{ms(b.fp32_ms_per_inference)} ({times(ratio)} the "
+                                                        "compressed model's)"))
+    note = f"Measured on real hardware with {how}."
+    return "## On the board\n\n" + note + "\n\n" + _table(("", "Value"), rows, align="lr")
 
 
 def _footprint(r: Report) -> str:
@@ -195,6 +215,8 @@ def _footprint(r: Report) -> str:
         ("Compression ratio (FP32 / compressed)", ratio),
         ("Compiled artefact", size(f.artefact_bytes)),
     ]
+    if f.runtime_bytes is not None:
+        rows.append(("of which the TVM runtime", size(f.runtime_bytes)))
     if f.flash_bytes is not None:
         rows += [
             ("Flash (code + weights + data)", size(f.flash_bytes) + _of(f.flash_bytes, f.board_flash_bytes)),

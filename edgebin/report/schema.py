@@ -115,6 +115,7 @@ class Accuracy(_Section):
     onnxruntime: float | None = None  # the exported ONNX in onnxruntime
     compiled: float | None = None  # the compiled artefact on the target or its stand-in
     samples: int | None = None
+    compiled_fp32: float | None = None  # the FP32 model compiled for the same target, run the same way (Cortex-A)
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,8 @@ class Agreement(_Section):
     samples: int | None = None
     reference: str | None = "onnxruntime"
     exact: float | None = None  # fraction of samples whose outputs equal the reference's bit for bit
+    fp32_top1: float | None = None  # the FP32 model compiled for the target against onnxruntime FP32 (Cortex-A)
+    fp32_max_abs: float | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +183,7 @@ class Footprint(_Section):
     flash_code_bytes: int | None = None
     flash_weights_bytes: int | None = None
     ram_bytes: int | None = None  # data + bss (arena included) + stack reserve
+    runtime_bytes: int | None = None  # Raspberry Pi TVM bundles: libtvm_runtime.so + libtvm_ffi.so in the artefact
     arena_bytes: int | None = None  # the one static activation arena, as planned
     arena_lower_bound_bytes: int | None = None  # largest set of simultaneously live activations
     stack_bytes: int | None = None  # stack high-water mark measured on the emulator
@@ -238,12 +242,15 @@ class Emulator(_Section):
 
 @dataclass(frozen=True)
 class Board(_Section):
-    """Measurements on a real board over `edgebin validate --device serial://...` (its cycle counter)."""
+    """Measurements on a real board: over a serial port (its cycle counter), SSH or TVM RPC (its clock)."""
 
-    device: str | None = None  # e.g. "serial:///dev/ttyACM0?baud=115200"
+    device: str | None = None  # e.g. "serial:///dev/ttyACM0?baud=115200", "ssh://pi@raspberrypi.local"
     samples: int | None = None
     cycles_per_inference: int | None = None  # mean over the samples, from DWT->CYCCNT
-    ms_per_inference: float | None = None  # cycles / the board's clock; null if it did not report its clock
+    ms_per_inference: float | None = None  # see `timer`; null if the board did not report its clock
+    fp32_ms_per_inference: float | None = None  # the FP32 model compiled for the same target, same board and timer
+    timer: str | None = None  # "cycle-counter", "runner-mean" (SSH) or "time-evaluator-median" (TVM RPC)
+    timed_runs: int | None = None  # inferences behind ms_per_inference
 
 
 @dataclass(frozen=True)
@@ -440,8 +447,8 @@ def _non_finite(data: Any, path: str) -> Iterable[tuple[str, float]]:
 
 _HINTS: dict[type, dict[str, Any]] = {}
 _FRACTIONS: dict[type, tuple[str, ...]] = {  # fields checked to lie in [0, 1]
-    Accuracy: ("fp32", "compressed", "onnxruntime", "compiled"),
-    Agreement: ("top1",),
+    Accuracy: ("fp32", "compressed", "onnxruntime", "compiled", "compiled_fp32"),
+    Agreement: ("top1", "fp32_top1"),
 }
 
 

@@ -7,7 +7,8 @@
 Every runner returns the same `RunResult` (outputs, plus seconds on hardware or instructions on an emulator) and
 runs every external process under a timeout. `qemu` builds and runs Cortex-M bundles under qemu-system-arm,
 `footprint` measures flash and RAM and checks them against the board, `plugin` builds the QEMU
-instruction-count plugin.
+instruction-count plugin. For Raspberry Pis, `qemu_user` runs bundles under qemu-aarch64 / qemu-arm, `ssh` on the
+board over SSH, and `rpc` runs TVM libraries through TVM's RPC server on the board.
 """
 
 from edgebin.runners.footprint import DoesNotFitError, Footprint, check_fits, measure_footprint

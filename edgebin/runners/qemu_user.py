@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 
 TOOL_TIMEOUT_S = 60.0  # nm
 FIRST_CHUNK = 16  # samples in the first process; later chunks are sized from its speed
+MAX_CHUNK = 256  # and capped, so that a machine that gets busier mid-run stays far from the time limit
 MARKERS = ("edgebin_runner_begin", "edgebin_runner_end")
 HARNESS_SYMBOLS = frozenset({"main", *MARKERS})  # the runner's own loop: a few instructions, not the model's
 # Runner exit codes (compile/pi_runner/runner.cc, c_runner.c) and what they mean.
@@ -110,7 +111,7 @@ class QemuUserRunner:
             outputs.append(out)
             window.update(counts)
             done += count
-            chunk = max(1, int(0.5 * self.timeout_s * count / max(seconds, 1e-3)))
+            chunk = max(1, min(MAX_CHUNK, int(0.25 * self.timeout_s * count / max(seconds, 1e-3))))
 
         out_dims = out_shape[1:] if out_shape[:1] == [1] else out_shape
         result = np.concatenate(outputs).reshape(n, *out_dims)
