@@ -175,7 +175,7 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
                progress: Any = None) -> dict[str, Any]:
     from edgebin.compile import importer
     from edgebin.compile import tvm_adapter as tvm_api
-    from edgebin.compile.host import lower, tune_lowered
+    from edgebin.compile.host import lower_and_build
     from edgebin.compile.qdq_to_int import is_quantized
     from edgebin.runtime_wheels import runtime_libraries
 
@@ -187,20 +187,9 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
         raise InputShapeError(f"{onnx_path}: a Cortex-A bundle takes one input, the model has {list(shapes)}")
     mod = importer.from_onnx(model, shapes)  # UnsupportedOpsError listing every unknown op
     integer = integer and is_quantized(mod)
-    tvm_target = tvm_api.make_target(target.tvm)
-    with tvm_target:
-        lowered = lower(mod, integer=integer, requant=requant, schedule=tune is None)  # host's order, Arm LLVM
-    tuning = None
-    if tune is not None:  # MetaSchedule on the board over RPC (or its database), as for the host
-        lowered, tuning = tune_lowered(lowered, tvm_target, tune, progress=progress)
-    try:
-        executable = tvm_api.build(lowered.mod, tvm_target)
-    except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
-        log.warning("the CPU loop schedule produced a kernel TVM cannot build (%s); using TVM's default loops",
-                    str(err).strip().splitlines()[-1][:200])
-        with tvm_target:
-            lowered = lower(importer.from_onnx(model, shapes), integer=integer, requant=requant, schedule=False)
-        executable = tvm_api.build(lowered.mod, tvm_target)
+    # the host's build order for the Arm LLVM target; MetaSchedule (over RPC on the board, or its database)
+    lowered, executable, tuning = lower_and_build(model, shapes, tvm_api.make_target(target.tvm), integer=integer,
+                                                  requant=requant, tune=tune, progress=progress, mod=mod)
     tvm_api.export_library_cross(executable, stage / "model.so", require_tool(target, "g++"))
 
     shutil.copy2(libs.runtime, stage / "libtvm_runtime.so")

@@ -199,6 +199,32 @@ class HostArtefact:
         }
 
 
+def lower_and_build(model, shapes, target, *, integer: bool, requant: str, tune: TuneConfig | None = None,
+                    progress: Any = None, mod=None):
+    """(lowered, executable, tuning record) of an imported ONNX `model` for an LLVM `target` (host or Arm).
+
+    Lowers in the host's order (`lower`), tunes first when `tune` is given, and builds; if edgebin's CPU loop
+    schedule gives a kernel TVM cannot build, lowers again with TVM's default loops (and the tuning database's
+    schedules, without new trials) and builds that. `mod` is `model` already imported, when the caller has it.
+    """
+    mod = importer.from_onnx(model, shapes) if mod is None else mod
+    with target:
+        lowered = lower(mod, integer=integer, requant=requant, schedule=tune is None)
+    tuning = None
+    if tune is not None:
+        lowered, tuning = tune_lowered(lowered, target, tune, progress=progress)
+    try:
+        return lowered, tvm_api.build(lowered.mod, target), tuning
+    except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
+        log.warning("the CPU loop schedule produced a kernel TVM cannot build (%s); using TVM's default loops",
+                    str(err).strip().splitlines()[-1][:200])
+    with target:
+        lowered = lower(importer.from_onnx(model, shapes), integer=integer, requant=requant, schedule=False)
+    if tune is not None:  # the database again (no new trials): only the untuned kernels lose their loop order
+        lowered = replace(lowered, mod=tune_kernels(lowered.mod, target, tune)[0])
+    return lowered, tvm_api.build(lowered.mod, target), tuning
+
+
 def compile_onnx(
     onnx_path: Path,
     target_tvm: dict[str, Any] | Any,
@@ -229,23 +255,9 @@ def compile_onnx(
     quantized = is_quantized(mod)
     if integer and not quantized:
         log.info("%s has no QuantizeLinear/DequantizeLinear; compiling it in float", onnx_path)
-    target = tvm_api.make_target(target_spec)
-    with target:
-        lowered = lower(mod, integer=integer and quantized, requant=requant, schedule=tune is None)
-    tuning = None
-    if tune is not None:
-        lowered, tuning = tune_lowered(lowered, target, tune, progress=progress)
-    try:
-        executable = tvm_api.build(lowered.mod, target)
-    except Exception as err:  # TVM raises its own error types; a bad loop schedule is the known cause
-        log.warning("the CPU loop schedule produced a kernel TVM cannot build (%s); using TVM's default loops",
-                    str(err).strip().splitlines()[-1][:200])
-        with target:
-            lowered = lower(importer.from_onnx(model, shapes), integer=integer and quantized, requant=requant,
-                            schedule=False)
-        if tune is not None:  # the database again (no new trials): only the untuned kernels lose their loop order
-            lowered = replace(lowered, mod=tune_kernels(lowered.mod, target, tune)[0])
-        executable = tvm_api.build(lowered.mod, target)
+    lowered, executable, tuning = lower_and_build(model, shapes, tvm_api.make_target(target_spec),
+                                                  integer=integer and quantized, requant=requant, tune=tune,
+                                                  progress=progress, mod=mod)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -25,6 +25,9 @@
 #define EDGEBIN_SIMD32 1
 #endif
 
+/* x[i] of an int8 (u = 0) or uint8 (u = 1) input. */
+#define EDGEBIN_XI(x, i, u) ((u) ? (int32_t)((const uint8_t*)(x))[i] : (int32_t)((const int8_t*)(x))[i])
+
 #ifdef EDGEBIN_SIMD32
 
 /* Four int8 at any address as one word: one LDR (unaligned is fine on cores with SIMD32). */
@@ -62,8 +65,6 @@ static inline uint32_t edgebin_uxtb16_ror8(uint32_t v) {
 /* The input word's bytes as two pairs of int16: sign-extended for int8, zero-extended for uint8. */
 #define EDGEBIN_X02(v, u) ((u) ? edgebin_uxtb16(v) : edgebin_sxtb16(v))
 #define EDGEBIN_X13(v, u) ((u) ? edgebin_uxtb16_ror8(v) : edgebin_sxtb16_ror8(v))
-/* x[i] of an int8 (u = 0) or uint8 (u = 1) input. */
-#define EDGEBIN_XI(x, i, u) ((u) ? (int32_t)((const uint8_t*)(x))[i] : (int32_t)((const int8_t*)(x))[i])
 
 static inline int32_t edgebin_smlad(uint32_t a, uint32_t b, int32_t acc) {
   int32_t r;
@@ -184,13 +185,6 @@ static inline __attribute__((always_inline)) void edgebin_matvec_x8(const void* 
   if (j < n) acc[j] = edgebin_dot_x8(x, w + j * k, k, acc[j], u);
 }
 
-static inline void edgebin_matvec_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvec_x8(x, w, k, n, acc, 0);
-}
-
-static inline void edgebin_matvec_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvec_x8(x, w, k, n, acc, 1);
-}
 
 #undef EDGEBIN_MATVEC_STEP
 #undef EDGEBIN_MATVEC_OPERANDS
@@ -199,24 +193,26 @@ static inline void edgebin_matvec_u8s8(const uint8_t* x, const int8_t* w, int32_
 
 #else /* plain C: the host, Cortex-M0/M0+/M3 */
 
-static inline void edgebin_matvec_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
+static inline void edgebin_matvec_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
+                                     const int u) {
   for (int32_t j = 0; j < n; ++j) {
     const int8_t* row = w + j * k;
     int32_t s = acc[j];
-    for (int32_t i = 0; i < k; ++i) s += (int32_t)x[i] * (int32_t)row[i];
-    acc[j] = s;
-  }
-}
-
-static inline void edgebin_matvec_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  for (int32_t j = 0; j < n; ++j) {
-    const int8_t* row = w + j * k;
-    int32_t s = acc[j];
-    for (int32_t i = 0; i < k; ++i) s += (int32_t)x[i] * (int32_t)row[i];
+    for (int32_t i = 0; i < k; ++i) s += EDGEBIN_XI(x, i, u) * (int32_t)row[i];
     acc[j] = s;
   }
 }
 
 #endif /* EDGEBIN_SIMD32 */
+
+static inline void edgebin_matvec_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
+  edgebin_matvec_x8(x, w, k, n, acc, 0);
+}
+
+static inline void edgebin_matvec_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
+  edgebin_matvec_x8(x, w, k, n, acc, 1);
+}
+
+#undef EDGEBIN_XI
 
 #endif /* EDGEBIN_KERNELS_H */
