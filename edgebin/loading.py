@@ -93,6 +93,7 @@ class LoadedModel:
     source: Path
     format: str  # edgebin-checkpoint | state-dict | torchscript | exported-program | pickled-module
     arch: str | None = None
+    arch_kwargs: dict = field(default_factory=dict)  # the keyword arguments `arch` was built with
     normalization: dict | None = None  # {"mean": [...], "std": [...]} if the file records it
     metadata: dict = field(default_factory=dict)  # dataset, classes, fp32_test_accuracy, ...
     exported: torch.export.ExportedProgram | None = None  # set for .pt2 files
@@ -105,6 +106,7 @@ class _Parts:
     module: nn.Module
     format: str
     arch: str | None = None
+    arch_kwargs: dict = field(default_factory=dict)
     input_shape: tuple[int, ...] | None = None
     normalization: dict | None = None
     metadata: dict = field(default_factory=dict)
@@ -152,6 +154,7 @@ def load_model(
         source=path,
         format=parts.format,
         arch=parts.arch,
+        arch_kwargs=parts.arch_kwargs,
         normalization=parts.normalization,
         metadata=parts.metadata,
         exported=parts.exported,
@@ -399,17 +402,31 @@ def _from_checkpoint(path: Path, ckpt: dict, arch: str | None) -> _Parts:
     if not isinstance(state_dict, dict):
         raise ModelLoadError(f"`{path}` is an edgebin checkpoint without a state_dict; save it again")
     module = resolve_arch(arch, **kwargs)
-    _load_state_dict(module, state_dict, arch, path)
     shape = ckpt.get("input_shape")
+    if ckpt.get("qat_recipe") is not None:
+        _prepare_qat(module, ckpt["qat_recipe"], shape, path)
+    _load_state_dict(module, state_dict, arch, path)
     normalization = ckpt.get("normalization")
     return _Parts(
         module=module,
         format="edgebin-checkpoint",
         arch=arch,
+        arch_kwargs=kwargs,
         input_shape=_recorded_shape(shape, path) if shape is not None else None,
         normalization=_checked_normalization(normalization, path) if normalization is not None else None,
         metadata={k: v for k, v in ckpt.items() if k not in _CHECKPOINT_KEYS},
     )
+
+
+def _prepare_qat(module: nn.Module, recipe: Any, shape: Any, path: Path) -> None:
+    """Swap in the QAT layers a trained QAT checkpoint was saved with, so its quantizer state loads."""
+    from edgebin.quant import Recipe
+    from edgebin.quant.qat import prepare
+
+    if not isinstance(recipe, dict):
+        raise ModelLoadError(f"`{path}` records a QAT recipe that is not a JSON object; save it again")
+    example = torch.zeros(_recorded_shape(shape, path)) if shape is not None else None
+    prepare(module, Recipe.from_dict(recipe), example_input=example)
 
 
 def _find_state_dict(obj: dict) -> dict | None:

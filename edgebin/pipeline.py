@@ -37,6 +37,7 @@ import torch
 from edgebin import __version__, targets
 from edgebin.atomic import atomic_write_text, staged_dir
 from edgebin.errors import ToolchainMissingError, UsageError
+from edgebin.pipeline_qat import TrainingOptions
 from edgebin.quant import Recipe
 
 log = logging.getLogger(__name__)
@@ -94,31 +95,55 @@ class Timings:
 
 
 def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_samples: int = 512,
-                percentile: float = 99.99, recipe_file: Path | None = None) -> Recipe:
-    """The recipe from CLI flags, or from a recipe file (which then wins)."""
+                percentile: float = 99.99, recipe_file: Path | None = None, *, bits: int | None = None,
+                act_bits: int | None = None, estimator: str | None = None,
+                first_last_bits: int | None = 8) -> Recipe:
+    """The recipe from CLI flags, or from a recipe file (which then wins).
+
+    int8 is post-training quantization (calibration flags apply); the QAT methods take `bits`, `act_bits`,
+    `estimator` (binary) and `first_last_bits` (None: the first and last layers follow the method too).
+    """
     from edgebin.quant import CalibrationConfig
 
     if recipe_file is not None:
         return Recipe.from_file(recipe_file)
     calib = CalibrationConfig(method=calibration, samples=calibration_samples, percentile=percentile)
-    return Recipe(method=method, calibration=calib)
+    if method == "int8":
+        if bits not in (None, 8) or act_bits not in (None, 8) or estimator is not None:
+            raise UsageError("--method int8 is W8A8 post-training quantization: --bits/--act-bits must be 8 and "
+                             "--estimator applies to --method binary; for other widths use --method statsq or lsq")
+        return Recipe(method=method, calibration=calib)
+    return Recipe.for_method(method, weight_bits=bits, activation_bits=act_bits, estimator=estimator,
+                             calibration=calib, first_last_bits=first_last_bits)
 
 
 def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None = None, arch: str | None = None,
            input_shape: tuple[int, ...] | None = None, trust_pickle: bool = False,
-           progress: Progress | None = None) -> ExportResult:
-    """Load the model, quantize it to INT8 (PTQ on calibration data) and write both ONNX files and the recipe."""
+           progress: Progress | None = None, training: TrainingOptions | None = None,
+           eval_samples: int | None = None) -> ExportResult:
+    """Load the model, quantize it (int8: PTQ on calibration data; the other methods: QAT with `training`, see
+    `edgebin.pipeline_qat`) and write both ONNX files and the recipe."""
     from edgebin import capture, loading
     from edgebin import data as datasets
     from edgebin.export import export_onnx
     from edgebin.quant import calibrate, freeze, quantize_graph, weights_bytes
+    from edgebin.quant.recipe import QAT_METHODS
 
     progress = progress or SilentProgress()
     recipe = recipe or Recipe()
+    if recipe.method in QAT_METHODS:
+        from edgebin.pipeline_qat import export_trained
+
+        return export_trained(model_path, data=data, out_dir=out_dir, recipe=recipe,
+                              options=training or TrainingOptions(), arch=arch, input_shape=input_shape,
+                              trust_pickle=trust_pickle, eval_samples=eval_samples, progress=progress)
     start = time.perf_counter()
     with progress.stage("Loading model"):
         loaded = loading.load_model(Path(model_path), arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
         loading.check_input_shape(loaded.module, loaded.input_shape)
+    if loaded.metadata.get("qat_method"):
+        raise UsageError(f"`{model_path}` holds a QAT model ({loaded.metadata['qat_method']}); export it with "
+                         f"--method {loaded.metadata['qat_method']}, or start int8 from the FP32 checkpoint")
     with progress.stage(f"Loading data set {data}"):
         dataset = datasets.load_dataset(data)
         datasets.check_shape(dataset, loaded.input_shape)
@@ -502,8 +527,10 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
                   if k.get("kind") == "float"]
     notes: list[str] = []
     if accuracy["fp32"] - accuracy["compiled"] > 0.01:
+        hint = ("train longer (--epochs) or keep more layers at 8 bits (--first-last-bits, a recipe file)"
+                if run_info.get("training") else "try --calibration percentile or more calibration samples")
         notes.append(f"compiled accuracy is {100 * (accuracy['fp32'] - accuracy['compiled']):.2f} points "
-                     "below FP32; try --calibration percentile or more calibration samples")
+                     f"below FP32; {hint}")
     if agreement["top1"] < 0.99:
         notes.append(f"compiled artefact agrees with onnxruntime on only {100 * agreement['top1']:.2f}% "
                      "of samples")
@@ -512,7 +539,10 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
         notes.append(f"only {100 * exact:.2f}% of the samples give outputs bit-identical to onnxruntime's; the rest "
                      "differ in the last bits where the integer requantization rounds a tie differently")
     recipe = run_info.get("recipe", {})
-    calibration = recipe.get("calibration", {})
+    calibration = recipe.get("calibration", {}) if recipe.get("method", "int8") == "int8" else {}
+    training = {k: v for k, v in run_info.get("training", {}).items() if k in _TRAINING_KEYS}
+    if training.get("seconds") is not None:
+        timings.seconds["train"] = training["seconds"]
     fp32_bytes = exported.fp32_weights_bytes if exported else _onnx_weight_bytes(out_dir / FP32_ONNX)
     footprint = {**sections["footprint"], "fp32_weights_bytes": int(fp32_bytes)}
     report_dict = {
@@ -522,13 +552,17 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
         "target": tgt.to_dict(),
         "method": {
             "name": recipe.get("method", "int8"),
-            "weight_bits": 8,
-            "activation_bits": 8,
+            "weight_bits": recipe.get("default", {}).get("weight_bits", 8),
+            "activation_bits": recipe.get("default", {}).get("activation_bits", 8),
+            "estimator": recipe.get("default", {}).get("estimator"),
             "calibration": {"method": calibration.get("method"), "samples": calibration.get("samples")},
-            "per_layer": [{k: r.get(k) for k in ("layer", "op", "weight_bits", "activation_bits", "method", "kind")}
+            "per_layer": [{k: r.get(k) for k in ("layer", "op", "weight_bits", "activation_bits", "method", "kind",
+                                                     "estimator")}
                           for r in run_info.get("layers", [])],
         },
-        "dataset": {"name": ev.data, "eval_samples": int(len(y)), "calibration_samples": calibration.get("samples")},
+        "dataset": {"name": ev.data, "eval_samples": int(len(y)),
+                    "calibration_samples": None if training else calibration.get("samples")},
+        "training": training,
         "accuracy": accuracy,
         "agreement": agreement,
         "latency": sections.get("latency", {}),
@@ -548,19 +582,24 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
     return Report.from_dict(report_dict)
 
 
+_TRAINING_KEYS = ("epochs", "cga_epochs", "stages", "batch_size", "lr", "distill", "seed", "train_samples",
+                  "eval_samples", "world_size", "seconds", "checkpoint", "history")
+
+
 def compress(model_path: Path, *, target: str = "x86", method: str = "int8", data: str = "fashion-mnist",
              out_dir: Path = Path("out"), arch: str | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, recipe: Recipe | None = None, eval_samples: int | None = None,
              latency_repeat: int = 50, progress: Progress | None = None, command: str = "", tune: int = 0,
-             tune_device: str | None = None):
-    """The whole job: export, compile (with `tune` MetaSchedule trials), validate, report. Returns the report."""
+             tune_device: str | None = None, training: TrainingOptions | None = None):
+    """The whole job: export (QAT methods: train first, with `training`), compile (with `tune` MetaSchedule
+    trials), validate, report. Returns the report."""
     tgt = targets.load(target)  # fail on a bad target before any heavy work
     recipe = recipe or make_recipe(method)
     timings = Timings()
     start = time.perf_counter()
     with timings.measure("export"):
         exported = export(model_path, data=data, out_dir=out_dir, recipe=recipe, arch=arch, input_shape=input_shape,
-                          trust_pickle=trust_pickle, progress=progress)
+                          trust_pickle=trust_pickle, progress=progress, training=training, eval_samples=eval_samples)
     with timings.measure("compile"):
         compile(Path(out_dir) / MODEL_ONNX, target=tgt.name, out_dir=out_dir, progress=progress, tune=tune,
                 tune_device=tune_device)

@@ -703,7 +703,6 @@ def _main(args: argparse.Namespace, rank: int, argv: list[str]) -> int:
     x_eval, y_eval = evaluation_split(ds, args.eval_samples)
     distill = args.checkpoint is not None and args.method is not None and not args.no_distill
     teacher = copy.deepcopy(model).eval() if distill else None
-    hooks = _quantize(model, args, (1, c, h, w)) if args.method else TrainHooks()
     augment = _augment(args.augment, ds.name, norm)
     state = args.state or (args.out.with_suffix(".state.pt") if args.out else None)
     config = TrainConfig(
@@ -717,20 +716,31 @@ def _main(args: argparse.Namespace, rank: int, argv: list[str]) -> int:
         from edgebin.cli import RichProgress, err_console
 
         progress = RichProgress(enabled=err_console.is_terminal)
-    result = train(model, (norm.apply(x), y), (norm.apply(x_eval), y_eval), config, teacher=teacher, hooks=hooks,
-                   augment=augment, progress=progress)
+    train_data, eval_data = (norm.apply(x), y), (norm.apply(x_eval), y_eval)
+    recipe, qat_fields = None, {}
+    if args.method:
+        from edgebin.quant.recipe import Recipe
+        from edgebin.train_qat import train_qat
+
+        recipe = Recipe.for_method(args.method, weight_bits=args.bits, activation_bits=args.act_bits,
+                                   estimator=args.estimator)
+        qat_result = train_qat(model, recipe, train_data, eval_data, config, teacher=teacher,
+                               example_input=torch.zeros(1, c, h, w), augment=augment, progress=progress)
+        accuracy, world, history = qat_result.eval_accuracy, qat_result.world_size, qat_result.history()
+        qat_fields = {"qat_method": args.method, "qat_recipe": recipe.to_dict()}
+    else:
+        result = train(model, train_data, eval_data, config, teacher=teacher, augment=augment, progress=progress)
+        accuracy, world = result.eval_accuracy, result.world_size
+        history = [dataclasses.asdict(r) for r in result.history]
     if rank == 0 and args.out:
-        launcher = f"torchrun --nproc_per_node {result.world_size} -m edgebin.train" if result.world_size > 1 else (
-            "python -m edgebin.train")
+        launcher = f"torchrun --nproc_per_node {world} -m edgebin.train" if world > 1 else "python -m edgebin.train"
         save_checkpoint(
             args.out, model, arch=arch, arch_kwargs=arch_kwargs, input_shape=(1, c, h, w),
-            normalization=norm.to_dict(), dataset=ds.name, classes=list(ds.classes),
-            qat_method=args.method, eval_accuracy=result.eval_accuracy, eval_samples=len(y_eval),
-            train_history=[dataclasses.asdict(r) for r in result.history],
+            normalization=norm.to_dict(), dataset=ds.name, classes=list(ds.classes), **qat_fields,
+            eval_accuracy=accuracy, eval_samples=len(y_eval), train_history=history,
             trained_with=f"{launcher} {shlex.join(argv)}", torch_version=str(torch.__version__),
         )
-        log.info("eval accuracy %.2f%% on %d images; wrote %s", 100 * (result.eval_accuracy or 0), len(y_eval),
-                 args.out)
+        log.info("eval accuracy %.2f%% on %d images; wrote %s", 100 * (accuracy or 0), len(y_eval), args.out)
     return 0
 
 
@@ -748,23 +758,10 @@ def _model_from_args(args, ds) -> tuple[nn.Module, str, dict, dict | None]:
     if loaded.arch is None or loaded.format not in ("edgebin-checkpoint", "state-dict"):
         raise UsageError(f"`{args.checkpoint}` is a {loaded.format} file; training needs an edgebin checkpoint or a "
                          "state_dict with --arch")
-    kwargs = {}
-    if loaded.format == "edgebin-checkpoint" and args.arch in (None, loaded.arch):
-        kwargs = dict(torch.load(args.checkpoint, map_location="cpu", weights_only=True).get("arch_kwargs") or {})
-    return loaded.module.float(), loaded.arch, kwargs, loaded.normalization
-
-
-def _quantize(model: nn.Module, args, input_shape: tuple[int, ...]) -> TrainHooks:
-    """Swap in `--method`'s QAT modules (edgebin.quant.qat), in place, and return the hooks they need."""
-    try:
-        from edgebin.quant import qat
-    except ImportError as err:
-        raise UsageError(f"--method {args.method}: the QAT quantizers (edgebin.quant.qat) cannot be imported: {err}") \
-            from None
-    recipe = qat.make_recipe(args.method, bits=args.bits, act_bits=args.act_bits, estimator=args.estimator)
-    qat.prepare(model, recipe, example_input=torch.zeros(input_shape))  # first and last layer by execution order
-    return TrainHooks(init=qat.init_quantizers, param_groups=qat.param_groups, set_progress=qat.set_progress,
-                      on_phase=qat.on_phase, frozen_masks=qat.cga_frozen_masks)
+    if loaded.metadata.get("qat_method"):
+        raise UsageError(f"`{args.checkpoint}` is already QAT-trained ({loaded.metadata['qat_method']}): start from "
+                         "the FP32 checkpoint, or continue an interrupted run with --resume")
+    return loaded.module.float(), loaded.arch, loaded.arch_kwargs, loaded.normalization
 
 
 def _augment(choice: str, dataset: str, norm) -> Callable[[Tensor, torch.Generator], Tensor] | None:

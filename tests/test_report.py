@@ -90,7 +90,8 @@ def test_report_json_has_the_documented_keys(tmp_path):
         assert keys <= set(data[section]), section
     assert {"kernels", "kernels_detail", "ops", "fallbacks", "warnings", "command"} <= set(data)
     assert data["method"]["calibration"] == {"method": "minmax", "samples": 512}
-    assert set(data["method"]["per_layer"][0]) == {"layer", "op", "weight_bits", "activation_bits", "method", "kind"}
+    assert set(data["method"]["per_layer"][0]) == {"layer", "op", "weight_bits", "activation_bits", "method", "kind",
+                                                   "estimator"}
     assert data["latency"]["unit"] == "ms" and data["latency"]["threads"] == 1
     assert set(data["latency"]["engines"]["edgebin-int8"]) >= {"median_ms", "p10_ms", "p90_ms", "runs"}
     # by hand: baseline median / engine median = 0.8 / 0.2 and 0.8 / 1.6

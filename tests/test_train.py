@@ -291,8 +291,12 @@ DDP_WORKER = textwrap.dedent(
     resumed, result = run("crashed.pt")
     assert result.resumed_epochs == 1
     torch.save(resumed.state_dict(), os.path.join(out, f"resumed{os.environ['RANK']}.pt"))
-    sys.exit(main(["--arch", "resnet8", "--data", data, "--epochs", "1", "--batch-size", "32", "--lr", "3e-3",
-                   "--out", os.path.join(out, "model.pt")]))
+    code = main(["--arch", "resnet8", "--data", data, "--epochs", "1", "--batch-size", "32", "--lr", "3e-3",
+                 "--out", os.path.join(out, "model.pt")])
+    torch.distributed.barrier()  # rank 0 has written model.pt
+    sys.exit(code or main(["--checkpoint", os.path.join(out, "model.pt"), "--data", data, "--method", "binary",
+                           "--estimator", "biper", "--epochs", "2", "--batch-size", "32", "--lr", "3e-3",
+                           "--out", os.path.join(out, "qat.pt")]))
     """
 )
 
@@ -331,3 +335,16 @@ def test_command_line_entry_trains_a_zoo_model_under_torchrun(torchrun_out):
     assert loaded.arch == "resnet8" and loaded.input_shape == (1, 1, 8, 8)
     assert 0.0 <= loaded.metadata["eval_accuracy"] <= 1.0
     assert loaded.metadata["trained_with"].startswith("torchrun --nproc_per_node 2 -m edgebin.train --arch resnet8")
+
+
+def test_qat_under_torchrun_trains_biper_in_two_stages_and_saves_a_reloadable_model(torchrun_out):
+    from edgebin.loading import load_model
+    from edgebin.quant.qat import BiPerSign
+
+    loaded = load_model(torchrun_out / "qat.pt")
+    assert loaded.metadata["qat_method"] == "binary"
+    assert loaded.metadata["qat_recipe"]["default"]["estimator"] == "biper"
+    assert [r["stage"] for r in loaded.metadata["train_history"]] == ["biper-stage1", "biper-stage2"]
+    assert loaded.metadata["trained_with"].startswith("torchrun --nproc_per_node 2 -m edgebin.train --checkpoint")
+    signs = [m for m in loaded.module.modules() if isinstance(m, BiPerSign)]
+    assert signs and all(int(m.stage) == 2 for m in signs)

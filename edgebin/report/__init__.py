@@ -37,6 +37,8 @@ from edgebin.report.schema import (
     Report,
     TargetInfo,
     Timings,
+    Training,
+    TrainingEpoch,
 )
 
 REPORT_JSON = "report.json"
@@ -86,6 +88,6 @@ def read_report(out_dir: str | Path) -> Report:
 __all__ = [
     "BASELINE_ENGINE", "REPORT_JSON", "REPORT_MD", "SCHEMA_VERSION", "Accuracy", "Agreement", "Artefacts",
     "Calibration", "DatasetInfo", "EngineLatency", "Environment", "Fallback", "Footprint", "KernelInfo",
-    "Latency", "LayerPrecision", "MethodInfo", "ModelInfo", "Report", "TargetInfo", "Timings", "read_report",
-    "render_markdown", "summary_table", "write_report",
+    "Latency", "LayerPrecision", "MethodInfo", "ModelInfo", "Report", "TargetInfo", "Timings",
+    "Training", "TrainingEpoch", "read_report", "render_markdown", "summary_table", "write_report",
 ]

@@ -72,6 +72,7 @@ def render_markdown(report: Report) -> str:
         f"# edgebin report: {title(report)}",
         _overview(report),
         _accuracy(report),
+        _training(report),
         _agreement(report),
         _latency(report),
         _emulator(report),
@@ -98,7 +99,7 @@ def _overview(r: Report) -> str:
         ("Model", _join(m.path and _code(m.path), m.arch, m.format, shape and f"input {shape}",
                         _count(m.parameters, "parameters"))),
         ("Target", _join(t.name, t.kind, t.description)),
-        ("Method", _join(q.name, bits, q.calibration.method and
+        ("Method", _join(q.name, bits, q.estimator and f"estimator {q.estimator}", q.calibration.method and
                          f"calibration {q.calibration.method}", _count(q.calibration.samples, "samples"))),
         ("Dataset", _join(d.name, _count(d.eval_samples, "evaluation samples"),
                           _count(d.calibration_samples, "calibration samples"))),
@@ -119,6 +120,30 @@ def _accuracy(r: Report) -> str:
         rows.append((f"FP32 compiled ({target})", percent(a.compiled_fp32), points(a.compiled_fp32, a.fp32)))
     note = f"Top-1 on {number(a.samples)} evaluation samples."
     return "## Accuracy\n\n" + note + "\n\n" + _table(("Model", "Top-1", "Δ vs FP32"), rows, align="lrr")
+
+
+def _training(r: Report) -> str:
+    t = r.training
+    if not t.history:
+        return ""
+    how = _join(t.stages and " then ".join(t.stages), _count(t.epochs, "epochs"),
+                _count(t.cga_epochs, "CGA epochs"), t.batch_size and f"batch {t.batch_size}",
+                t.lr and f"peak lr {number(t.lr)}", "distilled from FP32" if t.distill else "no distillation",
+                _count(t.train_samples, "training samples"), t.seed is not None and f"seed {t.seed}",
+                t.world_size and t.world_size > 1 and f"{t.world_size} processes",
+                t.seconds is not None and f"{t.seconds:.0f} s")
+    note = (f"Quantization-aware training from the FP32 model: {how}. Evaluation accuracy of the fake-quant model "
+            f"after each epoch on {number(t.eval_samples)} evaluation samples (history only: the last epoch is "
+            "exported).")
+    rows = [(number(e.epoch), e.stage or DASH, e.phase or DASH, number(e.lr, 3), number(e.train_loss),
+             percent(e.train_accuracy), percent(e.eval_accuracy), DASH if e.seconds is None else f"{e.seconds:.1f}")
+            for e in t.history]
+    header = ("Epoch", "Stage", "Phase", "lr", "Train loss", "Train top-1", "Eval top-1", "Seconds")
+    text = "## Training\n\n" + note + "\n\n" + _table(header, rows, align="lllrrrrr")
+    if t.checkpoint:
+        text += (f"\n\nTrained model: {_code(t.checkpoint)}, with its quantizers (`edgebin.loading.load_model` "
+                 "rebuilds it in PyTorch).")
+    return text
 
 
 def _agreement(r: Report) -> str:

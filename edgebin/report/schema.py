@@ -86,6 +86,7 @@ class LayerPrecision(_Section):
     activation_bits: int | None = None
     method: str | None = None
     kind: str | None = None
+    estimator: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class MethodInfo(_Section):
     name: str | None = None
     weight_bits: int | None = None
     activation_bits: int | None = None
+    estimator: str | None = None  # binary methods: ste, reste or biper
     calibration: Calibration = field(default_factory=Calibration)
     per_layer: tuple[LayerPrecision, ...] = ()
 
@@ -104,6 +106,39 @@ class DatasetInfo(_Section):
     name: str | None = None
     eval_samples: int | None = None
     calibration_samples: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingEpoch(_Section):
+    """One epoch of quantization-aware training; accuracies are fractions."""
+
+    epoch: int
+    stage: str | None = None  # "qat", or "biper-stage1" / "biper-stage2"
+    phase: str | None = None  # "qat" or "cga"
+    lr: float | None = None
+    train_loss: float | None = None
+    train_accuracy: float | None = None
+    eval_accuracy: float | None = None  # the fake-quant model on the evaluation split, after the epoch
+    seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Training(_Section):
+    """How a QAT method trained (empty for int8, which is post-training quantization)."""
+
+    epochs: int | None = None  # QAT epochs over all stages, CGA excluded
+    cga_epochs: int | None = None
+    stages: tuple[str, ...] = ()
+    batch_size: int | None = None
+    lr: float | None = None
+    distill: bool | None = None  # from the FP32 model
+    seed: int | None = None
+    train_samples: int | None = None
+    eval_samples: int | None = None
+    world_size: int | None = None  # training processes (torchrun)
+    seconds: float | None = None
+    checkpoint: str | None = None  # the trained QAT model, relative to the output directory
+    history: tuple[TrainingEpoch, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -299,7 +334,8 @@ class Timings(_Section):
     """Wall time per pipeline stage in seconds."""
 
     compress: float | None = None
-    export: float | None = None
+    export: float | None = None  # QAT methods: training included
+    train: float | None = None
     compile: float | None = None
     validate: float | None = None
 
@@ -327,6 +363,7 @@ class Report(_Section):
     target: TargetInfo = field(default_factory=TargetInfo)
     method: MethodInfo = field(default_factory=MethodInfo)
     dataset: DatasetInfo = field(default_factory=DatasetInfo)
+    training: Training = field(default_factory=Training)
     accuracy: Accuracy = field(default_factory=Accuracy)
     agreement: Agreement = field(default_factory=Agreement)
     latency: Latency = field(default_factory=Latency)
@@ -403,7 +440,9 @@ def _coerce(value: Any, tp: Any, path: str) -> Any:
         return int(value)
     if tp is str and isinstance(value, (str, os.PathLike)):
         return os.fspath(value)  # a Path given in Python is stored as its string
-    names = {float: "a number", int: "an integer", str: "a string"}
+    if tp is bool and isinstance(value, bool):
+        return value
+    names = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
     raise ValueError(f"{path}: expected {names.get(tp, tp)}, got {_shown(value)}")
 
 

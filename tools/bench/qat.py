@@ -1,0 +1,206 @@
+"""Benchmark: small-scale reproduction of the QAT methods on Fashion-MNIST, written to docs/results.md.
+
+    .venv/bin/python tools/bench/qat.py                                # ResNet-8, every method, reduced schedule
+    .venv/bin/python tools/bench/qat.py --models tiny_vit --runs fp32 w2a2-statsq w2a2-lsq w1a1-ste
+    .venv/bin/python tools/bench/qat.py --render                       # docs/results.md from the saved runs only
+
+Each run starts from the same FP32 model (ResNet-8: models/resnet8_fashion.pt; tiny ViT: trained here from fresh
+weights for `--fp32-epochs`, the "fp32" run) and trains with `edgebin.train_qat` at the same seed, epochs, batch,
+learning rate and training subset, distilling from the FP32 model. The first and last layers stay at 8 bits
+(LSQ W8A8) as in OFQ. Per run: the fake-quant model's top-1 on the whole test split after the last epoch, the
+exported ONNX model's top-1 in onnxruntime and its argmax agreement with PyTorch, wall time, and weight-level
+flips and oscillations of the low-bit layers (`OscillationTracker`, counted from the second optimizer step on;
+8-bit layers are left out so that W2 runs compare W2 weights). Results go to `--results` (one JSON object per
+run, kept between invocations, so runs can be added) and are rendered into `--doc`. Not a test: nothing is
+asserted. The schedule is far shorter than the papers' (hundreds of epochs on GPUs); the doc says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edgebin import data as datasets
+from edgebin import metrics
+from edgebin.export.qat import export_qat
+from edgebin.loading import load_model
+from edgebin.quant import Recipe
+from edgebin.quant.qat import OscillationTracker
+from edgebin.train import TrainConfig, evaluate, train
+from edgebin.train_qat import train_qat
+from edgebin.zoo import create
+
+RUNS = {  # name: (method, weight bits, activation bits, estimator)
+    "fp32": None,
+    "w2a2-statsq": ("statsq", 2, 2, None),
+    "w2a2-lsq": ("lsq", 2, 2, None),
+    "w1a1-ste": ("binary", 1, 1, "ste"),
+    "w1a1-reste": ("binary", 1, 1, "reste"),
+    "w1a1-biper": ("binary", 1, 1, "biper"),
+    "ternary": ("ternary", 2, 2, None),
+    "w4a4-statsq": ("statsq", 4, 4, None),
+    "w4a4-lsq": ("lsq", 4, 4, None),
+    "w8a8-statsq": ("statsq", 8, 8, None),
+    "w8a8-lsq": ("lsq", 8, 8, None),
+    "w2a2-tbt": ("tbt", 2, 2, None),
+}
+CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt")}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--models", nargs="+", default=["resnet8"], help="resnet8 and/or tiny_vit")
+    p.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    p.add_argument("--epochs", type=int, default=6, help="QAT epochs per run (BiPer: split 2:1 over its stages)")
+    p.add_argument("--cga-epochs", type=int, default=1, help="CGA epochs after StatsQ runs")
+    p.add_argument("--train-samples", type=int, default=20000, help="class-stratified training subset")
+    p.add_argument("--fp32-epochs", type=int, default=10, help="tiny ViT: FP32 training from fresh weights")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--results", type=Path, default=Path("tools/bench/qat_results.jsonl"))
+    p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    p.add_argument("--render", action="store_true", help="only render --doc from --results")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    if not args.render:
+        ds = datasets.load_dataset("fashion-mnist")
+        for model_name in args.models:
+            fp32, norm = _fp32_model(model_name, ds, args)
+            for run in args.runs:
+                record = _run(model_name, run, fp32, norm, ds, args)
+                record["command"] = command
+                with args.results.open("a") as f:
+                    f.write(json.dumps(record) + "\n")
+                print(json.dumps({k: v for k, v in record.items() if k != "history"}), flush=True)
+    _render(args.results, args.doc)
+    return 0
+
+
+def _fp32_model(name: str, ds, args) -> tuple[torch.nn.Module, datasets.Normalization]:
+    if name in CHECKPOINTS:
+        loaded = load_model(CHECKPOINTS[name])
+        return loaded.module.float().eval(), datasets.Normalization.from_dict(loaded.normalization)
+    norm = ds.normalization()
+    torch.manual_seed(args.seed)
+    model = create(name, in_channels=1, num_classes=10, input_size=28)
+    x, y = _subset(ds, args)
+    config = TrainConfig(epochs=args.fp32_epochs, lr=1e-3, batch_size=args.batch_size, seed=args.seed)
+    train(model, (norm.apply(x), y), None, config)
+    return model.eval(), norm
+
+
+def _subset(ds, args) -> tuple[np.ndarray, np.ndarray]:
+    idx = datasets.stratified_indices(ds.y_train, args.train_samples, args.seed)
+    return ds.x_train[idx], ds.y_train[idx]
+
+
+def _run(model_name: str, run: str, fp32: torch.nn.Module, norm, ds, args) -> dict:
+    x, y = _subset(ds, args)
+    x_test, y_test = norm.apply(ds.x_test), ds.y_test
+    record = {"model": model_name, "run": run, "epochs": 0, "cga_epochs": 0, "train_samples": len(y),
+              "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "threads": torch.get_num_threads()}
+    if RUNS[run] is None:
+        acc = evaluate(fp32, torch.from_numpy(x_test), torch.from_numpy(y_test))
+        epochs = args.fp32_epochs if model_name not in CHECKPOINTS else None
+        return {**record, "accuracy": acc, "onnx_accuracy": None, "epochs": epochs, "seconds": None}
+    method, bits, act_bits, estimator = RUNS[run]
+    recipe = Recipe.for_method(method, weight_bits=bits, activation_bits=act_bits, estimator=estimator)
+    model = copy.deepcopy(fp32)
+    cga = args.cga_epochs if method == "statsq" else 0
+    config = TrainConfig(epochs=args.epochs, cga_epochs=cga, lr=args.lr, min_lr=1e-5, batch_size=args.batch_size,
+                         seed=args.seed)
+    tracker: list[OscillationTracker] = []
+
+    def count(m: torch.nn.Module, step: int) -> None:
+        if not tracker:
+            tracker.append(OscillationTracker(m, max_bits=max(4, bits)))
+        else:
+            tracker[0].update()
+
+    torch.manual_seed(args.seed)
+    started = time.perf_counter()
+    result = train_qat(model, recipe, (norm.apply(x), y), None, config, teacher=fp32,
+                       example_input=torch.zeros(1, 1, 28, 28), after_step=count)
+    seconds = time.perf_counter() - started
+    model.eval()
+    torch_logits = metrics.run_torch(model, x_test, batch=1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_qat(model, (1, 1, 28, 28), Path(tmp) / "model.onnx")
+        onnx_logits = metrics.run_onnxruntime(Path(tmp) / "model.onnx", x_test)
+    osc = tracker[0].totals() if tracker else {}
+    return {**record, "method": method, "weight_bits": bits, "activation_bits": act_bits, "estimator": estimator,
+            "epochs": args.epochs, "cga_epochs": cga, "stages": [s.name for s in result.stages],
+            "accuracy": metrics.accuracy(torch_logits, y_test), "onnx_accuracy": metrics.accuracy(onnx_logits, y_test),
+            "onnx_argmax_equal": float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1))),
+            "seconds": round(seconds, 1), "oscillations": osc, "history": result.history()}
+
+
+def _render(results: Path, doc: Path) -> None:
+    records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] \
+        if results.is_file() else []
+    latest: dict[tuple[str, str], dict] = {}
+    for r in records:  # a later run of the same (model, run) replaces the earlier one
+        latest[(r["model"], r["run"])] = r
+    doc.write_text(_markdown(list(latest.values())))
+    print(f"wrote {doc} ({len(latest)} runs)")
+
+
+def _markdown(records: list[dict]) -> str:
+    from edgebin.report.markdown import percent
+
+    lines = [
+        "# QAT results: small-scale reproduction on Fashion-MNIST",
+        "",
+        "Made by `tools/bench/qat.py` (the exact commands are listed under each table). Every quantized run starts",
+        "from the same FP32 model and trains with `edgebin.train_qat` on a class-stratified subset of the training",
+        "split, at the same seed, batch, peak learning rate (AdamW, warm-up then cosine) and epochs, distilling from",
+        "the FP32 model; first and last layers stay at 8 bits. Accuracy is top-1 on the whole Fashion-MNIST test",
+        "split (10,000 images) after the last epoch, of the PyTorch fake-quant model and of the exported ONNX in",
+        "onnxruntime. **This is a reduced schedule on 2 CPU cores** (a few epochs where the papers train hundreds",
+        "on GPUs), so absolute numbers understate every method, most of all the binary ones; the comparisons",
+        "between methods are at equal budget.",
+        "",
+        "Oscillations (Nagel et al. 2022, as OFQ counts them): a weight's integer level moving opposite to its",
+        "previous move, summed over the low-bit layers and all optimizer steps; flips count every level change.",
+        "",
+    ]
+    for model in sorted({r["model"] for r in records}):
+        rows = [r for r in records if r["model"] == model]
+        fp32 = next((r["accuracy"] for r in rows if r["run"] == "fp32"), None)
+        header = ["Run", "Method", "W/A bits", "Estimator", "Epochs (+CGA)", "Training samples", "Peak lr",
+                  "Top-1 (PyTorch)", "Δ vs FP32", "Top-1 (onnxruntime)", "ONNX argmax = PyTorch", "Wall time",
+                  "Flips", "Oscillations"]
+        lines += [f"## {model}", "", "| " + " | ".join(header) + " |",
+                  "| " + " | ".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + " |"]
+        for r in sorted(rows, key=lambda r: list(RUNS).index(r["run"]) if r["run"] in RUNS else 99):
+            osc = r.get("oscillations") or {}
+            delta = "" if fp32 is None or r["run"] == "fp32" else f"{100 * (r['accuracy'] - fp32):+.2f}"
+            epochs = "" if r.get("epochs") is None else str(r["epochs"]) + (
+                f" (+{r['cga_epochs']})" if r.get("cga_epochs") else "")
+            quantized = r["run"] != "fp32"
+            cells = [r["run"], r.get("method", "fp32"), f"W{r['weight_bits']}A{r['activation_bits']}" if quantized
+                     else "", r.get("estimator") or "", epochs, f"{r['train_samples']:,}",
+                     f"{r['lr']:g}" if quantized else "", percent(r["accuracy"]), delta,
+                     percent(r.get("onnx_accuracy")), percent(r.get("onnx_argmax_equal")),
+                     "" if r.get("seconds") is None else f"{r['seconds']:.0f} s",
+                     f"{osc['flips']:,}" if osc else "", f"{osc['oscillations']:,}" if osc else ""]
+            lines.append("| " + " | ".join(c if c not in (None, "—") else "" for c in cells) + " |")
+        commands = sorted({r["command"] for r in rows if r.get("command")})
+        lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
