@@ -3,6 +3,8 @@
     .venv/bin/python tools/bench/qat.py                                # ResNet-8, every method, reduced schedule
     .venv/bin/python tools/bench/qat.py --models tiny_vit --runs fp32 w2a2-statsq w2a2-lsq w1a1-ste
     .venv/bin/python tools/bench/qat.py --render                       # docs/results.md from the saved runs only
+    .venv/bin/python tools/bench/qat.py --trained w2a2-statsq-torchrun=out/r8_w2a2.pt   # a `python -m edgebin.train`
+                                                                       # checkpoint (torchrun), measured the same way
 
 Each run starts from the same FP32 model (ResNet-8: models/resnet8_fashion.pt; tiny ViT: trained here from fresh
 weights for `--fp32-epochs`, the "fp32" run) and trains with `edgebin.train_qat` at the same seed, epochs, batch,
@@ -71,21 +73,59 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=Path("tools/bench/qat_results.jsonl"))
     p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
     p.add_argument("--render", action="store_true", help="only render --doc from --results")
+    p.add_argument("--trained", nargs="+", default=[], metavar="NAME=PATH",
+                   help="also measure QAT checkpoints trained elsewhere (python -m edgebin.train, torchrun)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    if args.trained:
+        ds = datasets.load_dataset("fashion-mnist")
+        for item in args.trained:
+            name, _, path = item.partition("=")
+            _save(args.results, {**_measure_trained(name, Path(path), ds), "command": command})
+        args.render = True
     if not args.render:
         ds = datasets.load_dataset("fashion-mnist")
         for model_name in args.models:
             fp32, norm = _fp32_model(model_name, ds, args)
             for run in args.runs:
                 record = _run(model_name, run, fp32, norm, ds, args)
-                record["command"] = command
-                with args.results.open("a") as f:
-                    f.write(json.dumps(record) + "\n")
-                print(json.dumps({k: v for k, v in record.items() if k != "history"}), flush=True)
+                _save(args.results, {**record, "command": command})
     _render(args.results, args.doc)
     return 0
+
+
+def _save(results: Path, record: dict) -> None:
+    with results.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    print(json.dumps({k: v for k, v in record.items() if k != "history"}), flush=True)
+
+
+def _measure_trained(name: str, path: Path, ds) -> dict:
+    """A QAT checkpoint written by `python -m edgebin.train` (under torchrun or not), measured as `_run` does."""
+    loaded = load_model(path)
+    meta, model = loaded.metadata, loaded.module.eval()
+    recipe = meta["qat_recipe"]["default"]
+    history = meta.get("train_history") or []
+    norm = datasets.Normalization.from_dict(loaded.normalization)
+    record = _accuracies(model, norm.apply(ds.x_test), ds.y_test)
+    launcher = meta.get("trained_with", "")
+    return {"model": loaded.arch, "run": name, "method": meta["qat_method"], "weight_bits": recipe["weight_bits"],
+            "activation_bits": recipe["activation_bits"], "estimator": recipe.get("estimator"),
+            "epochs": sum(h["phase"] == "qat" for h in history),
+            "cga_epochs": sum(h["phase"] == "cga" for h in history),
+            "train_samples": None, "lr": None, "seconds": round(sum(h["seconds"] for h in history), 1),
+            "trained_with": launcher, **record, "history": history}
+
+
+def _accuracies(model: torch.nn.Module, x_test: np.ndarray, y_test: np.ndarray) -> dict:
+    """Top-1 of the fake-quant model and of its ONNX export in onnxruntime, and their argmax agreement."""
+    torch_logits = metrics.run_torch(model, x_test, batch=1000)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_qat(model, (1, *x_test.shape[1:]), Path(tmp) / "model.onnx")
+        onnx_logits = metrics.run_onnxruntime(Path(tmp) / "model.onnx", x_test)
+    return {"accuracy": metrics.accuracy(torch_logits, y_test), "onnx_accuracy": metrics.accuracy(onnx_logits, y_test),
+            "onnx_argmax_equal": float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1)))}
 
 
 def _fp32_model(name: str, ds, args) -> tuple[torch.nn.Module, datasets.Normalization]:
@@ -134,17 +174,11 @@ def _run(model_name: str, run: str, fp32: torch.nn.Module, norm, ds, args) -> di
     result = train_qat(model, recipe, (norm.apply(x), y), None, config, teacher=fp32,
                        example_input=torch.zeros(1, 1, 28, 28), after_step=count)
     seconds = time.perf_counter() - started
-    model.eval()
-    torch_logits = metrics.run_torch(model, x_test, batch=1000)
-    with tempfile.TemporaryDirectory() as tmp:
-        export_qat(model, (1, 1, 28, 28), Path(tmp) / "model.onnx")
-        onnx_logits = metrics.run_onnxruntime(Path(tmp) / "model.onnx", x_test)
     osc = tracker[0].totals() if tracker else {}
     return {**record, "method": method, "weight_bits": bits, "activation_bits": act_bits, "estimator": estimator,
             "epochs": args.epochs, "cga_epochs": cga, "stages": [s.name for s in result.stages],
-            "accuracy": metrics.accuracy(torch_logits, y_test), "onnx_accuracy": metrics.accuracy(onnx_logits, y_test),
-            "onnx_argmax_equal": float(np.mean(onnx_logits.argmax(1) == torch_logits.argmax(1))),
-            "seconds": round(seconds, 1), "oscillations": osc, "history": result.history()}
+            **_accuracies(model.eval(), x_test, y_test), "seconds": round(seconds, 1), "oscillations": osc,
+            "history": result.history()}
 
 
 def _render(results: Path, doc: Path) -> None:
@@ -190,14 +224,15 @@ def _markdown(records: list[dict]) -> str:
             epochs = "" if r.get("epochs") is None else str(r["epochs"]) + (
                 f" (+{r['cga_epochs']})" if r.get("cga_epochs") else "")
             quantized = r["run"] != "fp32"
+            samples = "" if r.get("train_samples") is None else f"{r['train_samples']:,}"
             cells = [r["run"], r.get("method", "fp32"), f"W{r['weight_bits']}A{r['activation_bits']}" if quantized
-                     else "", r.get("estimator") or "", epochs, f"{r['train_samples']:,}",
-                     f"{r['lr']:g}" if quantized else "", percent(r["accuracy"]), delta,
+                     else "", r.get("estimator") or "", epochs, samples,
+                     f"{r['lr']:g}" if quantized and r.get("lr") else "", percent(r["accuracy"]), delta,
                      percent(r.get("onnx_accuracy")), percent(r.get("onnx_argmax_equal")),
                      "" if r.get("seconds") is None else f"{r['seconds']:.0f} s",
                      f"{osc['flips']:,}" if osc else "", f"{osc['oscillations']:,}" if osc else ""]
             lines.append("| " + " | ".join(c if c not in (None, "—") else "" for c in cells) + " |")
-        commands = sorted({r["command"] for r in rows if r.get("command")})
+        commands = sorted({c for r in rows for c in (r.get("command"), r.get("trained_with")) if c})
         lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines) + "\n"
 
