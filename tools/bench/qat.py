@@ -56,6 +56,7 @@ RUNS = {  # name: (method, weight bits, activation bits, estimator)
     "w8a8-lsq": ("lsq", 8, 8, None),
     "w2a2-tbt": ("tbt", 2, 2, None),
 }
+NOTES_MARKER = "<!-- findings: kept by --render -->"
 CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt")}
 
 
@@ -187,7 +188,10 @@ def _render(results: Path, doc: Path) -> None:
     latest: dict[tuple[str, str], dict] = {}
     for r in records:  # a later run of the same (model, run) replaces the earlier one
         latest[(r["model"], r["run"])] = r
-    doc.write_text(_markdown(list(latest.values())))
+    notes = ""  # hand-written findings below the marker survive a re-render
+    if doc.is_file() and NOTES_MARKER in doc.read_text():
+        notes = doc.read_text()[doc.read_text().index(NOTES_MARKER):]
+    doc.write_text(_markdown(list(latest.values())) + ("\n" + notes if notes else ""))
     print(f"wrote {doc} ({len(latest)} runs)")
 
 
@@ -207,7 +211,9 @@ def _markdown(records: list[dict]) -> str:
         "between methods are at equal budget.",
         "",
         "Oscillations (Nagel et al. 2022, as OFQ counts them): a weight's integer level moving opposite to its",
-        "previous move, summed over the low-bit layers and all optimizer steps; flips count every level change.",
+        "previous move, summed over the low-bit layers and all optimizer steps (StatsQ's include its CGA epoch);",
+        "flips count every level change. Wall times come from a shared 2-core machine with other jobs running, so",
+        "they are only a rough guide.",
         "",
     ]
     for model in sorted({r["model"] for r in records}):
@@ -215,7 +221,7 @@ def _markdown(records: list[dict]) -> str:
         fp32 = next((r["accuracy"] for r in rows if r["run"] == "fp32"), None)
         header = ["Run", "Method", "W/A bits", "Estimator", "Epochs (+CGA)", "Training samples", "Peak lr",
                   "Top-1 (PyTorch)", "Δ vs FP32", "Top-1 (onnxruntime)", "ONNX argmax = PyTorch", "Wall time",
-                  "Flips", "Oscillations"]
+                  "Flips", "Oscillations", "Oscillations per step"]
         lines += [f"## {model}", "", "| " + " | ".join(header) + " |",
                   "| " + " | ".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + " |"]
         for r in sorted(rows, key=lambda r: list(RUNS).index(r["run"]) if r["run"] in RUNS else 99):
@@ -224,13 +230,14 @@ def _markdown(records: list[dict]) -> str:
             epochs = "" if r.get("epochs") is None else str(r["epochs"]) + (
                 f" (+{r['cga_epochs']})" if r.get("cga_epochs") else "")
             quantized = r["run"] != "fp32"
-            samples = "" if r.get("train_samples") is None else f"{r['train_samples']:,}"
+            samples = "" if r.get("train_samples") is None or r.get("epochs") is None else f"{r['train_samples']:,}"
             cells = [r["run"], r.get("method", "fp32"), f"W{r['weight_bits']}A{r['activation_bits']}" if quantized
                      else "", r.get("estimator") or "", epochs, samples,
                      f"{r['lr']:g}" if quantized and r.get("lr") else "", percent(r["accuracy"]), delta,
                      percent(r.get("onnx_accuracy")), percent(r.get("onnx_argmax_equal")),
                      "" if r.get("seconds") is None else f"{r['seconds']:.0f} s",
-                     f"{osc['flips']:,}" if osc else "", f"{osc['oscillations']:,}" if osc else ""]
+                     f"{osc['flips']:,}" if osc else "", f"{osc['oscillations']:,}" if osc else "",
+                     f"{osc['oscillations'] / max(1, osc['steps']):.1f}" if osc else ""]
             lines.append("| " + " | ".join(c if c not in (None, "—") else "" for c in cells) + " |")
         commands = sorted({c for r in rows for c in (r.get("command"), r.get("trained_with")) if c})
         lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
