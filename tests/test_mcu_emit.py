@@ -23,7 +23,7 @@ import torch
 from conftest import TinyResNet, randomize_batch_norms  # pytest puts tests/ on sys.path (no __init__.py)
 
 from edgebin.capture import capture_graph
-from edgebin.compile import compile_onnx
+from edgebin.compile import compile_onnx, requant
 from edgebin.compile.mcu_emit import build_library, clean_kernels_source, compile_bundle, workspace_bytes
 from edgebin.compile.mcu_graph import read_graph
 from edgebin.compile.mcu_manifest import match_layers
@@ -213,6 +213,43 @@ def test_int8_kernels_use_no_float_but_at_the_input_and_output(bundles, tmp_path
     first, last = kernels[0], kernels[-1]
     assert first["ops"][0] == "quantize" and last["layer"] == "fc"
     assert float_users == {first["symbol"], last["symbol"]}
+
+
+@needs_arm
+def test_requant_epilogues_multiply_and_add_in_one_smlal(bundles, tmp_path):
+    """mcu_lower binds the fixed requant's t = acc * grid + addend once (requant.let_bound_requant): every conv's
+    epilogue is one SMLAL per output on a Cortex-M4, not SMULL, ADDS and ADC."""
+    bundle = bundles["int8"]
+    obj = tmp_path / "kernels_m4.o"
+    subprocess.run(["arm-none-eabi-gcc", *CORTEX_M4["cflags"], "--specs=picolibc.specs", "-O3", f"-I{bundle}",
+                    f"-I{bundle / 'include'}", "-c", str(bundle / "kernels.c"), "-o", str(obj)], check=True,
+                   timeout=120)
+    dump = subprocess.run(["arm-none-eabi-objdump", "-d", str(obj)], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    functions = dict(re.findall(r"^[0-9a-f]+ <(\w+)>:\n(.*?)(?:\n\n|\Z)", dump, re.S | re.M))
+    convs = [k["symbol"] for k in json.loads((bundle / "bundle.json").read_text())["kernels"] if "conv2d" in k["ops"]]
+    assert len(convs) == 3
+    for symbol in convs:
+        assert "smlal" in functions[symbol] and "smull" not in functions[symbol], symbol
+
+
+def test_near_tie_rounding_with_a_zero_point_and_a_low_word_window():
+    """round_f32_half_even with `plus` (a zero point folded into t) and e > 32, where the near-tie test reads t's
+    low word only (requant.near_window): the values that test lets in besides the near ties round exactly too."""
+    rng = np.random.default_rng(5)
+    for e in (33, 38, 43):  # |p| < 2**53: exact in float64
+        reach = requant.tie_reach(e)
+        q = rng.integers(-256, 256, 20_000)
+        near_ties = ((2 * q + 1) << (e - 1)) + rng.integers(-4 * reach, 4 * reach, q.size)
+        # t mod 2**32 <= 2 reach while t mod 2**e is not: the wider test's extra values
+        low_word = (rng.integers(-2**(e - 32 + 8), 2**(e - 32 + 8), q.size) << 32) - (1 << (e - 1)) - reach \
+            + rng.integers(0, 2 * reach + 1, q.size)
+        for p in (near_ties, low_word, rng.integers(-2**(e + 8), 2**(e + 8), q.size)):
+            expected = np.rint((p.astype(np.float64) * 2.0**-e).astype(np.float32)) + 7
+            got = requant.round_f32_half_even(p, e, requant.NumpyOps(), plus=7)
+            inside = np.abs(expected - 7) <= 255
+            np.testing.assert_array_equal(got[inside], expected[inside])
+    assert requant.near_window(33, 2**16) == 32 and requant.near_window(31, 2**14) == 31
 
 
 def test_layers_are_matched_by_macs_and_weight_size_even_out_of_order():

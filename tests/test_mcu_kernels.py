@@ -1,12 +1,14 @@
-"""The int8 micro-kernel (`mcu_kernels/edgebin_kernels.h`) and the MCU schedule that calls it.
+"""The int8 micro-kernels (`mcu_kernels/edgebin_kernels.h`) and the MCU schedule that calls them.
 
-- `edgebin_matvec_s8` and `edgebin_matvec_u8s8` (the same bytes read as uint8) against numpy: the plain C path
-  built natively with gcc, and the SMLAD path built for each Cortex-M target with DSP and run on QEMU, over shapes
-  that hit every remainder (k % 4, n % 4) and unaligned rows;
-- the schedule on its own: an int8 matmul becomes one call and asks for its weight transposed; without a constant
-  weight, or in float, it keeps plain loops;
+- `edgebin_matvec_s8`, `edgebin_matvec{2,4}_s8` (one, two or four columns) and their `_u8s8` twins (the same bytes
+  read as uint8) against numpy: the plain C path built natively with gcc, and the SMLAD path built for each
+  Cortex-M target with DSP and run on QEMU, over shapes that hit every remainder (k % 4, n % 4), several passes of
+  the spread buffer and unaligned rows; the accumulators start as junk (the kernels overwrite them);
+- the schedule on its own: an int8 matmul becomes one call and asks for its weight transposed; a conv four
+  columns per call, without a zeroing loop; without a constant weight, or in float, it keeps plain loops;
 - a small int8 model (conftest TinyResNet: padded convs, a residual, a gemm) whose bundle outputs are the same bit
-  for bit with and without the micro-kernel schedule, natively and on QEMU, and whose pad kernels are gone.
+  for bit with and without the micro-kernel schedule, natively and on QEMU, and whose pad kernels are gone: its
+  stem runs four columns per call with an unrolled epilogue, its 3x3 convs two, its gemm one.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from conftest import TinyResNet, randomize_batch_norms  # pytest puts tests/ on 
 from edgebin import targets
 from edgebin.capture import capture_graph
 from edgebin.compile.mcu_emit import MICRO_KERNEL_HEADER, build_library, compile_bundle, micro_kernel_headers
-from edgebin.compile.mcu_schedule import MATVEC, MATVEC_U8, plain_loops, schedule_kernel
+from edgebin.compile.mcu_schedule import MATVEC, columns_per_call, plain_loops, schedule_kernel
 from edgebin.compile.tvm_adapter import collect, tirx, tvm
 from edgebin.export import export_onnx
 from edgebin.loading import LoadedModel
@@ -36,12 +38,13 @@ needs_qemu = pytest.mark.skipif(
     reason="qemu-system-arm or arm-none-eabi-gcc not installed; run make setup")
 
 # (k, n, x offset, w offset): every k % 4 and n % 4, rows that start at every alignment, the layers' shapes
-# (stem 9 x 16, LeNet 25 x 6, 1x1 16 x 32, 3x3 144 x 16, gemm 64 x 10, 576 x 8).
+# (stem 9 x 16, LeNet 25 x 6, 1x1 16 x 32, 3x3 144 x 16, gemm 64 x 10, 576 x 8: several passes of the spread buffer).
 CASES = [(1, 1, 0, 0), (2, 3, 1, 2), (3, 5, 3, 1), (4, 4, 0, 0), (5, 2, 2, 3), (7, 7, 1, 1), (9, 16, 3, 2),
          (16, 32, 2, 1), (25, 6, 1, 0), (36, 13, 0, 3), (64, 10, 3, 3), (144, 16, 1, 2), (576, 8, 2, 0)]
-X_BYTES, W_BYTES, ACC = 600, 4700, 32  # int8 inputs, int8 weights, int32 starting accumulators per sample
+COLUMNS = (1, 2, 4)  # edgebin_matvec_*, edgebin_matvec2_*, edgebin_matvec4_*
+X_BYTES, W_BYTES, ACC = 2400, 4700, 32  # int8 inputs (4 columns of 576 at most), int8 weights, junk accumulators
 IN_ELEMS = X_BYTES + W_BYTES + ACC
-OUT_ELEMS = 2 * sum(n for _, n, _, _ in CASES)  # int8 x, then the same bytes as uint8 x
+OUT_ELEMS = 2 * sum(COLUMNS) * sum(n for _, n, _, _ in CASES)  # int8 x, then the same bytes as uint8 x
 
 DRIVER_C = """#include <stdint.h>
 #include "edgebin_kernels.h"
@@ -49,23 +52,29 @@ DRIVER_C = """#include <stdint.h>
 static const int32_t cases[][4] = {CASES};
 static int8_t xs[X_BYTES + 4], ws[W_BYTES + 4];
 
-/* input: X_BYTES int8 values, W_BYTES int8 values, ACC starting accumulators (/1000);
- * output: every case's accumulators, in order, with x as int8; then all again with x's bytes as uint8. */
+/* The kernel for p columns of int8 (u = 0) or uint8 (u = 1) input. */
+static void matvec(int p, int u, const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
+  if (p == 1 && u) edgebin_matvec_u8s8((const uint8_t*)x, w, k, n, acc);
+  else if (p == 1) edgebin_matvec_s8(x, w, k, n, acc);
+  else if (p == 2 && u) edgebin_matvec2_u8s8((const uint8_t*)x, w, k, n, acc);
+  else if (p == 2) edgebin_matvec2_s8(x, w, k, n, acc);
+  else if (u) edgebin_matvec4_u8s8((const uint8_t*)x, w, k, n, acc);
+  else edgebin_matvec4_s8(x, w, k, n, acc);
+}
+
+/* input: X_BYTES int8 values, W_BYTES int8 values, ACC junk accumulators (/1000);
+ * output: for x as int8, then its bytes as uint8: for 1, 2 and 4 columns: every case's accumulators, in order. */
 int edgebin_kernels_test(const float* input, float* output) {
   for (int i = 0; i < X_BYTES; ++i) xs[i] = (int8_t)input[i];
   for (int i = 0; i < W_BYTES; ++i) ws[i] = (int8_t)input[X_BYTES + i];
-  for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
-    int32_t k = cases[c][0], n = cases[c][1], acc[64];
-    for (int j = 0; j < n; ++j) acc[j] = (int32_t)input[X_BYTES + W_BYTES + j % ACC] * 1000;
-    edgebin_matvec_s8(xs + cases[c][2], ws + cases[c][3], k, n, acc);
-    for (int j = 0; j < n; ++j) *output++ = (float)acc[j];  /* |acc| < 2**24: exact */
-  }
-  for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
-    int32_t k = cases[c][0], n = cases[c][1], acc[64];
-    for (int j = 0; j < n; ++j) acc[j] = (int32_t)input[X_BYTES + W_BYTES + j % ACC] * 1000;
-    edgebin_matvec_u8s8((const uint8_t*)xs + cases[c][2], ws + cases[c][3], k, n, acc);
-    for (int j = 0; j < n; ++j) *output++ = (float)acc[j];
-  }
+  for (int u = 0; u < 2; ++u)
+    for (int p = 1; p <= 4; p *= 2)
+      for (unsigned c = 0; c < sizeof(cases) / sizeof(cases[0]); ++c) {
+        int32_t k = cases[c][0], n = cases[c][1], acc[4 * 32];
+        for (int j = 0; j < n * p; ++j) acc[j] = (int32_t)input[X_BYTES + W_BYTES + j % ACC] * 1000;
+        matvec(p, u, xs + cases[c][2], ws + cases[c][3], k, n, acc);
+        for (int j = 0; j < n * p; ++j) *output++ = (float)acc[j];  /* |acc| < 2**24: exact */
+      }
   return 0;
 }
 """.replace("CASES", ", ".join(f"{{{k}, {n}, {xo}, {wo}}}" for k, n, xo, wo in CASES)) \
@@ -94,14 +103,17 @@ def samples(count: int, seed: int = 0) -> np.ndarray:
 
 
 def reference(x: np.ndarray) -> np.ndarray:
+    """What the driver writes: acc[j * p + c] = w[j] . column c, the junk it started with overwritten."""
     outputs = []
     for sample in x.astype(np.int64):
-        xs, ws, acc = sample[:X_BYTES], sample[X_BYTES:X_BYTES + W_BYTES], sample[X_BYTES + W_BYTES:]
+        xs, ws = sample[:X_BYTES], sample[X_BYTES:X_BYTES + W_BYTES]
         row = []
         for x_bytes in (xs, xs % 256):  # int8, then uint8
-            for k, n, xo, wo in CASES:
-                weights = ws[wo:wo + n * k].reshape(n, k)
-                row.append(acc[np.arange(n) % ACC] * 1000 + weights @ x_bytes[xo:xo + k])
+            for p in COLUMNS:
+                for k, n, xo, wo in CASES:
+                    weights = ws[wo:wo + n * k].reshape(n, k)
+                    columns = x_bytes[xo:xo + p * k].reshape(p, k)
+                    row.append((weights @ columns.T).reshape(-1))  # (n, p): row j, then column c
         outputs.append(np.concatenate(row))
     return np.asarray(outputs, dtype=np.float32)
 
@@ -117,9 +129,9 @@ def write_driver(directory: Path) -> Path:
 def test_reference_is_what_the_kernel_promises():
     x = samples(1)
     k, n, xo, wo = CASES[6]
-    start = sum(nn for _, nn, _, _ in CASES[:6])
+    start = sum(COLUMNS) * sum(nn for _, nn, _, _ in CASES) + sum(nn for _, nn, _, _ in CASES[:6])  # uint8, p = 1
     w = x[0, X_BYTES + wo:X_BYTES + wo + n * k].reshape(n, k)
-    by_hand = [1000 * x[0, X_BYTES + W_BYTES + j] + float(w[j] @ x[0, xo:xo + k]) for j in range(n)]
+    by_hand = [float(w[j] @ (x[0, xo:xo + k] % 256)) for j in range(n)]
     np.testing.assert_array_equal(reference(x)[0, start:start + n], np.float32(by_hand))
 
 
@@ -186,16 +198,51 @@ def _matmul(dtype: str = "int8"):
     return te.create_prim_func([x, w, out])
 
 
+def _conv(width: int = 8):
+    """A legalized uint8 x int8 3x3 conv (2 -> 4 channels, output 4 x `width`, NCHW) with a relu-like epilogue."""
+    from tvm import te
+
+    x = te.placeholder((1, 2, 6, width + 2), "uint8", name="x")
+    w = te.placeholder((4, 2, 3, 3), "int8", name="w")
+    rc, ry, rx = (te.reduce_axis((0, n), name=name) for n, name in ((2, "rc"), (3, "ry"), (3, "rx")))
+    acc = te.compute((1, 4, 4, width), lambda b, f, y, z: te.sum(
+        x[b, rc, y + ry, z + rx].astype("int32") * w[f, rc, ry, rx].astype("int32"), axis=[rc, ry, rx]),
+        name="conv2d_nchw")
+    out = te.compute(acc.shape, lambda *i: te.max(acc(*i), tirx.const(0, "int32")), name="relu")
+    return te.create_prim_func([x, w, out])
+
+
 def _calls(func) -> list[str]:
     return [str(call.args[0].value) for call in collect(func.body, tvm.ir.expr.Call)
             if str(getattr(call.op, "name", "")).endswith("call_extern")]
 
 
+def _zeroes(func) -> bool:
+    """True when some block zeroes a buffer (an init statement or a `C[...] = 0` loop)."""
+    zeros = [store for store in collect(func.body, tirx.BufferStore)
+             if isinstance(store.value, tirx.IntImm) and int(store.value.value) == 0]
+    return bool(zeros)
+
+
 def test_int8_matmul_becomes_one_call_with_its_weight_transposed():
     func, relayouts = schedule_kernel(_matmul(), constant_params=frozenset({1}))
-    assert _calls(func) == [MATVEC]
+    assert _calls(func) == [MATVEC] and not _zeroes(func)  # the kernel overwrites its accumulators
     assert [(r.param, r.axes) for r in relayouts] == [(1, (1, 0))]  # (K, N) stored as (N, K)
     assert tuple(int(d) for d in func.params[1].shape) == (10, 64)
+
+
+def test_int8_conv_takes_four_columns_per_call_where_they_divide_the_row():
+    for width, kernel in ((8, "edgebin_matvec4_u8s8"), (6, "edgebin_matvec2_u8s8"), (5, "edgebin_matvec_u8s8")):
+        func, relayouts = schedule_kernel(_conv(width), constant_params=frozenset({1}))
+        assert _calls(func) == [kernel] and not _zeroes(func) and relayouts == []
+        with plain_loops():
+            assert _calls(schedule_kernel(_conv(width), constant_params=frozenset({1}))[0]) == []
+
+
+def test_columns_per_call_fit_the_row_and_the_stack():
+    assert [columns_per_call(pixels, 9, 16) for pixels in (28, 14, 7)] == [4, 2, 1]
+    assert columns_per_call(28, 576, 64) == 1  # 2 * (576 + 4 * 64) bytes is over COLUMN_BYTES
+    assert columns_per_call(14, 288, 32) == 2
 
 
 def test_matmul_keeps_plain_loops_without_a_constant_weight_or_in_float():
@@ -259,7 +306,8 @@ def test_micro_kernel_bundle_calls_it_and_has_no_pad_kernels(bundles):
     plain, micro = (json.loads((bundles[name] / "bundle.json").read_text()) for name in ("plain", "micro"))
     assert (bundles["micro"] / MICRO_KERNEL_HEADER).is_file() and not (bundles["plain"] / MICRO_KERNEL_HEADER).exists()
     source = (bundles["micro"] / "kernels.c").read_text()
-    assert source.count(f"{MATVEC_U8}(") == 4  # stem, c1, c2, fc: uint8 activations, as exported
+    # stem (28 pixels a row: 4 columns a call), c1 and c2 (14: 2), fc (1): uint8 activations, as exported
+    assert [source.count(f"{kernel}(") for kernel in ("matvec4_u8s8", "matvec2_u8s8", "matvec_u8s8")] == [1, 2, 1]
     # c1 and c2 read ReLU outputs, whose uint8 zero point is 0: their padding is the conv's own, no pad kernel
     assert [k["ops"] for k in plain["kernels"]].count(["pad"]) == 0
     assert [k["ops"] for k in micro["kernels"]].count(["pad"]) == 0

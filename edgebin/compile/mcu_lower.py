@@ -6,7 +6,7 @@
 
 Between fusion and scheduling, each zero-point pad kernel that feeds an int8 conv is fused into it
 (`fuse_pads_into_convs`), so that the MCU schedule's im2col gather does the padding; the schedule then turns int8
-convs and matmuls into calls of the C micro-kernel `edgebin_matvec_s8` (mcu_schedule, mcu_kernels/).
+convs and matmuls into calls of the C micro-kernels `edgebin_matvec*_s8` (mcu_schedule, mcu_kernels/).
 `mcu_schedule.plain_loops()` (or EDGEBIN_MCU_MICRO_KERNELS=0) turns both off: the earlier plain loops.
 
 Integer models use the fixed-point requant (`QdqToInt8(requant="fixed")`): conv, matmul, add and pooling
@@ -14,7 +14,8 @@ kernels compute in int8/int32/int64 only, so the bundle runs on cores without an
 places of a QDQ model: the kernel that quantizes the float input (`round(x / s) + z`, a float divide and
 `nearbyintf`) and the float multiply that dequantizes the logits in the last kernel (when the ONNX graph ends in
 float). The C target lowers `round` to `nearbyintf` (half to even, as onnxruntime), and the fixed requant rounds
-half up in integers; the float requant is not used here.
+as onnxruntime's float32 arithmetic does, in integers (`requant.py`), each output's t = acc * grid + addend bound
+once (`requant.let_bound_requant`: one SMLAL on a Cortex-M); the float requant is not used here.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from edgebin.compile import host, kernels
+from edgebin.compile import host, kernels, requant
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, constant_arguments, schedule_for_mcu, uses_micro_kernel
 
@@ -48,7 +49,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
     target = tvm_api.make_target(target_spec or {"kind": "c"})
     with target:
         # QdqToInt8(fixed) -> legalize -> fuse, exactly as for the host, minus the host loop schedule.
-        lowered = host.lower(mod, integer=integer, requant="fixed", schedule=False)
+        with requant.let_bound_requant():  # one SMLAL per output in the requant epilogues
+            lowered = host.lower(mod, integer=integer, requant="fixed", schedule=False)
         mod, census = lowered.mod, lowered.kernels
         if MICRO_KERNELS.get():
             mod, census = fuse_pads_into_convs(mod, census)  # the conv's im2col gather pads: no pad kernels

@@ -10,12 +10,16 @@ uint8 activation), the micro-kernel schedule, when `MICRO_KERNELS` is on (the de
 1. im2col: `reindex` the activation read, so that each output pixel's receptive field becomes one contiguous
    int8 column (C order ci, ky, kx, the order of the OIHW weight rows); the pad block of a fused pad+conv is
    inlined into this gather, so padding costs a bounds test per gathered byte instead of a kernel;
-2. loops: output pixels outside, output channels and the reduction inside; the column is gathered per pixel
-   (`compute_at`) and the whole epilogue (bias, requant, residual) runs per pixel after it (`reverse_compute_at`),
-   reading int32 accumulators from a Cout-element array on the stack;
-3. the channel and reduction loops become one call, `edgebin_matvec_s8(col, w, K, Cout, acc)` (or `_u8s8` for a
-   uint8 activation; `tensorize` with an intrinsic generated for the shape), the C micro-kernel of
-   `mcu_kernels/edgebin_kernels.h`: two MACs per SMLAD on cores with the DSP extension, a plain loop elsewhere;
+2. loops: output pixels outside, output channels and the reduction inside; the innermost pixel loop is split
+   into groups of P = 4 or 2 neighbouring pixels where P divides it and P columns and accumulators fit
+   COLUMN_BYTES of stack (`columns_per_call`; else P = 1); the P columns are gathered per group (`compute_at`)
+   and the whole epilogue (bias, requant, residual) runs per group after it (`reverse_compute_at`, its P lanes
+   unrolled when the reduction is short), reading int32 accumulators from a P x Cout array on the stack;
+3. the lane, channel and reduction loops become one call, `edgebin_matvec_s8(col, w, K, Cout, acc)`
+   (`edgebin_matvec{2,4}_s8` for P columns, `_u8s8` for a uint8 activation; `tensorize` with an intrinsic
+   generated for the shape), the C micro-kernel of `mcu_kernels/edgebin_kernels.h`: two MACs per SMLAD on cores
+   with the DSP extension, a plain loop elsewhere. The intrinsic's description includes the zeroing of the
+   accumulators (the block's init), which the kernel does by overwriting them: no zeroing loop is left;
 4. a weight whose reduction axis is not innermost (matmul's (K, N)) is stored the other way round: the PrimFunc
    parameter with `transform_layout`, the constant in `main` with the same permutation (free: weights are
    constants; same bytes, so flash is unchanged).
@@ -34,11 +38,13 @@ import contextvars
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from edgebin.compile.tvm_adapter import (
     GenericConst,
+    IRCall,
     PyExprMutator,
     TensorLoad,
     call_op_name,
@@ -51,12 +57,19 @@ from edgebin.compile.tvm_adapter import (
     s_tir,
     tirx,
     tvm,
+    tvm_ffi,
 )
 
 log = logging.getLogger(__name__)
 
 MATVEC = "edgebin_matvec_s8"  # the C micro-kernel (mcu_kernels/edgebin_kernels.h)...
-MATVEC_U8 = "edgebin_matvec_u8s8"  # ...and its twin for a uint8 activation
+MATVEC_U8 = "edgebin_matvec_u8s8"  # ...and its twin for a uint8 activation (edgebin_matvec{2,4}_*: 2 or 4 columns)
+COLUMN_BYTES = 1536  # stack for one call's columns and accumulators, P (k + 4 n) bytes, when P > 1 columns
+UNIT, LANE = -1, -2  # matvec_intrin's column axes that are not reduction axes
+# With a reduction this short the requant epilogue is a third of a conv's instructions: its P lanes are unrolled
+# (for ResNet-8's stem, 9 MACs per output: 3.1 -> 2.8 instructions per MAC), at the price of P - 1 more copies of
+# its rare near-tie branch (about 600 bytes of flash each).
+UNROLLED_EPILOGUE_K = 32
 # The micro-kernel schedule (and mcu_lower's pad fusion) on or off; EDGEBIN_MCU_MICRO_KERNELS=0 switches it off
 # for a run, `with plain_loops():` for a block (a baseline to compare with, or to rule the schedule out).
 MICRO_KERNELS = contextvars.ContextVar(
@@ -142,57 +155,127 @@ def _schedule_matvec(func, constant_params: frozenset[int]):
     out, x, w = _mac_statement(node)
     reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
     j = _output_channel(node, out, x, w, reduce_vars)
-
-    relayouts = []
-    w_vars, rows_first = list(w.indices), [j, *reduce_vars]
-    if not all(a.same_as(b) for a, b in zip(w_vars, rows_first, strict=True)):  # matmul (K, N): store it (N, K)
-        param = next((i for i, p in enumerate(func.params) if p.same_as(w.source)), None)
-        if param is None or param not in constant_params:
-            raise _NotMatvec("a weight with its reduction axes first that is not a constant parameter")
-        axes = tuple(next(i for i, v in enumerate(w_vars) if v.same_as(want)) for want in rows_first)
-        sch.transform_layout(block, ("read", _read_index(node, w.source)), _permutation(axes))
-        relayouts.append(Relayout(param, axes))
-        node = sch.get(block)
-
-    gather = None  # 1. im2col, unless the input is already read along the reduction (a matmul's row)
+    relayouts = _weight_rows_first(sch, block, func, w, [j, *reduce_vars], constant_params)
     tail = list(x.indices)[len(x.indices) - len(reduce_vars):]
+    gather = None  # 1. im2col, unless the input is already read along the reduction (a matmul's row)
     if not all(isinstance(v, tirx.Var) and v.same_as(r) for v, r in zip(tail, reduce_vars, strict=True)):
-        gather = sch.reindex(block, ("read", _read_index(node, x.source)))  # col[n, oh, ow, ci, ky, kx]
+        gather = sch.reindex(block, ("read", _read_index(sch.get(block), x.source)))  # col[n, oh, ow, ci, ky, kx]
     _inline_all(sch, keep={sch.get(gather).name_hint} if gather is not None else set())
+    call = _place_loops(sch, block, j, gather)  # 2.
+    sch.tensorize(call.loop, _call_intrinsic(sch.get(block), j, call))  # 3.
+    return _drop_tensorized_init(sch.mod["main"]), relayouts
 
-    loops = sch.get_loops(block)  # 2. pixels outside, then the output channel, then the reduction
+
+@dataclass(frozen=True)
+class _Call:
+    """Where the micro-kernel call goes: the loop it replaces, its P columns (and their pixel axis), the output
+    channels n and the reduction extents."""
+
+    loop: Any
+    lanes: int
+    lane_var: Any
+    n: int
+    extents: tuple[int, ...]
+
+
+def _weight_rows_first(sch, block, func, w, rows_first: list, constant_params: frozenset[int]) -> list[Relayout]:
+    """Step 4: a weight read (K, N) is stored (N, K), when it is a constant parameter; its Relayout."""
+    w_vars = list(w.indices)
+    if all(a.same_as(b) for a, b in zip(w_vars, rows_first, strict=True)):
+        return []
+    param = next((i for i, p in enumerate(func.params) if p.same_as(w.source)), None)
+    if param is None or param not in constant_params:
+        raise _NotMatvec("a weight with its reduction axes first that is not a constant parameter")
+    axes = tuple(next(i for i, v in enumerate(w_vars) if v.same_as(want)) for want in rows_first)
+    sch.transform_layout(block, ("read", _read_index(sch.get(block), w.source)), _permutation(axes))
+    return [Relayout(param, axes)]
+
+
+def _place_loops(sch, block, j, gather) -> _Call:
+    """Step 2: pixel (groups) outside, then the lanes, the output channel and the reduction; the gather before
+    and the epilogue after the call, per pixel group."""
+    loops = sch.get_loops(block)
     node = sch.get(block)
     if len(loops) != len(node.iter_vars):
         raise _NotMatvec("the MAC block's loops are not its own axes")
     axes = list(zip(loops, node.iter_vars, strict=True))
-    pixels = [loop for loop, iv in axes if int(iv.iter_type) == _SPATIAL and not iv.var.same_as(j)]
+    pixels = [(loop, iv.var) for loop, iv in axes if int(iv.iter_type) == _SPATIAL and not iv.var.same_as(j)]
     j_loop = next(loop for loop, iv in axes if iv.var.same_as(j))
     reduction = [loop for loop, iv in axes if int(iv.iter_type) == _REDUCE]
     if not pixels:
         raise _NotMatvec("no spatial axis besides the output channel")
-    sch.reorder(*pixels, j_loop, *reduction)
+    n, extents = int(sch.get(j_loop).extent), tuple(int(sch.get(loop).extent) for loop in reduction)
+    if n < 2:
+        raise _NotMatvec("a single output channel")
+    (last, lane_var), pixels = pixels[-1], [loop for loop, _ in pixels]
+    out, _, _ = _mac_statement(node)
+    lanes, k = 1, int(np.prod(extents))  # P columns: a conv's neighbouring pixels, innermost in the accumulator
+    if gather is not None and _after([iv.var for iv in node.iter_vars], lane_var, j) and _after(
+            list(out.indices), lane_var, j):
+        lanes = columns_per_call(int(sch.get(last).extent), k, n)
+    inner = []
+    if lanes > 1:
+        pixels[-1], lane_loop = sch.split(last, factors=[None, lanes])
+        inner = [lane_loop]
+    sch.reorder(*pixels, *inner, j_loop, *reduction)
     if gather is not None:
         sch.compute_at(gather, pixels[-1], preserve_unit_loops=True)
     for consumer in sch.get_consumers(block):
         sch.reverse_compute_at(consumer, pixels[-1], preserve_unit_loops=True)
-    sch.decompose_reduction(block, j_loop)  # the zeroing loop; the micro-kernel accumulates
+        if lanes > 1 and k <= UNROLLED_EPILOGUE_K:
+            sch.unroll(sch.get_loops(consumer)[-1])  # the epilogue's lanes: each channel's constants load once
+    return _Call(inner[0] if inner else j_loop, lanes, lane_var if lanes > 1 else None, n, extents)
 
-    node = sch.get(block)  # 3. the channel and reduction loops -> edgebin_matvec_s8
+
+def _call_intrinsic(node, j, call: _Call) -> str:
+    """Step 3: the matvec intrinsic for the MAC block `node` under the call's loop."""
     out, x, _ = _mac_statement(node)
-    n, extents = int(sch.get(j_loop).extent), tuple(int(sch.get(loop).extent) for loop in reduction)
-    if n < 2:
-        raise _NotMatvec("a single output channel")
     reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
-    c_axis = next(i for i, v in enumerate(out.indices) if isinstance(v, tirx.Var) and v.same_as(j))
-    a_axes = tuple(next((r for r, var in enumerate(reduce_vars) if var.same_as(index)), -1)
-                   for index in x.indices)  # which reduction axis each column index is (-1: a pixel axis)
+    c_axis = next(i for i, v in enumerate(out.indices) if v.same_as(j))
+    c_lane = next((i for i, v in enumerate(out.indices) if call.lane_var is not None and v.same_as(call.lane_var)),
+                  -1)
+    a_axes = tuple(_column_axis(index, reduce_vars, call.lane_var) for index in x.indices)
     looped = [r for r in a_axes if r >= 0]
     if looped != sorted(looped) or a_axes[len(a_axes) - len(looped):] != tuple(looped) or any(
-            extent > 1 and r not in looped for r, extent in enumerate(extents)):
+            extent > 1 and r not in looped for r, extent in enumerate(call.extents)):
         raise _NotMatvec("the column is not contiguous along the reduction")
-    sch.tensorize(j_loop, matvec_intrin(n, extents, len(out.indices), c_axis, a_axes, prim_dtype(j),
-                                        str(x.source.dtype)))
-    return sch.mod["main"], relayouts
+    return matvec_intrin(call.n, call.extents, len(out.indices), c_axis, a_axes, prim_dtype(j), str(x.source.dtype),
+                         lanes=call.lanes, c_lane=c_lane)
+
+
+def columns_per_call(pixels: int, k: int, n: int) -> int:
+    """P, the output pixels per micro-kernel call: 4 or 2 when they divide the innermost pixel loop and the P
+    columns (P k bytes) and P n accumulators fit COLUMN_BYTES of stack, else 1."""
+    return next((p for p in (4, 2) if pixels % p == 0 and p * (k + 4 * n) <= COLUMN_BYTES), 1)
+
+
+def _after(variables: list, var, first) -> bool:
+    """True when `var` comes after `first` in `variables`, both present."""
+    at = [next((i for i, v in enumerate(variables) if v.same_as(x)), -1) for x in (first, var)]
+    return 0 <= at[0] < at[1]
+
+
+def _column_axis(index, reduce_vars: list, lane_var) -> int:
+    """What a column index is: reduction axis r (>= 0), the lane axis (LANE) or a unit axis (UNIT)."""
+    r = next((r for r, var in enumerate(reduce_vars) if var.same_as(index)), UNIT)
+    return LANE if r == UNIT and lane_var is not None and lane_var.same_as(index) else r
+
+
+def _drop_tensorized_init(func):
+    """`func` without the init statement of its micro-kernel calls' blocks. The intrinsic describes the zeroing
+    and the MACs (the kernel overwrites its accumulators); tensorize keeps the block's init, which would zero them
+    first for nothing."""
+    def strip(block):
+        if block.init is None or not isinstance(block.body, tirx.Evaluate) or not _is_matvec_call(block.body.value):
+            return block
+        return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, None,
+                            block.alloc_buffers, block.match_buffers, block.annotations)
+    return tvm_ffi.structural_map(func, (s_tir.SBlock, strip))
+
+
+def _is_matvec_call(expr) -> bool:
+    return (isinstance(expr, IRCall) and str(getattr(expr.op, "name", "")).endswith("call_extern")
+            and str(expr.args[0].value).startswith("edgebin_matvec"))
 
 
 def _int8_mac_block(sch):
@@ -275,64 +358,128 @@ def _permutation(axes: tuple[int, ...]):
 
 
 def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, a_axes: tuple[int, ...],
-                  index_dtype: str = "int64", x_dtype: str = "int8") -> str:
-    """The name of a tensor intrinsic for `C[.., j, ..] += int32(A[..]) * int32(B[j, *r])` (registered once).
+                  index_dtype: str = "int64", x_dtype: str = "int8", *, lanes: int = 1, c_lane: int = -1) -> str:
+    """The name of a tensor intrinsic for `C[.., j, .., p] = sum_r int32(A[.., p, r..]) * int32(B[j, *r])`
+    (registered once).
 
-    C is the int32 accumulator, j at `c_axis` and unit extents elsewhere; B the int8 weight rows, (n, *reduction);
-    A the `x_dtype` (int8 or uint8) column: its axis i is reduction axis `a_axes[i]`, or a unit axis where that is
-    -1 (the reduction axes come last and in order, so the column is contiguous). The implementation is one
-    `edgebin_matvec_s8` (`_u8s8` for uint8).
+    C is the int32 accumulator, j at `c_axis`, the lane p (one of `lanes` neighbouring output pixels) at `c_lane`
+    when lanes > 1, unit extents elsewhere; B the int8 weight rows, (n, *reduction); A the `x_dtype` (int8 or
+    uint8) columns: its axis i is reduction axis `a_axes[i]`, the lane axis where that is LANE, or a unit axis
+    (UNIT; the reduction axes come last and in order, so each column is contiguous). The description zeroes C
+    first: the implementation, one `edgebin_matvec{lanes}_s8` (`_u8s8` for uint8) call, overwrites it.
     """
-    kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
-    name = (f"{kernel}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}"
-            f"_a{''.join('_' if r < 0 else str(r) for r in a_axes)}_{index_dtype}")
+    spec = _Matvec(n, tuple(reduction), c_ndim, c_axis, tuple(a_axes), index_dtype, x_dtype, lanes, c_lane)
+    name = (f"{spec.kernel}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}{c_lane}"
+            f"_a{''.join('_' if r == UNIT else 'p' if r == LANE else str(r) for r in a_axes)}_{index_dtype}")
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
-        desc, impl = (_matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, x_dtype, impl=flag)
-                      for flag in (False, True))
-        s_tir.TensorIntrin.register(name, desc, impl)
+        s_tir.TensorIntrin.register(name, _matvec_func(spec, impl=False), _matvec_func(spec, impl=True))
     return name
 
 
-def _matvec_func(n, reduction, c_ndim, c_axis, a_axes, index_dtype, x_dtype, *, impl: bool):
-    """The description (a loop nest) or the implementation (the call) of the matvec intrinsic, as a PrimFunc."""
+def matvec_kernel(lanes: int, x_dtype: str) -> str:
+    """The C micro-kernel for `lanes` columns of int8 (or uint8) input: edgebin_matvec{,2,4}_{s8,u8s8}."""
+    kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
+    return kernel if lanes == 1 else kernel.replace("matvec", f"matvec{lanes}")
+
+
+@dataclass(frozen=True)
+class _Matvec:
+    """One micro-kernel call's shape (matvec_intrin's arguments)."""
+
+    n: int
+    reduction: tuple[int, ...]
+    c_ndim: int
+    c_axis: int
+    a_axes: tuple[int, ...]
+    index_dtype: str
+    x_dtype: str
+    lanes: int
+    c_lane: int
+
+    @property
+    def kernel(self) -> str:
+        return matvec_kernel(self.lanes, self.x_dtype)
+
+    @property
+    def lane_extents(self) -> list[int]:
+        """The lane loop's extent, when there is one (the loops are lane, channel, reduction...)."""
+        return [self.lanes] if self.lanes > 1 else []
+
+    def imm(self, value: int):
+        return tirx.IntImm(self.index_dtype, value)
+
+    def shapes(self) -> tuple[list, list, list]:
+        """The shapes of A (columns), B (weight rows) and C (accumulators)."""
+        lanes, imm = self.lanes, self.imm
+        a = [imm(1) if r == UNIT else imm(lanes) if r == LANE else imm(self.reduction[r]) for r in self.a_axes]
+        c = [imm(self.n) if i == self.c_axis else imm(lanes) if i == self.c_lane else imm(1)
+             for i in range(self.c_ndim)]
+        return a, [imm(self.n), *map(imm, self.reduction)], c
+
+    def c_index(self, vp, vj) -> tuple:
+        return tuple(vj if i == self.c_axis else vp if i == self.c_lane else self.imm(0) for i in range(self.c_ndim))
+
+
+def _matvec_func(spec: _Matvec, *, impl: bool):
+    """The description (the zeroing and the loop nest) or the implementation (the call) of the matvec intrinsic,
+    as a PrimFunc."""
     IRBuilder, builder = tvm.script.ir_builder.IRBuilder, tvm.script.ir_builder.tirx
 
-    def imm(value: int):
-        return tirx.IntImm(index_dtype, value)
-
-    c_shape = [imm(n) if axis == c_axis else imm(1) for axis in range(c_ndim)]
-    a_shape = [imm(1) if r < 0 else imm(reduction[r]) for r in a_axes]
-    b_shape = [imm(n)] + [imm(r) for r in reduction]
-
     def whole(buffer, shape):
-        return buffer[tuple(slice(imm(0), extent) for extent in shape)]
+        return buffer[tuple(slice(spec.imm(0), extent) for extent in shape)]
 
+    shapes = spec.shapes()
     with IRBuilder() as ib:
         with builder.prim_func(s_tir=True):
-            kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
-            builder.func_name(f"{kernel}_{'impl' if impl else 'desc'}")
+            builder.func_name(f"{spec.kernel}_{'impl' if impl else 'desc'}")
             handles = [builder.arg(name, builder.handle()) for name in ("a", "b", "c")]
             a, b, c = (builder.match_buffer(handle, shape, dtype, offset_factor=1)
-                       for handle, shape, dtype in zip(handles, (a_shape, b_shape, c_shape),
-                                                       (x_dtype, "int8", "int32"), strict=True))
+                       for handle, shape, dtype in zip(handles, shapes, (spec.x_dtype, "int8", "int32"), strict=True))
             with builder.sblock("root"):
-                builder.reads(whole(c, c_shape), whole(a, a_shape), whole(b, b_shape))
-                builder.writes(whole(c, c_shape))
+                builder.reads(whole(a, shapes[0]), whole(b, shapes[1]))
+                builder.writes(whole(c, shapes[2]))
                 if impl:
-                    builder.evaluate(tirx.call_extern("void", kernel, a.access_ptr("r"), b.access_ptr("r"),
-                                                      int(np.prod(reduction)), n, c.access_ptr("rw")))
-                else:  # blockize binds no unit loop to the inner block: neither does the description
-                    with builder.grid(imm(n), *map(imm, reduction)) as loops:
-                        with builder.sblock("update"):
-                            bound = [loops[0]] + [loop for loop, r in zip(loops[1:], reduction, strict=True) if r > 1]
-                            vj, *looped = builder.axis.remap("S" + "R" * (len(bound) - 1), bound, dtype=index_dtype)
-                            looped = iter(looped)
-                            vr = [next(looped) if r > 1 else imm(0) for r in reduction]
-                            ci = [vj if axis == c_axis else imm(0) for axis in range(c_ndim)]
-                            ai = [imm(0) if r < 0 else vr[r] for r in a_axes]
-                            product = tirx.Cast("int32", a[tuple(ai)]) * tirx.Cast("int32", b[(vj, *vr)])
-                            builder.buffer_store(c, c[tuple(ci)] + product, ci)
+                    builder.evaluate(tirx.call_extern("void", spec.kernel, a.access_ptr("r"), b.access_ptr("r"),
+                                                      int(np.prod(spec.reduction)), spec.n, c.access_ptr("w")))
+                else:
+                    _describe(builder, spec, a, b, c)
     return ib.get()
+
+
+def _describe(builder, spec: _Matvec, a, b, c) -> None:
+    """The root block's init (C = 0) and loop nest (C += A B) that blockize makes of the schedule's lane,
+    channel and reduction loops with their MAC block."""
+    lanes, imm = spec.lane_extents, spec.imm
+    with builder.init():
+        with builder.grid(*map(imm, lanes), imm(spec.n)) as loops:
+            with builder.sblock("update_init"):
+                axes = _bind_axes(builder, spec, _listed(loops), [*lanes, spec.n], "S" * (len(lanes) + 1))
+                builder.buffer_store(c, tirx.IntImm("int32", 0), spec.c_index(axes[0] if lanes else None, axes[-1]))
+    with builder.grid(*map(imm, lanes), imm(spec.n), *map(imm, spec.reduction)) as loops:
+        with builder.sblock("update"):
+            kinds = "S" * (len(lanes) + 1) + "R" * len(spec.reduction)
+            axes = _bind_axes(builder, spec, loops, [*lanes, spec.n, *spec.reduction], kinds)
+            vp, vj, vr = axes[0] if lanes else None, axes[len(lanes)], axes[len(lanes) + 1:]
+            ci = spec.c_index(vp, vj)
+            ai = [imm(0) if r == UNIT else vp if r == LANE else vr[r] for r in spec.a_axes]
+            product = tirx.Cast("int32", a[tuple(ai)]) * tirx.Cast("int32", b[(vj, *vr)])
+            builder.buffer_store(c, c[ci] + product, ci)
+
+
+def _bind_axes(builder, spec: _Matvec, loops: list, extents: list[int], kinds: str) -> list:
+    """The block axes of `loops` (lane, channel, reduction...): those of extent > 1 bound in the MAC block's
+    order, the channel before the lane as in an NCHW conv (unit loops bind none, as in blockize); 0 for the rest."""
+    order = [1, 0, *range(2, len(loops))] if spec.lanes > 1 else list(range(len(loops)))
+    bound = [i for i in order if extents[i] > 1]
+    values = _listed(builder.axis.remap("".join(kinds[i] for i in bound), [loops[i] for i in bound],
+                                        dtype=spec.index_dtype)) if bound else []
+    axes = dict(zip(bound, values, strict=True))
+    return [axes.get(i, spec.imm(0)) for i in range(len(loops))]
+
+
+def _listed(values) -> list:
+    """The IR builder's loop or axis variables as a list (it returns a bare Var for one)."""
+    return [values] if isinstance(values, tirx.Var) else list(values)
 
 
 # --- re-laid-out constants in main ---------------------------------------------------------------------------

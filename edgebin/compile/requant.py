@@ -33,6 +33,8 @@ differ from the int8-code formula here on at most a few of the 65536 code pairs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import operator as op
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ from edgebin.compile.tvm_adapter import const, prim_dtype, relax, tirx, tvm
 REQUANT_MODES = ("float", "fixed")
 F32 = np.float32
 _MANY_PATCHES = 16  # a fixed QLinearAdd usually patches 0 to 5 of its 65536 code pairs
+# Bind the fixed linear requant's t = acc * M 2**e + addend once, in a TIR Let (`let_bound_requant`).
+_LET_BOUND = contextvars.ContextVar("edgebin_requant_let_bound", default=False)
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +125,18 @@ def tie_reach(e: int, patch_reach: int = 0) -> int:
     return max(1 << max(e - 17, 0), patch_reach)
 
 
-def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0, t=None):
+def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0, t=None, plus: int = 0, finish=None):
     """rne(f32(p * 2**-e)) of an int64 `p`; exact where the result is within [-255, 255], saturating beyond.
 
     q = floor(|p| 2**-e) and d = frac - 1/2 (units 2**-e). The float32 rounding lands on the tie q + 1/2 iff
     |d| <= w, half an ulp of q + 1/2: 2**(floor(log2 q) - 24), or 2**-25 above q = 0; both are 2**(k - 25) with
-    k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w. Only values with
-    |d| <= max(2**(e - 17), patch_reach) take that branch, which `patch(result)` may edit; the rest (all but
-    about 2**-16 of them) take floor(p 2**-e + 1/2). `t`, when given, must be p + 2**(e - 1) + tie_reach(e,
-    patch_reach), which a caller can often form with one add of a precomputed constant.
+    k = bit_length(q). Then an odd q rounds up unless d < -w, an even q only if d > w. That branch is exact for
+    every p; values with |d| <= max(2**(e - 17), patch_reach) must take it (`patch(result)` may edit it), and so
+    do the few others the test below lets in; the rest (all but about 2**-16 of them) take floor(p 2**-e + 1/2).
+    `t`, when given, must be p + 2**(e - 1) + tie_reach(e, patch_reach) + (plus << e), which a caller can often
+    form with one add of a precomputed constant; the result is then rne(...) + plus (a zero point, free on the
+    common branch). `finish`, when given, is applied to each branch's result (the clip and cast of a requant):
+    the C compiler then sees one short path for the common branch.
     """
     if e < 1:
         raise ValueError(f"round_f32_half_even: the grid exponent must be >= 1, got {e}")
@@ -144,10 +151,22 @@ def round_f32_half_even(p, e: int, ops, patch=None, patch_reach: int = 0, t=None
     near = ops.where(ops.lt(p, 0), ops.neg(near), near)
     reach = tie_reach(e, patch_reach)  # >= w
     if t is None:
-        t = ops.add(p, (1 << (e - 1)) + reach)
-    is_near = ops.le(ops.band(t, (1 << e) - 1), 2 * reach)  # |d| <= reach, without |p|
-    far = ops.shr(t, e)  # = floor(p 2**-e + 1/2), rne away from ties, wherever is_near is false
-    return ops.lazy_where(is_near, near if patch is None else patch(near), far)
+        t = ops.add(p, (1 << (e - 1)) + reach + (plus << e))
+    is_near = ops.le(ops.band(t, (1 << near_window(e, reach)) - 1), 2 * reach)  # |d| <= reach (or more), no |p|
+    far = ops.shr(t, e)  # = floor(p 2**-e + 1/2) + plus, rne away from ties, wherever is_near is false
+    near = near if patch is None else patch(near)
+    if plus:
+        near = ops.add(near, plus)
+    if finish is not None:
+        near, far = finish(near), finish(far)
+    return ops.lazy_where(is_near, near, far)
+
+
+def near_window(e: int, reach: int) -> int:
+    """The low bits of t that round_f32_half_even's near-tie test reads: e, or 32 where e > 32 and
+    2 reach < 2**32. Any t with t mod 2**e <= 2 reach then has t mod 2**32 = t mod 2**e, so the test only lets more
+    values into the exact branch (exact for all), and on a 32-bit core it is one compare of t's low word."""
+    return 32 if e > 32 and 2 * reach < 2**32 else e
 
 
 class NumpyOps:
@@ -175,6 +194,19 @@ class TirOps:
     band = _on_tir(lambda x, y: tirx.And(x, y) if prim_dtype(x) == "bool" else x & y)
     bor = _on_tir(lambda x, y: tirx.Or(x, y) if prim_dtype(x) == "bool" else x | y)
     cast = _on_tir(lambda x: x.astype("int64"))
+
+
+@contextlib.contextmanager
+def let_bound_requant():
+    """Within the block, a fixed linear requant binds its t once (a TIR Let) that both of its branches read:
+    without it TVM's simplifier spreads t = acc * grid + addend into each use, and a 32-bit core's C compiler
+    multiplies and adds apart (SMULL, ADDS, ADC) instead of one SMLAL. The MCU build only: LLVM's vectorizer
+    copies a Let, which TVM's bound analysis then rejects."""
+    token = _LET_BOUND.set(True)
+    try:
+        yield
+    finally:
+        _LET_BOUND.reset(token)
 
 
 # --- what QdqToInt8 calls ------------------------------------------------------------------------------------------
@@ -223,10 +255,17 @@ class Requantizer:
             grid = grid.astype(np.int32)
         if bias is not None and clamp:  # the clamp bounds acc + bias: add it first
             acc, bias = self.emit(relax.op.add(acc, const(np.asarray(bias, np.int32)))), None
-        # t = (acc + bias) * grid + 2**(e - 1) + reach = acc * grid + offset: one multiply and one add per output
-        # (the cheap path of round_f32_half_even); |acc * grid|, |bias * grid| < 2**62 as clamp is False.
-        rounding = (1 << (e - 1)) + tie_reach(e)
-        offset = None if bias is None else np.asarray(bias, np.int64) * grid.astype(np.int64) + rounding
+        # t = (acc + bias) * grid + 2**(e - 1) + reach + (zy << e) = acc * grid + addend: one multiply and one add
+        # per output (the cheap path of round_f32_half_even), whose t >> e is the output before the clip.
+        # |acc * grid| <= 2**62 as clamp is False; the zero point joins the addend where t and the int32 output
+        # stay in range (M < 1 bounds |rne(acc * M)| by about 2**31 - 128, not by 2**31 - 1 - |zy|).
+        scaled_bias = None if bias is None else np.asarray(bias, np.int64) * grid.astype(np.int64)
+        in_range = scaled_bias is None or int(np.abs(scaled_bias).max()) + (abs(zy) << e) < 2**62  # so |t| < 2**63
+        plus = zy if in_range and (not small or abs(zy) + float(mults.max()) * 2**31 + 1 < 2**31) else 0
+        addend = (1 << (e - 1)) + tie_reach(e) + (plus << e)
+        offset = None if scaled_bias is None else scaled_bias + addend
+
+        let_bound = _LET_BOUND.get()
 
         def index(idx, shape):
             return [i if n != 1 else 0 for i, n in zip(idx[len(idx) - len(shape):], shape, strict=True)]
@@ -240,13 +279,16 @@ class Requantizer:
                 if clamp:  # a channel whose multiplier is far above the others' (all-zero weights: scale 1)
                     x = tirx.max(tirx.min(x, bound_t(*at).astype("int64")), -bound_t(*at).astype("int64"))
                 product = x * grid_t(*at).astype("int64")
-                if offset_t is None:
-                    value = round_f32_half_even(product, e, TirOps())
-                else:
-                    t = product + offset_t(*index(idx, offset.shape))
-                    value = round_f32_half_even(t - tirx.const(rounding, "int64"), e, TirOps(), t=t)
+                added = tirx.const(addend, "int64") if offset_t is None else offset_t(*index(idx, offset.shape))
+                t = tirx.Var("t", "int64") if let_bound else product + added
+                value = round_f32_half_even(t - tirx.const(addend, "int64"), e, TirOps(), t=t, plus=plus,
+                                            finish=finish)
+                return (tirx.Let(t, product + added, value) if let_bound else value).astype(y_qp.dtype)
+
+            def finish(value):
                 kind = "int32" if small else "int64"
-                return self._clip(value.astype(kind) + tirx.const(zy, kind), lo, hi).astype(y_qp.dtype)
+                value = value.astype(kind) if plus == zy else value.astype(kind) + tirx.const(zy, kind)
+                return self._clip(value, lo, hi)
             return tvm.te.compute(acc_t.shape, element, name="requant")
 
         extra = [const(offset)] if offset is not None else [const(bound)] if clamp else []

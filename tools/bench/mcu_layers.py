@@ -8,10 +8,11 @@ For each model: a checkpoint is quantized as `edgebin export` does (PTQ int8, ca
 ONNX is compiled into the C bundle for the target (`compile_bundle`), the firmware runs `--samples` images of the
 test split (random normal inputs for an ONNX file) on QEMU with edgebin's instruction-count plugin, and one table
 is printed per model: every kernel call in execution order with its layer, MACs, instructions per inference and
-instructions per MAC, then totals. Instructions are those of the kernel's function, so a conv's row includes its
-im2col gather (and padding) and its requant epilogue; a kernel called several times has its count shared equally
-between its calls. `--baseline` also builds the bundle with plain C loops (`mcu_schedule.plain_loops`, the schedule
-before the micro-kernels), prints both, and checks that the two firmwares give the same outputs bit for bit.
+instructions per MAC, then totals and the conv or gemm layer with the most instructions per MAC. Instructions are
+those of the kernel's function, so a conv's row includes its im2col gather (and padding), its micro-kernel calls
+(inlined) and its requant epilogue; a kernel called several times has its count shared equally between its calls.
+`--baseline` also builds the bundle with plain C loops (`mcu_schedule.plain_loops`, the schedule before the
+micro-kernels), prints both, and checks that the two firmwares give the same outputs bit for bit.
 
 QEMU counts instructions, not cycles (no pipeline model); see docs/mcu-bundle.md. Not a test: nothing is asserted
 but the bit-for-bit check of `--baseline`, which makes the exit status 1 when outputs differ.
@@ -124,7 +125,17 @@ def render(title: str, runs: dict) -> str:
         linear += [f"{linear_count:,.0f}", f"{linear_count / macs:.2f}"]
     lines.append(f"| | **conv + gemm kernels, pads included** | | {macs:,} | " + " | ".join(linear) + " |")
     lines.append(f"| | **whole inference** | | {macs:,} | " + " | ".join(totals) + " |")
+    worst = [_worst_layer(m, per_call[name]) for name, (m, _) in runs.items()]
+    lines += ["", "Most instructions per MAC of one conv or gemm layer: " + "; ".join(
+        f"{count:.2f} ({layer or kernel}, {name})" for name, (count, layer, kernel) in zip(names, worst, strict=True))
+        + "."]
     return "\n".join(lines) + "\n"
+
+
+def _worst_layer(manifest: dict, per_call: list[float]) -> tuple[float, str | None, str]:
+    """(instructions per MAC, layer, kernel name) of the conv/gemm call with the most instructions per MAC."""
+    return max((count / kernel["macs"], kernel["layer"], kernel["name"])
+               for kernel, count in zip(manifest["kernels"], per_call, strict=True) if kernel["macs"])
 
 
 def _per_call(manifest: dict, per_symbol: dict[str, int]) -> list[float]:
