@@ -95,6 +95,7 @@ class ActivationQuantizer(Quantizer):
         self.register_buffer("initialized", torch.tensor(False))
         self.register_buffer("signed", torch.tensor(True if signed is None else signed))
         self._ready = False  # a Python mirror of `initialized`: no data-dependent branch in forward
+        self._broadcast_after = False  # set by init_quantizers, which broadcasts rank 0's values afterwards
 
     def initialize(self, x: Tensor) -> None:
         """Set the data-dependent parameters from batch `x` (overwrites any earlier initialisation)."""
@@ -112,8 +113,8 @@ class ActivationQuantizer(Quantizer):
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._ready:
-            if torch.distributed.is_available() and torch.distributed.is_initialized() \
-                    and torch.distributed.get_world_size() > 1:
+            if not self._broadcast_after and torch.distributed.is_available() \
+                    and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
                 log.warning("%s initialised from this process's batch only, so replicas differ; call "
                             "edgebin.quant.qat.init_quantizers on every rank first", type(self).__name__)
             self.initialize(x)

@@ -57,13 +57,15 @@ def init_quantizers(model: nn.Module, x: Tensor) -> None:
     """
     acts = [q for _, q in quantizers(model) if isinstance(q, ActivationQuantizer)]
     for q in acts:
-        q._ready = False
+        q._ready, q._broadcast_after = False, True
     was_training = model.training
     try:
         with torch.no_grad():
             model.eval()(x)
     finally:
         model.train(was_training)
+        for q in acts:
+            q._broadcast_after = False
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         with torch.no_grad():
             for q in acts:
