@@ -63,8 +63,8 @@ EstimatorOpt = Annotated[str | None, typer.Option("--estimator", rich_help_panel
 FirstLastOpt = Annotated[int, typer.Option("--first-last-bits", min=0, max=8, rich_help_panel=_QAT, help="Bits of "
                                            "the first and last layers (0: they follow --method too).")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=_QAT, help="QAT epochs (BiPer: split 2:1 "
-                                        "between its stages). About 90 s each for ResNet-8 on Fashion-MNIST on 2 CPU "
-                                        "cores.")]
+                                        "between its stages). ResNet-8 takes about 30 s per 30,000 Fashion-MNIST "
+                                        "images on 2 CPU cores (epoch times: tools/bench/qat_results.jsonl).")]
 CgaOpt = Annotated[int | None, typer.Option("--cga-epochs", min=0, rich_help_panel=_QAT, help="CGA epochs after QAT "
                                             "(statsq only; default 1 for statsq).")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=_QAT, help="Training batch.")]
@@ -129,6 +129,13 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     from edgebin.loading import parse_input_shape
 
     return parse_input_shape(text)
+
+
+def _training(epochs: int, cga_epochs: int | None, batch_size: int, lr: float, train_samples: int | None,
+              distill: bool, seed: int, resume: bool) -> pipeline.TrainingOptions:
+    """The QAT flags that `compress` and `export` share."""
+    return pipeline.TrainingOptions(epochs=epochs, cga_epochs=cga_epochs, batch_size=batch_size, lr=lr,
+                                    train_samples=train_samples, distill=distill, seed=seed, resume=resume)
 
 
 def _command_line() -> str:
@@ -198,8 +205,7 @@ def compress(
     """
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None)
-    training = pipeline.TrainingOptions(epochs=epochs, cga_epochs=cga_epochs, batch_size=batch_size, lr=lr,
-                                        train_samples=train_samples, distill=distill, seed=seed, resume=resume)
+    training = _training(epochs, cga_epochs, batch_size, lr, train_samples, distill, seed, resume)
     report = pipeline.compress(model, target=target, method=method, data=data, out_dir=out, arch=arch,
                                input_shape=_shape(input_shape), trust_pickle=trust_pickle, recipe=rec,
                                eval_samples=eval_samples, latency_repeat=repeat, progress=_progress(),
@@ -241,8 +247,7 @@ def export(
     """
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None)
-    training = pipeline.TrainingOptions(epochs=epochs, cga_epochs=cga_epochs, batch_size=batch_size, lr=lr,
-                                        train_samples=train_samples, distill=distill, seed=seed, resume=resume)
+    training = _training(epochs, cga_epochs, batch_size, lr, train_samples, distill, seed, resume)
     result = pipeline.export(model, data=data, out_dir=out, recipe=rec, arch=arch, input_shape=_shape(input_shape),
                              trust_pickle=trust_pickle, progress=_progress(), training=training)
     training_info = result.run_info.get("training")

@@ -123,7 +123,7 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
            eval_samples: int | None = None) -> ExportResult:
     """Load the model, quantize it (int8: PTQ on calibration data; the other methods: QAT with `training`, see
     `edgebin.pipeline_qat`) and write both ONNX files and the recipe."""
-    from edgebin import capture, loading
+    from edgebin import capture
     from edgebin import data as datasets
     from edgebin.export import export_onnx
     from edgebin.quant import calibrate, freeze, quantize_graph, weights_bytes
@@ -138,16 +138,11 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
                               options=training or TrainingOptions(), arch=arch, input_shape=input_shape,
                               trust_pickle=trust_pickle, eval_samples=eval_samples, progress=progress)
     start = time.perf_counter()
-    with progress.stage("Loading model"):
-        loaded = loading.load_model(Path(model_path), arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
-        loading.check_input_shape(loaded.module, loaded.input_shape)
+    loaded, dataset, norm = load_for_export(model_path, data, arch=arch, input_shape=input_shape,
+                                            trust_pickle=trust_pickle, progress=progress)
     if loaded.metadata.get("qat_method"):
         raise UsageError(f"`{model_path}` holds a QAT model ({loaded.metadata['qat_method']}); export it with "
                          f"--method {loaded.metadata['qat_method']}, or start int8 from the FP32 checkpoint")
-    with progress.stage(f"Loading data set {data}"):
-        dataset = datasets.load_dataset(data)
-        datasets.check_shape(dataset, loaded.input_shape)
-    norm = _normalization(loaded, dataset)
     with progress.stage("Capturing the graph"):
         fp32_graph = capture.capture_graph(loaded)
         with warnings.catch_warnings():
@@ -159,16 +154,7 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
     with progress.stage(f"Calibrating on {len(x_calib)} samples", total=len(x_calib)) as advance:
         calibrate(quant_graph, x_calib, batch_size=min(64, batch), progress=advance)
         freeze(quant_graph)
-    run_info = {
-        "recipe": recipe.to_dict(),
-        "normalization": norm.to_dict(),
-        "input_shape": list(loaded.input_shape),
-        "dataset": dataset.name if data in datasets.DATASETS else str(data),
-        "classes": list(dataset.classes),
-        "model": {"path": str(model_path), "arch": loaded.arch, "format": loaded.format,
-                  "parameters": _parameters(loaded.module)},
-        "layers": [r.to_dict() for r in summary.layers],
-    }
+    run_info = run_info_for(model_path, data, loaded, dataset, norm, recipe, [r.to_dict() for r in summary.layers])
     meta = {"edgebin.method": recipe.method, "edgebin.recipe": json.dumps(recipe.to_dict()),
             "edgebin.normalization": json.dumps(norm.to_dict())}
     with progress.stage("Exporting ONNX"), staged_dir(Path(out_dir)) as stage:
@@ -179,6 +165,37 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
     fp32_bytes = sum(p.numel() * 4 for p in fp32_graph.parameters())
     return ExportResult(Path(out_dir), loaded, fp32_graph, quant_graph, summary, recipe, run_info,
                         weights_bytes(quant_graph), fp32_bytes, time.perf_counter() - start, batch)
+
+
+def load_for_export(model_path: Path, data: str, *, arch: str | None, input_shape: tuple[int, ...] | None,
+                    trust_pickle: bool, progress: Progress):
+    """(loaded model, data set, normalisation) that an export starts from, the model's input checked against both."""
+    from edgebin import data as datasets
+    from edgebin import loading
+
+    with progress.stage("Loading model"):
+        loaded = loading.load_model(Path(model_path), arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
+        loading.check_input_shape(loaded.module, loaded.input_shape)
+    with progress.stage(f"Loading data set {data}"):
+        dataset = datasets.load_dataset(data)
+        datasets.check_shape(dataset, loaded.input_shape)
+    return loaded, dataset, _normalization(loaded, dataset)
+
+
+def run_info_for(model_path: Path, data: str, loaded, dataset, norm, recipe: Recipe, layers: list[dict]) -> dict:
+    """What recipe.json records of an export: recipe, normalisation, shapes, data set, model and per-layer outcome."""
+    from edgebin import data as datasets
+
+    return {
+        "recipe": recipe.to_dict(),
+        "normalization": norm.to_dict(),
+        "input_shape": list(loaded.input_shape),
+        "dataset": dataset.name if data in datasets.DATASETS else str(data),
+        "classes": list(dataset.classes),
+        "model": {"path": str(model_path), "arch": loaded.arch, "format": loaded.format,
+                  "parameters": _parameters(loaded.module)},
+        "layers": layers,
+    }
 
 
 def compile(onnx_path: Path, *, target: str = "x86", out_dir: Path, integer: bool = True,

@@ -54,21 +54,24 @@ def export_trained(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe
     from edgebin import loading
     from edgebin.export import export_onnx
     from edgebin.export.qat import export_qat, initializer_bytes
-    from edgebin.pipeline import FP32_ONNX, MODEL_ONNX, RECIPE_JSON, ExportResult, SilentProgress, _normalization
+    from edgebin.pipeline import (
+        FP32_ONNX,
+        MODEL_ONNX,
+        RECIPE_JSON,
+        ExportResult,
+        SilentProgress,
+        load_for_export,
+        run_info_for,
+    )
     from edgebin.quant.qat import summarize
     from edgebin.train import TrainConfig
     from edgebin.train_qat import train_qat, uses_statsq
 
     progress = progress or SilentProgress()
     start = time.perf_counter()
-    with progress.stage("Loading model"):
-        loaded = loading.load_model(Path(model_path), arch=arch, input_shape=input_shape, trust_pickle=trust_pickle)
-        loading.check_input_shape(loaded.module, loaded.input_shape)
+    loaded, dataset, norm = load_for_export(model_path, data, arch=arch, input_shape=input_shape,
+                                            trust_pickle=trust_pickle, progress=progress)
     _check_trainable(loaded, model_path)
-    with progress.stage(f"Loading data set {data}"):
-        dataset = datasets.load_dataset(data)
-        datasets.check_shape(dataset, loaded.input_shape)
-    norm = _normalization(loaded, dataset)
     x, y = dataset.x_train, dataset.y_train
     if options.train_samples is not None:
         idx = datasets.stratified_indices(y, options.train_samples, options.seed)
@@ -92,17 +95,8 @@ def export_trained(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe
                 "world_size": result.world_size, "seconds": round(sum(s.seconds for s in result.stages), 3),
                 "stages": [s.name for s in result.stages], "history": result.history(),
                 "checkpoint": QAT_CHECKPOINT if loaded.arch is not None else None}
-    run_info = {
-        "recipe": recipe.to_dict(),
-        "normalization": norm.to_dict(),
-        "input_shape": list(loaded.input_shape),
-        "dataset": dataset.name if data in datasets.DATASETS else str(data),
-        "classes": list(dataset.classes),
-        "model": {"path": str(model_path), "arch": loaded.arch, "format": loaded.format,
-                  "parameters": int(sum(p.numel() for p in fp32.parameters()))},
-        "layers": [{**r, "method": r["kind"]} for r in records],
-        "training": training,
-    }
+    run_info = {**run_info_for(model_path, data, loaded, dataset, norm, recipe,
+                               [{**r, "method": r["kind"]} for r in records]), "training": training}
     meta = {"edgebin.recipe": json.dumps(recipe.to_dict()), "edgebin.normalization": json.dumps(norm.to_dict())}
     with progress.stage("Exporting ONNX"), staged_dir(out_dir) as stage:
         export_onnx(fp32, loaded.input_shape, stage / FP32_ONNX, metadata={"edgebin.method": "fp32"})

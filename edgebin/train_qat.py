@@ -97,12 +97,15 @@ class QatResult:
 
 def uses_biper(recipe: Recipe) -> bool:
     """True when some layer of `recipe` is binary with the BiPer estimator."""
-    configs = [recipe.default, *recipe.overrides.values()]
-    return any(isinstance(c, BinaryConfig) and c.estimator == "biper" for c in configs)
+    return any(isinstance(c, BinaryConfig) and c.estimator == "biper" for c in _configs(recipe))
 
 
 def uses_statsq(recipe: Recipe) -> bool:
-    return any(isinstance(c, StatsQConfig) for c in [recipe.default, *recipe.overrides.values()])
+    return any(isinstance(c, StatsQConfig) for c in _configs(recipe))
+
+
+def _configs(recipe: Recipe) -> list:
+    return [recipe.default, *recipe.overrides.values()]
 
 
 def stages(recipe: Recipe, config: TrainConfig) -> list[Stage]:
