@@ -25,6 +25,7 @@ from edgebin.train import (
     learning_rate,
     param_groups,
     random_shift_flip,
+    reestimate_batchnorm,
     train,
     warmup_cosine_lr,
 )
@@ -164,6 +165,33 @@ def test_loss_decreases_and_eval_accuracy_is_reported():
     assert losses[-1] < 0.5 * losses[0]
     assert result.eval_accuracy > 0.9
     assert result.steps == 4 * 8 and result.world_size == 1
+
+
+def test_reestimate_batchnorm_is_the_mean_of_the_batch_statistics():
+    bn = nn.BatchNorm2d(3, momentum=0.3)
+    bn.running_mean.fill_(50.0)  # stale statistics, as after a run of oscillating weights
+    bn.running_var.fill_(0.01)
+    x = torch.randn(40, 3, 4, 4) * torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1) + 5
+    used = reestimate_batchnorm(nn.Sequential(bn).eval(), x, batches=3, batch_size=10)
+    batches = x[:30].split(10)  # only the first 3 batches; the last 10 samples are not used
+    mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.var((0, 2, 3), unbiased=True) for b in batches]).mean(0)
+    assert used == 3 and not bn.training and bn.momentum == 0.3
+    torch.testing.assert_close(bn.running_mean, mean)
+    torch.testing.assert_close(bn.running_var, var)
+    assert reestimate_batchnorm(nn.Linear(2, 2), torch.zeros(4, 2), 2, 2) == 0
+
+
+def test_training_reestimates_batchnorm_without_changing_the_weights():
+    x, y = quadrant_data(128)
+    config = TrainConfig(epochs=1, batch_size=32, lr=1e-2, warmup_epochs=0)
+    on, off = small_net(), small_net()
+    train(on, (x, y), None, config)
+    train(off, (x, y), None, dataclasses.replace(config, bn_reestimate_batches=0))
+    for name, p in on.named_parameters():
+        torch.testing.assert_close(p, dict(off.named_parameters())[name], rtol=0, atol=0)
+    assert not torch.allclose(on.bn.running_var, off.bn.running_var)
+    assert int(on.bn.num_batches_tracked) == 4  # all 128 samples, in 4 batches of 32 (fewer than 32)
 
 
 def test_frozen_entries_stay_bit_identical_under_adamw_decay():
