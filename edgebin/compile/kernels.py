@@ -16,7 +16,10 @@ Kinds, decided from the kernel's TIR blocks, first match wins:
 - `int8`: an integer multiply-accumulate or reduction (int8 x int8 -> int32 conv/matmul, int32 sum, int8 max), or
   elementwise work whose activations are all integer (requantization, the int8 residual add).
 - `convert`: only quantize/dequantize of a float tensor: the graph input, the float output, or the edge of a
-  float fallback. Counted apart so a fully integer model reads `float: 0`.
+  float fallback. Counted apart so a fully integer model reads `float: 0`. Packing a float tensor's signs into
+  bits for a binary layer (`edgebin_bpack_*`) is a conversion too.
+- `binary`: a binary conv on packed bits (XNOR/popcount, `edgebin_bconv2d` of binary_kernels/edgebin_binary.h),
+  counted only when a model has one.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ from edgebin.compile.tvm_adapter import (
     tirx,
 )
 
-KINDS = ("int8", "float", "convert", "data")
+KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
+_EXTERN_KINDS = {"edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert"}  # C kernels by what they do
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 
@@ -106,11 +110,15 @@ def kernel_census(mod, ops: dict[str, list[str]] | None = None) -> list[dict[str
 def kind_counts(kernels: list[dict[str, Any]]) -> dict[str, int]:
     """{"int8": 9, "float": 0, "convert": 1, "data": 2}: kernels (not calls) per kind."""
     counts = Counter(kernel["kind"] for kernel in kernels)
-    return {kind: counts.get(kind, 0) for kind in KINDS}
+    return {kind: counts.get(kind, 0) for kind in (*KINDS, *sorted(set(counts) - set(KINDS)))}
 
 
 def classify(func, activation_dtypes: list[str]) -> str:
     """The arithmetic kind of one PrimFunc (see the module docstring)."""
+    externs = extern_calls(func)
+    for name, kind in _EXTERN_KINDS.items():
+        if name in externs:
+            return kind
     blocks = [block for block in collect(func.body, s_tir.SBlock) if block.name_hint != "root"]
     roles = [_block_role(block) for block in blocks]
     kinds = {role for role, _ in roles}
@@ -125,6 +133,12 @@ def classify(func, activation_dtypes: list[str]) -> str:
     if "qdq" in kinds:
         return "convert"
     return "int8" if all(_is_int(d) for d in activation_dtypes) else "float"
+
+
+def extern_calls(func) -> set[str]:
+    """Names of the C functions a PrimFunc calls through `T.call_extern`."""
+    return {str(call.args[0].value) for call in collect(func.body, IRCall)
+            if str(getattr(call.op, "name", "")).endswith("call_extern")}
 
 
 def _computes_on_dequantized(blocks, roles) -> bool:

@@ -18,7 +18,7 @@ DASH = "—"
 
 # Engines in the order a reader compares them: the speed-up baseline first, then other float, then integer.
 ENGINE_ORDER = ("onnxruntime-fp32", "pytorch-fp32", "tvm-fp32", "onnxruntime-int8", "edgebin-int8")
-KIND_ORDER = ("int8", "float", "data")
+KIND_ORDER = ("int8", "binary", "float", "data")
 
 
 def percent(fraction: float | None) -> str:

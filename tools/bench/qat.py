@@ -73,6 +73,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--results", type=Path, default=Path("tools/bench/qat_results.jsonl"))
     p.add_argument("--doc", type=Path, default=Path("docs/results.md"))
+    p.add_argument("--label", default="", help="appended to each run's name, so a longer schedule of a run gets "
+                   "its own row instead of replacing the equal-budget one (e.g. --label '15 epochs')")
     p.add_argument("--render", action="store_true", help="only render --doc from --results")
     p.add_argument("--trained", nargs="+", default=[], metavar="NAME=PATH",
                    help="also measure QAT checkpoints trained elsewhere (python -m edgebin.train, torchrun)")
@@ -150,7 +152,8 @@ def _subset(ds, args) -> tuple[np.ndarray, np.ndarray]:
 def _run(model_name: str, run: str, fp32: torch.nn.Module, norm, ds, args) -> dict:
     x, y = _subset(ds, args)
     x_test, y_test = norm.apply(ds.x_test), ds.y_test
-    record = {"model": model_name, "run": run, "epochs": 0, "cga_epochs": 0, "train_samples": len(y),
+    name = f"{run} ({args.label})" if args.label else run
+    record = {"model": model_name, "run": name, "epochs": 0, "cga_epochs": 0, "train_samples": len(y),
               "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed, "threads": torch.get_num_threads()}
     if RUNS[run] is None:
         acc = evaluate(fp32, torch.from_numpy(x_test), torch.from_numpy(y_test))
@@ -224,7 +227,11 @@ def _markdown(records: list[dict]) -> str:
                   "Flips", "Oscillations", "Oscillations per step"]
         lines += [f"## {model}", "", "| " + " | ".join(header) + " |",
                   "| " + " | ".join(["---"] * 4 + ["---:"] * (len(header) - 4)) + " |"]
-        for r in sorted(rows, key=lambda r: list(RUNS).index(r["run"]) if r["run"] in RUNS else 99):
+        def order(r: dict) -> tuple[int, str]:
+            base = r["run"].split(" (")[0]
+            return (list(RUNS).index(base) if base in RUNS else 99, r["run"])
+
+        for r in sorted(rows, key=order):
             osc = r.get("oscillations") or {}
             delta = "" if fp32 is None or r["run"] == "fp32" else f"{100 * (r['accuracy'] - fp32):+.2f}"
             epochs = "" if r.get("epochs") is None else str(r["epochs"]) + (

@@ -1,0 +1,119 @@
+/* Bit-packed binary layers: the kernels edgebin's compiled binary (W1A1) convolutions and dense layers call.
+ *
+ * A binary layer computes y = sum over its inputs of a * w with a, w in {-1, +1}. With +1 stored as bit 1 and
+ * -1 as bit 0, a * w is +1 where the bits agree and -1 where they differ, so a dot product of K such pairs is
+ *     K - 2 * popcount(a XOR w),
+ * 32 multiply-accumulates per XOR and popcount of one 32-bit word.
+ *
+ * edgebin_bpack_nchw_f32(x, shift, n, c, hw, bits)
+ *   The activation side: bit (ch % 32) of word bits[(i * hw + p) * words + ch / 32] is 1 when
+ *   x[(i * c + ch) * hw + p] + shift[ch] >= 0 (sign(0) = +1, as the exported graph's GreaterOrEqual), with
+ *   words = ceil(c / 32); bits for channels >= c are 0. One word row per pixel, channels packed: NHWC bits from
+ *   an NCHW float tensor. The add happens in float32 exactly as in the ONNX graph, so the bits are the graph's.
+ * edgebin_bconv2d(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out)
+ *   out[((i * cout + co) * oh + y) * ow + x] = sum over the taps inside the image and the c channels of a * w,
+ *   an int32 in NCHW. Padding is zero in the exported graph (a padded tap contributes 0, neither +1 nor -1), so
+ *   taps outside the image are skipped and the count of valid products is taps * c. w holds the weight bits
+ *   laid out [ky][kx][word][co] (output channels innermost, so one activation word meets a run of output
+ *   channels: the loop a compiler vectorizes, 16 words per VPOPCNTD with AVX-512). Channel bits
+ *   beyond c are 0 on both sides and add nothing. A dense layer is the 1x1 case with h = wd = 1.
+ *
+ * Popcount: the compiler's builtin where the target has an instruction for it (x86 POPCNT, AArch64/NEON CNT);
+ * elsewhere (Cortex-M has none and libgcc's __popcountsi2 is a call) the SWAR bit count below. All paths compute
+ * the same integers, so every target gives the same output bit for bit.
+ */
+#ifndef EDGEBIN_BINARY_H
+#define EDGEBIN_BINARY_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" { /* TVM's export_library compiles with g++ */
+#endif
+
+/* Linkage of the two kernels: static inline when a bundle includes this header; a library that other code links
+ * against (the host's model.so) defines EDGEBIN_BINARY_API empty before including it. */
+#ifndef EDGEBIN_BINARY_API
+#define EDGEBIN_BINARY_API static inline
+#endif
+
+/* Output channels accumulated per pass over an output pixel's taps: a stack array of this many int32. */
+#define EDGEBIN_BCONV_BLOCK 64
+/* Pixels packed per pass over a word's channels. */
+#define EDGEBIN_BPACK_BLOCK 64
+
+static inline int32_t edgebin_popcount32(uint32_t v) {
+#if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
+  return __builtin_popcount(v);
+#else
+  v = v - ((v >> 1) & 0x55555555u);
+  v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+  v = (v + (v >> 4)) & 0x0F0F0F0Fu;
+  return (int32_t)((v * 0x01010101u) >> 24);
+#endif
+}
+
+EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shift, int32_t n, int32_t c,
+                                                int32_t hw, uint32_t* bits) {
+  /* Pixels in blocks of EDGEBIN_BPACK_BLOCK: each channel's plane is read contiguously and ORs its bit into the
+   * block's words, a loop over pixels that compilers vectorize (a compare and a masked OR per 16 pixels). */
+  const int32_t words = (c + 31) / 32;
+  for (int32_t i = 0; i < n; ++i) {
+    for (int32_t k = 0; k < words; ++k) {
+      const int32_t c0 = k * 32, c1 = c - c0 < 32 ? c : c0 + 32;
+      for (int32_t p0 = 0; p0 < hw; p0 += EDGEBIN_BPACK_BLOCK) {
+        const int32_t np = hw - p0 < EDGEBIN_BPACK_BLOCK ? hw - p0 : EDGEBIN_BPACK_BLOCK;
+        uint32_t acc[EDGEBIN_BPACK_BLOCK] = {0};
+        for (int32_t ch = c0; ch < c1; ++ch) {
+          const float* plane = x + ((int64_t)i * c + ch) * hw + p0;
+          const float s = shift[ch];
+          const int32_t b = ch - c0;
+          for (int32_t j = 0; j < np; ++j) acc[j] |= (uint32_t)(plane[j] + s >= 0.0f) << b;
+        }
+        uint32_t* dst = bits + ((int64_t)i * hw + p0) * words + k;
+        for (int32_t j = 0; j < np; ++j) dst[(int64_t)j * words] = acc[j];
+      }
+    }
+  }
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
+                                         int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                         int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out) {
+  const int32_t words = (c + 31) / 32;
+  int32_t count[EDGEBIN_BCONV_BLOCK];
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t* image = bits + (int64_t)i * h * wd * words;
+    int32_t* dst = out + (int64_t)i * cout * oh * ow;
+    for (int32_t y = 0; y < oh; ++y) {
+      const int32_t y0 = y * sh - ph;
+      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
+      for (int32_t x = 0; x < ow; ++x) {
+        const int32_t x0 = x * sw - pw;
+        const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = wd - x0 < kw ? wd - x0 : kw;
+        const int32_t valid = (ky1 - ky0) * (kx1 - kx0) * c;
+        for (int32_t cb = 0; cb < cout; cb += EDGEBIN_BCONV_BLOCK) {
+          const int32_t nb = cout - cb < EDGEBIN_BCONV_BLOCK ? cout - cb : EDGEBIN_BCONV_BLOCK;
+          for (int32_t j = 0; j < nb; ++j) count[j] = 0;
+          for (int32_t ky = ky0; ky < ky1; ++ky) {
+            for (int32_t kx = kx0; kx < kx1; ++kx) {
+              const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
+              const uint32_t* wt = w + ((int64_t)(ky * kw + kx) * words) * cout + cb;
+              for (int32_t k = 0; k < words; ++k, wt += cout) {
+                const uint32_t ak = a[k];
+                for (int32_t j = 0; j < nb; ++j) count[j] += edgebin_popcount32(ak ^ wt[j]);
+              }
+            }
+          }
+          for (int32_t j = 0; j < nb; ++j) dst[((int64_t)(cb + j) * oh + y) * ow + x] = valid - 2 * count[j];
+        }
+      }
+    }
+  }
+}
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* EDGEBIN_BINARY_H */

@@ -1,0 +1,65 @@
+"""A W1A1 model compiled for the host: its binary convs run on packed bits (BinaryToPacked) and agree with
+onnxruntime running the exported float graph."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from edgebin import zoo
+from edgebin.compile import host, importer
+from edgebin.compile.binary import BinaryToPacked, uses_binary_kernels
+from edgebin.compile.kernels import op_census
+from edgebin.export.qat import export_qat
+from edgebin.quant import Recipe, qat
+
+SHAPE = (1, 1, 12, 12)
+TARGET = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
+BINARY_CONVS = 8  # ResNet-8: stack{1,2,3}.conv{1,2} and the shortcuts of stacks 2 and 3; stem and head: 8-bit
+
+
+@pytest.fixture(scope="module")
+def binary_onnx(tmp_path_factory):
+    """A briefly trained W1A1 ResNet-8 (STE) exported for batch 1."""
+    torch.manual_seed(0)
+    model = qat.prepare(zoo.create("resnet8", input_size=SHAPE[-1]), Recipe.for_method("binary", estimator="ste"))
+    x = torch.randn(32, *SHAPE[1:])
+    qat.init_quantizers(model, x)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for _ in range(2):  # BatchNorm statistics and scales move off their initial values
+        loss = torch.nn.functional.cross_entropy(model(x), torch.randint(0, 10, (32,)))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    path = tmp_path_factory.mktemp("binary") / "model.onnx"
+    export_qat(model.eval(), SHAPE, path)
+    return path
+
+
+def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx):
+    model = importer.load_onnx(binary_onnx)
+    mod = BinaryToPacked()(importer.from_onnx(model, importer.input_shapes(model)))
+    assert uses_binary_kernels(mod)
+    calls = [b for b in mod["main"].body.blocks[0].bindings
+             if getattr(b.value, "args", None) and getattr(b.value.args[0], "name_hint", "").startswith(
+                 "edgebin_binary_conv2d")]
+    assert len(calls) == BINARY_CONVS
+    assert sum(op_census(mod)["conv2d"].values()) == 1  # only the 8-bit stem is still a Relax conv2d
+
+
+def test_compiled_binary_model_agrees_with_onnxruntime(binary_onnx, tmp_path):
+    artefact = host.compile_onnx(binary_onnx, TARGET, tmp_path)
+    counts = artefact.kernel_counts()
+    assert counts.get("binary", 0) >= 1 and counts["float"] >= 1  # BatchNorm, ReLU and the residual adds
+    binary = [k for k in artefact.kernels if k["kind"] == "binary"]
+    assert sum(k["calls"] for k in binary) == BINARY_CONVS
+    x = np.random.default_rng(0).standard_normal((32, *SHAPE[1:])).astype(np.float32)
+    session = ort.InferenceSession(str(binary_onnx), providers=["CPUExecutionProvider"])
+    want = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    got = artefact.run(x)
+    # The packed kernels' sums are exact; the float graph adds ±scale terms in float, so logits differ by float
+    # rounding, and a sign can flip where a value sits exactly at its threshold: argmax agrees on all but rare ties.
+    assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
+    assert np.median(np.abs(got - want)) < 1e-3

@@ -1,0 +1,106 @@
+"""The bit-packed binary kernels (binary_kernels/edgebin_binary.h) against integer references, and their packing."""
+
+from __future__ import annotations
+
+import ctypes
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgebin.compile.binary import (
+    HEADER,
+    binary_conv2d_reference,
+    pack_activation_bits,
+    pack_weight_bits,
+    words_for,
+)
+
+CC = shutil.which("cc") or shutil.which("gcc")
+
+
+def test_pack_weight_bits_matches_hand_values():
+    codes = np.array([1, -1, 1], dtype=np.int8).reshape(1, 3, 1, 1)  # +1 -> bit 1, channel i -> bit i
+    assert pack_weight_bits(codes).tolist() == [[[[0b101]]]]
+    codes = np.ones((2, 33, 1, 1), dtype=np.int8)
+    codes[1, 32] = -1
+    bits = pack_weight_bits(codes)  # (1, 1, words = 2, Cout = 2): word 1 holds channel 32
+    assert bits.shape == (1, 1, 2, 2)
+    assert bits[0, 0, :, 0].tolist() == [0xFFFFFFFF, 1] and bits[0, 0, :, 1].tolist() == [0xFFFFFFFF, 0]
+    with pytest.raises(ValueError, match="-1 or \\+1"):
+        pack_weight_bits(np.zeros((1, 1, 1, 1), dtype=np.int8))
+
+
+def test_pack_activation_bits_puts_sign_zero_on_the_plus_side():
+    x = np.array([-0.5, 0.0, 0.25], dtype=np.float32).reshape(1, 3, 1, 1)
+    shift = np.array([0.5, 0.0, -0.5], dtype=np.float32)  # x + shift = 0, 0, -0.25
+    assert pack_activation_bits(x, shift).tolist() == [[[[0b011]]]]
+
+
+def test_xnor_popcount_identity_on_one_word():
+    a, w = np.array([1, -1, -1, 1]), np.array([1, 1, -1, -1])
+    xor = int(np.sum((a > 0) != (w > 0)))
+    assert len(a) - 2 * xor == int(a @ w) == 0
+
+
+@pytest.fixture(scope="module", params=["builtin", "swar"])
+def kernels(request, tmp_path_factory) -> ctypes.CDLL:
+    """edgebin_binary.c as a shared library: with the CPU's popcount instruction, and with the portable SWAR
+    count that Cortex-M builds use (-mno-popcnt)."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    out = tmp_path_factory.mktemp(request.param) / "libbinary.so"
+    flags = ["-march=native"] if request.param == "builtin" else ["-mno-popcnt"]
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", *flags, str(HEADER.with_suffix(".c")), "-o", str(out)],
+                   check=True, timeout=120)
+    return ctypes.CDLL(str(out))
+
+
+def _ptr(a: np.ndarray) -> ctypes.c_void_p:
+    return ctypes.c_void_p(a.ctypes.data)
+
+
+SHAPES = [  # n, c, h, w, cout, k, stride, pad
+    (1, 16, 7, 7, 16, 3, 1, 1),
+    (2, 40, 5, 6, 70, 3, 2, 1),  # two words (the second partial), more outputs than one block, a non-square image
+    (1, 3, 4, 4, 5, 1, 1, 0),
+    (1, 64, 9, 9, 8, 3, 2, 1),
+    (1, 32, 6, 6, 4, 5, 1, 2),  # a border wider than one tap
+]
+
+
+@pytest.mark.parametrize(("n", "c", "h", "w", "cout", "k", "stride", "pad"), SHAPES)
+def test_c_kernels_equal_the_integer_reference(kernels, n, c, h, w, cout, k, stride, pad):
+    rng = np.random.default_rng(c * 100 + cout)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    x[0, 0, 0, 0] = 0.0  # sign(0) = +1 on both sides
+    shift = rng.standard_normal(c).astype(np.float32) * 0.3
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    bits = np.empty((n, h, w, words_for(c)), dtype=np.uint32)
+    kernels.edgebin_bpack_nchw_f32(_ptr(x), _ptr(shift), n, c, h * w, _ptr(bits))
+    np.testing.assert_array_equal(bits, pack_activation_bits(x, shift))
+
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    out = np.empty((n, cout, oh, ow), dtype=np.int32)
+    wbits = np.ascontiguousarray(pack_weight_bits(codes))
+    kernels.edgebin_bconv2d(_ptr(bits), _ptr(wbits), n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow,
+                            _ptr(out))
+    signs = np.where(x + shift.reshape(1, c, 1, 1) >= 0, 1, -1)
+    np.testing.assert_array_equal(out, binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad)))
+
+
+def test_reference_conv_matches_a_float_conv():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    signs = rng.choice([-1, 1], size=(1, 5, 6, 6))
+    codes = rng.choice([-1, 1], size=(3, 5, 3, 3))
+    as_float = {"dtype": torch.float64}
+    want = torch.nn.functional.conv2d(torch.tensor(signs, **as_float), torch.tensor(codes, **as_float), stride=2,
+                                      padding=1)
+    np.testing.assert_array_equal(binary_conv2d_reference(signs, codes, (2, 2), (1, 1)), want.numpy().astype(np.int64))
+
+
+def test_header_is_shipped_beside_its_c_file():
+    assert HEADER.is_file() and Path(HEADER.with_suffix(".c")).is_file()
