@@ -12,9 +12,12 @@ import pytest
 
 from edgebin.compile.binary import (
     HEADER,
+    KERNEL_DIR,
     binary_conv2d_reference,
+    c_source,
     pack_activation_bits,
     pack_weight_bits,
+    specialized_name,
     words_for,
 )
 
@@ -104,3 +107,29 @@ def test_reference_conv_matches_a_float_conv():
 
 def test_header_is_shipped_beside_its_c_file():
     assert HEADER.is_file() and Path(HEADER.with_suffix(".c")).is_file()
+
+
+def test_shape_specialized_kernels_equal_the_reference(tmp_path):
+    if CC is None:
+        pytest.skip("no C compiler")
+    n, c, h, w, cout, k, stride, pad = 2, 40, 5, 6, 70, 3, 2, 1
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    pack = specialized_name("edgebin_bpack_nchw_f32", (n, c, h * w))
+    conv = specialized_name("edgebin_bconv2d", (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow))
+    (tmp_path / "kernels.c").write_text(c_source({pack, conv}))
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
+                    str(tmp_path / "lib.so")], check=True, timeout=120)
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    shift = rng.standard_normal(c).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    bits = np.empty((n, h, w, words_for(c)), dtype=np.uint32)
+    out = np.empty((n, cout, oh, ow), dtype=np.int32)
+    wbits = np.ascontiguousarray(pack_weight_bits(codes))
+    getattr(lib, pack)(_ptr(x), _ptr(shift), _ptr(bits))
+    getattr(lib, conv)(_ptr(bits), _ptr(wbits), _ptr(out))
+    signs = np.where(x + shift.reshape(1, c, 1, 1) >= 0, 1, -1)
+    np.testing.assert_array_equal(out, binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad)))
+    with pytest.raises(ValueError, match="not a specialized kernel"):
+        c_source({"edgebin_matvec_s8__1_2"})

@@ -115,7 +115,7 @@ def kind_counts(kernels: list[dict[str, Any]]) -> dict[str, int]:
 
 def classify(func, activation_dtypes: list[str]) -> str:
     """The arithmetic kind of one PrimFunc (see the module docstring)."""
-    externs = extern_calls(func)
+    externs = {name.split("__", 1)[0] for name in extern_calls(func)}  # shape-specialized names: kernel__shape
     for name, kind in _EXTERN_KINDS.items():
         if name in externs:
             return kind

@@ -37,6 +37,12 @@ extern "C" { /* TVM's export_library compiles with g++ */
 #define EDGEBIN_BINARY_API static inline
 #endif
 
+#if defined(__GNUC__)
+#define EDGEBIN_NO_UNROLL _Pragma("GCC unroll 1")
+#else
+#define EDGEBIN_NO_UNROLL
+#endif
+
 /* Output channels accumulated per pass over an output pixel's taps: a stack array of this many int32. */
 #define EDGEBIN_BCONV_BLOCK 64
 /* Pixels packed per pass over a word's channels. */
@@ -101,6 +107,9 @@ EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w,
               const uint32_t* wt = w + ((int64_t)(ky * kw + kx) * words) * cout + cb;
               for (int32_t k = 0; k < words; ++k, wt += cout) {
                 const uint32_t ak = a[k];
+                /* Not unrolled before the vectorizer sees it: with a constant nb (shape-specialized kernels) gcc
+                 * would otherwise unroll it into scalar popcounts. */
+                EDGEBIN_NO_UNROLL
                 for (int32_t j = 0; j < nb; ++j) count[j] += edgebin_popcount32(ak ^ wt[j]);
               }
             }
