@@ -46,6 +46,8 @@ def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx):
              if getattr(b.value, "args", None) and getattr(b.value.args[0], "name_hint", "").startswith(
                  "edgebin_binary_conv2d")]
     assert len(calls) == BINARY_CONVS
+    folded = [b for b in calls if b.value.args[0].name_hint.startswith("edgebin_binary_conv2d_affine")]
+    assert len(folded) == BINARY_CONVS - 2  # every conv a BatchNorm follows; the two shortcuts have a bias instead
     assert sum(op_census(mod)["conv2d"].values()) == 1  # only the 8-bit stem is still a Relax conv2d
 
 

@@ -115,8 +115,10 @@ def test_shape_specialized_kernels_equal_the_reference(tmp_path):
     n, c, h, w, cout, k, stride, pad = 2, 40, 5, 6, 70, 3, 2, 1
     oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
     pack = specialized_name("edgebin_bpack_nchw_f32", (n, c, h * w))
-    conv = specialized_name("edgebin_bconv2d", (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow))
-    (tmp_path / "kernels.c").write_text(c_source({pack, conv}))
+    geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
+    conv = specialized_name("edgebin_bconv2d", geometry)
+    affine = specialized_name("edgebin_bconv2d_affine", geometry)
+    (tmp_path / "kernels.c").write_text(c_source({pack, conv, affine}))
     subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
                     str(tmp_path / "lib.so")], check=True, timeout=120)
     lib = ctypes.CDLL(str(tmp_path / "lib.so"))
@@ -130,6 +132,11 @@ def test_shape_specialized_kernels_equal_the_reference(tmp_path):
     getattr(lib, pack)(_ptr(x), _ptr(shift), _ptr(bits))
     getattr(lib, conv)(_ptr(bits), _ptr(wbits), _ptr(out))
     signs = np.where(x + shift.reshape(1, c, 1, 1) >= 0, 1, -1)
-    np.testing.assert_array_equal(out, binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad)))
+    want = binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad))
+    np.testing.assert_array_equal(out, want)
+    mul, add = rng.standard_normal(cout).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    out_f = np.empty((n, cout, oh, ow), dtype=np.float32)
+    getattr(lib, affine)(_ptr(bits), _ptr(wbits), _ptr(mul), _ptr(add), _ptr(out_f))
+    np.testing.assert_array_equal(out_f, want.astype(np.float32) * mul.reshape(1, -1, 1, 1) + add.reshape(1, -1, 1, 1))
     with pytest.raises(ValueError, match="not a specialized kernel"):
         c_source({"edgebin_matvec_s8__1_2"})

@@ -10,7 +10,10 @@ each such conv into
 
     bits = call_tir(edgebin_bpack_nchw_f32: x, shift)          # one bit per channel, 32 channels per word
     acc  = call_tir(edgebin_bconv2d: bits, weight bits)         # int32: taps·C - 2·popcount(a XOR w)
-    y    = astype(acc, float32) * scale[co]                     # fused by TVM with what follows (BN, ReLU, add)
+    y    = astype(acc, float32) * scale[co]                     # fused by TVM with what follows (ReLU, add)
+
+and a conv that a BatchNorm follows (as in every binary ResNet) into one `edgebin_bconv2d_affine`, whose float
+epilogue `acc · mul[co] + add[co]` applies the scale and the BatchNorm in the same pass.
 
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
@@ -50,12 +53,13 @@ log = logging.getLogger(__name__)
 KERNEL_DIR = Path(__file__).with_name("binary_kernels")
 HEADER = KERNEL_DIR / "edgebin_binary.h"
 WORD_BITS = 32
-KERNELS = frozenset({"edgebin_bpack_nchw_f32", "edgebin_bconv2d"})  # the C functions of HEADER
-_POINTERS = {  # the pointer parameters of each kernel, before its integer shape parameters
-    "edgebin_bpack_nchw_f32": ("const float* x", "const float* shift"),
-    "edgebin_bconv2d": ("const uint32_t* bits", "const uint32_t* w"),
+_POINTERS = {  # each kernel of HEADER: its pointer parameters before its integer shape ones, and its output
+    "edgebin_bpack_nchw_f32": (("const float* x", "const float* shift"), "uint32_t* out"),
+    "edgebin_bconv2d": (("const uint32_t* bits", "const uint32_t* w"), "int32_t* out"),
+    "edgebin_bconv2d_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add"),
+                               "float* out"),
 }
-_OUTPUT = {"edgebin_bpack_nchw_f32": "uint32_t* out", "edgebin_bconv2d": "int32_t* out"}
+KERNELS = frozenset(_POINTERS)
 
 
 def specialized_name(kernel: str, shape: tuple[int, ...]) -> str:
@@ -79,9 +83,9 @@ def c_source(names: set[str] | frozenset[str]) -> str:
         if kernel not in KERNELS:
             raise ValueError(f"c_source: {name} is not a specialized kernel of {HEADER.name}")
         shape = name.split("__", 1)[1].split("_")
-        params = ", ".join((*_POINTERS[kernel], _OUTPUT[kernel]))
-        args = ", ".join(("x" if kernel.startswith("edgebin_bpack") else "bits",
-                          "shift" if kernel.startswith("edgebin_bpack") else "w", *shape, "out"))
+        inputs, output = _POINTERS[kernel]
+        params = ", ".join((*inputs, output))
+        args = ", ".join((*(p.rsplit("*", 1)[1].strip() for p in inputs), *shape, "out"))
         lines += [f"void {name}({params}) {{ {kernel}({args}); }}", ""]
     lines += ["#ifdef __cplusplus", "}", "#endif", ""]
     return "\n".join(lines)
@@ -164,6 +168,35 @@ class _Rewriter(PyExprMutator):
                 return self._emit_conv(conv)
         return super().visit_call_(call)
 
+    def visit_tuple_getitem_(self, op):
+        """batch_norm(binary conv)[0]: one conv kernel with the BatchNorm folded into its float epilogue (the conv
+        rewritten on its own before is then unused and dropped)."""
+        norm = self.value(op.tuple_value)
+        if op.index == 0 and call_op_name(norm) == "relax.nn.batch_norm" and call_op_name(
+                self.value(norm.args[0])) == "relax.nn.conv2d":
+            conv = self._match_conv(self.value(norm.args[0]))
+            affine = self._batch_norm(norm, conv)
+            if conv is not None and affine is not None:
+                self.rewritten["conv2d+batch_norm"] += 1
+                return self._emit_conv(conv, affine)
+        return super().visit_tuple_getitem_(op)
+
+    def _batch_norm(self, norm, conv: _BinaryConv | None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(mul, add) with mul = scale·γ/√(σ²+ε) and add = β - μ·γ/√(σ²+ε) per output channel, or None."""
+        if conv is None or int(norm.attrs.axis) != 1 or norm.attrs.training:
+            return None
+        params = [const_array(self.value(a)) for a in norm.args[1:5]]
+        cout = conv.codes.shape[0]
+        if any(p is None or p.size != cout for p in params):
+            return None
+        gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+        if not norm.attrs.scale:
+            gamma = np.ones(cout)
+        if not norm.attrs.center:
+            beta = np.zeros(cout)
+        inv = gamma / np.sqrt(var + float(norm.attrs.epsilon))
+        return (conv.scale * inv).astype(np.float32), (beta - mean * inv).astype(np.float32)
+
     def _scalar(self, expr) -> float | None:
         array = const_array(self.value(expr))
         return float(array) if array is not None and array.size == 1 else None
@@ -218,7 +251,7 @@ class _Rewriter(PyExprMutator):
         return _BinaryConv(x, np.ascontiguousarray(shift), codes.astype(np.int8), np.ascontiguousarray(scale),
                            (int(attrs.strides[0]), int(attrs.strides[1])), (pad[0], pad[1]), out_shape)
 
-    def _emit_conv(self, conv: _BinaryConv):
+    def _emit_conv(self, conv: _BinaryConv, affine: tuple[np.ndarray, np.ndarray] | None = None):
         x = self.visit_expr(conv.x)
         n, c, h, w = tensor_shape(conv.x)
         cout, _, kh, kw = conv.codes.shape
@@ -239,9 +272,20 @@ class _Rewriter(PyExprMutator):
                 "void", name, ins[0].access_ptr("r"), ins[1].access_ptr("r"), outs[0].access_ptr("w")),
                 dtype="int32", name="binary_conv2d")
 
+        def bconv_affine(bits_t, w_t, mul_t, add_t):
+            (sh, sw), (ph, pw) = conv.stride, conv.padding
+            name = specialized_name("edgebin_bconv2d_affine", (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow))
+            return te.extern((n, cout, oh, ow), [bits_t, w_t, mul_t, add_t], lambda ins, outs: tirx.call_extern(
+                "void", name, *(t.access_ptr("r") for t in ins), outs[0].access_ptr("w")), dtype="float32",
+                name="binary_conv2d_affine")
+
         bits = self.builder_.emit_te(pack, x, const(conv.shift), primfunc_name_hint="edgebin_binary_pack")
-        acc = self.builder_.emit_te(bconv, bits, const(pack_weight_bits(conv.codes)),
-                                    primfunc_name_hint="edgebin_binary_conv2d")
+        weight = const(pack_weight_bits(conv.codes))
+        if affine is not None:
+            mul, add = affine
+            return self.builder_.emit_te(bconv_affine, bits, weight, const(mul), const(add),
+                                         primfunc_name_hint="edgebin_binary_conv2d_affine")
+        acc = self.builder_.emit_te(bconv, bits, weight, primfunc_name_hint="edgebin_binary_conv2d")
         as_float = self.builder_.emit(relax.op.astype(acc, "float32"))
         return relax.op.multiply(as_float, const(conv.scale.reshape(1, cout, 1, 1)))
 

@@ -175,7 +175,7 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
                progress: Any = None) -> dict[str, Any]:
     from edgebin.compile import importer
     from edgebin.compile import tvm_adapter as tvm_api
-    from edgebin.compile.host import lower_and_build
+    from edgebin.compile.host import export_executable, lower_and_build
     from edgebin.compile.qdq_to_int import is_quantized
     from edgebin.runtime_wheels import runtime_libraries
 
@@ -190,7 +190,8 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
     # the host's build order for the Arm LLVM target; MetaSchedule (over RPC on the board, or its database)
     lowered, executable, tuning = lower_and_build(model, shapes, tvm_api.make_target(target.tvm), integer=integer,
                                                   requant=requant, tune=tune, progress=progress, mod=mod)
-    tvm_api.export_library_cross(executable, stage / "model.so", require_tool(target, "g++"))
+    export_executable(executable, stage / "model.so", tvm_api.make_target(target.tvm), lowered.mod,
+                      compiler=require_tool(target, "g++"))  # with the C kernels that the kernels call
 
     shutil.copy2(libs.runtime, stage / "libtvm_runtime.so")
     shutil.copy2(libs.ffi, stage / "libtvm_ffi.so")
@@ -201,7 +202,7 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
     (stage / "input.txt").write_text(f"{input_dtype} {' '.join(map(str, input_shape))}\n")
 
     kernels = [{"symbol": f"__tvm_ffi_{record['name']}", **record,
-                "macs": kernel_macs(lowered.mod[record["name"]]) * int(record.get("calls", 1))}
+                "macs": lowered.macs.get(record["name"], 0) * int(record.get("calls", 1))}
                for record in lowered.kernels]
     return {
         "format": FORMAT,

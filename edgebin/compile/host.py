@@ -4,6 +4,12 @@
     artefact.kernel_counts()          # {"int8": 9, "float": 0, "convert": 1, "data": 2}
     logits = artefact.run(x)          # (N, ...) float32 in, (N, classes) out, one sample at a time
     artefact = load_artefact(Path("out"))   # later, from out/model.so + out/artefact.json
+
+Integer models: each int8 conv and matmul kernel calls a C micro-kernel for its multiply-accumulates (the
+Cortex-M schedule of `mcu_schedule`: im2col gather, one call per group of output pixels), `edgebin_matvec{,2,4}_*` from
+cpu_kernels/edgebin_cpu_kernels.c (AVX-512 VNNI or AVX2 on x86), compiled for the target and linked into
+model.so (`export_executable`); the requant epilogue stays in TIR and the sums are exact, so outputs are those
+of the plain loops bit for bit. Every other kernel keeps `schedule_cpu_loops`' loop order.
 """
 
 from __future__ import annotations
@@ -12,7 +18,10 @@ import contextlib
 import json
 import logging
 import os
+import shutil
+import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,17 +29,20 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import atomic_write_text
-from edgebin.compile import importer, kernels
+from edgebin.compile import binary, importer, kernels, mcu_schedule
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
 from edgebin.compile.tune import TuneConfig, TuneSummary, tune_kernels
-from edgebin.errors import InputShapeError, ModelLoadError, UsageError
+from edgebin.errors import InputShapeError, ModelLoadError, ToolchainMissingError, UsageError
 
 log = logging.getLogger(__name__)
 
 LIBRARY = "model.so"
 MANIFEST = "artefact.json"
 FORMAT = "edgebin.host/1"
+KERNELS_C = Path(__file__).parent / "cpu_kernels" / "edgebin_cpu_kernels.c"  # includes ../mcu_kernels/*.h
+KERNELS_CFLAGS = ("-O3", "-fPIC", "-std=gnu11")
+COMPILE_TIMEOUT_S = 120
 
 relax = tvm_api.relax
 
@@ -43,12 +55,14 @@ class Lowered:
     ops: dict[str, dict[str, int]]  # kernels.op_census, read before legalization
     kernels: list[dict[str, Any]]  # kernels.kernel_census
     weights_bytes: int
+    macs: dict[str, int] = field(default_factory=dict)  # multiply-accumulates per call, by kernel, before scheduling
 
 
 def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) -> Lowered:
     """Import-level Relax -> fused TIR kernels; call inside `with target:`. The build order, step by step."""
     if integer:
-        mod = QdqToInt8(requant)(mod)  # Q/DQ patterns -> int8 ops, int32 accumulators; needs DQ(int8 weights)
+        mod = binary.BinaryToPacked()(mod)  # W1A1 convs -> XNOR/popcount on packed bits; before QdqToInt8 and any
+        mod = QdqToInt8(requant)(mod)  # fold. Q/DQ patterns -> int8 ops, int32 accumulators; needs DQ(int8 weights)
     ops = kernels.op_census(mod)  # conv/matmul operand dtypes, before legalization hides the ops
     mod = tvm_api.tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # drop the float subgraphs the rewrite orphaned
@@ -64,9 +78,13 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
         relax.transform.DeadCodeElimination(),  # drop the per-op PrimFuncs FuseTIR replaced
     ], name="edgebin.fuse")(mod)
     census = kernels.kernel_census(mod, ops_by_kernel)
+    # Pads are not fused into the convs' im2col gathers here (mcu_lower does, to save RAM), and a conv's own pad
+    # stays a loop nest (schedule_cpu_loops' keep_pads): a gather from a padded tensor tests no bounds per byte.
+    # Measured on ResNet-8: 0.32 -> 0.22 ms (int8 activations), 0.27 -> 0.18 ms (uint8).
+    macs = _kernel_macs(mod)  # before the micro-kernel calls hide the MAC blocks
     if schedule:
-        mod = schedule_cpu_loops(mod)  # untuned loop order that LLVM vectorizes; same results
-    return Lowered(mod, ops, census, _constant_bytes(mod))
+        mod = schedule_cpu_loops(mod)  # int8 MACs -> micro-kernel calls, the rest an untuned loop order; same results
+    return Lowered(mod, ops, census, _constant_bytes(mod), macs)
 
 
 def tune_lowered(lowered: Lowered, target, tune: TuneConfig, *, progress: Any = None) -> tuple[Lowered, TuneSummary]:
@@ -79,18 +97,23 @@ def tune_lowered(lowered: Lowered, target, tune: TuneConfig, *, progress: Any = 
 def schedule_cpu_loops(mod):
     """Give every kernel a better untuned CPU loop order than TVM's default loop nest.
 
-    Per PrimFunc: fold the elementwise epilogue (bias, ReLU, requant) into one block computed per output row,
-    and (see `_worth_reordering`) move the innermost output axis, contiguous in memory, inside the reduction
-    loops, where LLVM vectorizes it. Kernels the schedule cannot handle keep their default loops. No tuning:
-    MetaSchedule does better, at minutes per model.
+    An int8 conv or matmul (an int8 x int8 -> int32 MAC block with a constant weight) gets the micro-kernel
+    schedule of `mcu_schedule` (im2col gather, one `edgebin_matvec*` call per pixel group, the epilogue after it;
+    its constants in `main` re-laid out where it asks), unless `mcu_schedule.plain_loops()` is on. Any other
+    kernel: fold the elementwise epilogue (bias, ReLU, requant) into one block computed per output row, and (see
+    `_worth_reordering`) move the innermost output axis, contiguous in memory, inside the reduction loops, where
+    LLVM vectorizes it. Kernels the schedule cannot handle keep their default loops. No tuning: MetaSchedule
+    does better on the float kernels, at minutes per model; tuned kernels are left as they are.
     """
-    for gvar, func in list(mod.functions.items()):
-        if isinstance(func, tvm_api.tirx.PrimFunc) and not _tuned(func):
-            try:
-                mod[gvar] = _schedule_kernel(func)
-            except tvm_api.s_tir.ScheduleError as err:
-                log.debug("default loops kept for %s: %s", gvar.name_hint, str(err).splitlines()[0])
-    return mod
+    return mcu_schedule.schedule_module(mod, _schedule_or_keep, skip=_tuned, keep_pads=True)
+
+
+def _schedule_or_keep(func):
+    try:
+        return _schedule_kernel(func)
+    except tvm_api.s_tir.ScheduleError as err:
+        log.debug("default loops kept: %s", str(err).splitlines()[0])
+        return func
 
 
 def _schedule_kernel(func):
@@ -275,7 +298,7 @@ def compile_onnx(
         target=target_spec,
         tuning=tuning.to_dict() if tuning is not None else {},
     )
-    _export_atomic(executable, out_dir / LIBRARY)
+    _export_atomic(executable, out_dir / LIBRARY, tvm_api.make_target(target_spec), lowered.mod)
     atomic_write_text(out_dir / MANIFEST, json.dumps(artefact.manifest(), indent=1) + "\n")
     log.info("compiled %s -> %s: kernels %s", onnx_path, out_dir, artefact.kernel_counts())
     return artefact
@@ -338,12 +361,12 @@ def _is_integer_kernel(func) -> bool:
     return str(func.params[0].dtype).startswith(("int", "uint"))
 
 
-def _export_atomic(executable, path: Path) -> None:
-    """export_library to a temporary name beside `path`, then rename: never a half-written library."""
+def _export_atomic(executable, path: Path, target, mod) -> None:
+    """export_executable to a temporary name beside `path`, then rename: never a half-written library."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".so", dir=path.parent)
     os.close(fd)
     try:
-        tvm_api.export_library(executable, Path(tmp))
+        export_executable(executable, Path(tmp), target, mod)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -373,3 +396,82 @@ def _input_dtype(model, name: str) -> str:
         if value.name == name:
             return str(onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type))
     return "float32"
+
+
+# --- the micro-kernels in the library ------------------------------------------------------------------------
+
+
+def uses_micro_kernels(mod) -> bool:
+    """True when a kernel of `mod` calls an `edgebin_matvec*` micro-kernel (then the library must link them)."""
+    return any(isinstance(func, tvm_api.tirx.PrimFunc) and any(
+        mcu_schedule.is_matvec_call(call) for call in tvm_api.collect(func.body, tvm_api.IRCall))
+        for func in mod.functions.values())
+
+
+def export_executable(executable, path: Path, target, mod, *, compiler: str | None = None,
+                      options: Sequence[str] = ()) -> None:
+    """Link `executable` into a shared library at `path`, with the C kernels that `mod`'s kernels call: the int8
+    micro-kernels (`uses_micro_kernels`) and the shape-specialized binary kernels (`binary.c_source`).
+
+    `compiler`: a cross compiler's g++ (`aarch64-linux-gnu-g++`, with link `options`), or None for this machine
+    (TVM's default linker; the kernels with `cc`). The kernels are compiled for `target`'s CPU (`kernel_cflags`).
+    """
+    with tempfile.TemporaryDirectory(prefix="edgebin-kernels-") as tmp:
+        addons = [compile_kernels(target, Path(tmp), compiler)] if uses_micro_kernels(mod) else []
+        names = binary.binary_kernel_names(mod)
+        if names:
+            source = Path(tmp) / "edgebin_binary_kernels.c"
+            source.write_text(binary.c_source(names))
+            addons.append(compile_c(source, target, Path(tmp), compiler, includes=[binary.KERNEL_DIR]))
+        if compiler is None:
+            tvm_api.export_library(executable, path, addons=addons)
+        else:
+            tvm_api.export_library_cross(executable, path, compiler, options, addons=addons)
+
+
+def compile_kernels(target, directory: Path, compiler: str | None = None) -> Path:
+    """cpu_kernels/edgebin_cpu_kernels.c compiled for `target` into `directory`: the object file's path."""
+    return compile_c(KERNELS_C, target, directory, compiler)
+
+
+def compile_c(source: Path, target, directory: Path, compiler: str | None = None, *,
+              includes: Sequence[Path] = ()) -> Path:
+    """One C file compiled for `target` into `directory` (an object beside the others): the object's path.
+
+    `compiler` is a C or C++ driver (`-x c` makes g++ compile C), default `cc`; errors become
+    ToolchainMissingError naming the command."""
+    compiler = compiler or os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise ToolchainMissingError(f"no C compiler {compiler!r} to build edgebin's C kernels; install gcc "
+                                    f"(or set CC)")
+    obj = directory / f"{source.stem}.o"
+    command = [compiler, "-x", "c", *KERNELS_CFLAGS, *kernel_cflags(target), *(f"-I{d}" for d in includes), "-c",
+               str(source), "-o", str(obj)]
+    try:
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ToolchainMissingError(f"{' '.join(command)} took over {COMPILE_TIMEOUT_S} s") from None
+    except subprocess.CalledProcessError as err:
+        message = (err.stderr or err.stdout or "").strip()[-800:]
+        raise ToolchainMissingError(f"{' '.join(command)} failed: {message}") from None
+    return obj
+
+
+def kernel_cflags(target) -> list[str]:
+    """The compiler flags that match an LLVM `target`'s CPU: `-march=native` for this machine's CPU (gcc may
+    not know LLVM's newest names, "znver4" in gcc 12), `-march=<mcpu>` for another x86, `-mcpu=<mcpu>` for Arm."""
+    mcpu = str(target.attrs.get("mcpu", "") or "")
+    triple = str(target.attrs.get("mtriple", "") or "")
+    if not mcpu:
+        return []
+    if triple.startswith(("aarch64", "arm")):
+        return [f"-mcpu={mcpu}"]
+    return ["-march=native"] if mcpu == tvm_api.host_cpu() else [f"-march={mcpu}"]
+
+
+def _kernel_macs(mod) -> dict[str, int]:
+    """Multiply-accumulates per call of each PrimFunc (mcu_lower.kernel_macs), read before scheduling."""
+    from edgebin.compile.mcu_lower import kernel_macs  # mcu_lower imports this module
+
+    return {gvar.name_hint: kernel_macs(func) for gvar, func in mod.functions.items()
+            if isinstance(func, tvm_api.tirx.PrimFunc)}

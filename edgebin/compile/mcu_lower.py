@@ -24,9 +24,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from edgebin.compile import host, kernels, requant
+from edgebin.compile import host, requant
 from edgebin.compile import tvm_adapter as tvm_api
-from edgebin.compile.mcu_schedule import MICRO_KERNELS, constant_arguments, schedule_for_mcu, uses_micro_kernel
+from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, schedule_for_mcu
 
 log = logging.getLogger(__name__)
 
@@ -66,88 +66,6 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
             relax.transform.AttachGlobalSymbol(),  # tirx.build needs a global_symbol on each PrimFunc
         ], name="edgebin.mcu")(mod)
     return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer)
-
-
-def fuse_pads_into_convs(mod, census: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
-    """Fuse each pad kernel whose only user is an int8 conv kernel that the micro-kernel schedule takes into that
-    kernel; (module, new census).
-
-    QdqToInt8 pads with the input zero point in a kernel of its own, which FuseOps leaves alone (a conv does not
-    take injective producers). Here each (pad, conv) pair of calls becomes a two-call Primitive function that
-    FuseTIR merges into one PrimFunc, `fused_<pad>_<conv>`; the MCU schedule then inlines the pad into the conv's
-    im2col gather. A conv that keeps plain loops (depthwise) keeps its pad kernel too: inlined into its MAC loop,
-    the pad would cost a bounds test per MAC. Census records follow: the fused kernel's ops are the pad's and the
-    conv's.
-    """
-    records = {record["name"]: record for record in census}
-    main = mod["main"]
-    bindings = [b for block in main.body.blocks for b in block.bindings]
-    value_of = {b.var: b.value for b in bindings}
-    uses: dict[Any, int] = {}
-    for expr in [b.value for b in bindings] + [main.body.body]:
-        for var in relax.analysis.free_vars(expr):
-            uses[var] = uses.get(var, 0) + 1
-    constants = constant_arguments(mod)
-    pairs = {}  # conv call -> (group name, pad call)
-    for binding in bindings:
-        conv = _call_tir(binding.value)
-        if conv is None or not _is_int8_conv(records.get(conv[0].name_hint)) or not conv[1] or not uses_micro_kernel(
-                mod[conv[0]], constants.get(conv[0].name_hint, frozenset())):
-            continue
-        padded = conv[1][0]
-        pad = _call_tir(value_of.get(padded)) if isinstance(padded, relax.Var) else None
-        if pad is None or records.get(pad[0].name_hint, {}).get("ops") != ["pad"] or uses.get(padded) != 1:
-            continue
-        name = f"fused_{pad[0].name_hint}_{conv[0].name_hint.removeprefix('fused_')}"
-        pairs[binding.value] = (name, value_of[padded])
-    if not pairs:
-        return mod, census
-
-    builder = relax.BlockBuilder(mod)
-    groups = {}
-    for conv_call, (name, pad_call) in pairs.items():
-        if name in groups:
-            continue
-        pad_args, conv_args = list(pad_call.args[1].fields), list(conv_call.args[1].fields)[1:]
-        params = [relax.Var(f"p{i}", arg.ty) for i, arg in enumerate(pad_args + conv_args)]
-        with builder.function(name, params, attrs={"Primitive": True}, private=True):
-            with builder.dataflow():
-                padded = builder.emit(relax.call_tir(pad_call.args[0], params[:len(pad_args)], pad_call.ty))
-                out = builder.emit_output(relax.call_tir(conv_call.args[0], [padded, *params[len(pad_args):]],
-                                                         conv_call.ty))
-            groups[name] = builder.emit_func_output(out)
-    mod = builder.get()
-
-    @tvm_api.mutator
-    class _CallGroups(tvm_api.PyExprMutator):
-        def visit_call_(self, call):
-            if call in pairs:
-                name, pad_call = pairs[call]
-                args = list(pad_call.args[1].fields) + list(call.args[1].fields)[1:]
-                return relax.Call(groups[name], [self.visit_expr(arg) for arg in args])
-            return super().visit_call_(call)
-
-    mod["main"] = relax.analysis.remove_all_unused(_CallGroups(mod).visit_expr(mod["main"]))
-    mod = tvm_api.tvm.transform.Sequential([
-        relax.transform.FuseTIR(),  # each group -> one PrimFunc named after it
-        relax.transform.DeadCodeElimination(),  # the pad and conv PrimFuncs no call uses any more
-    ], name="edgebin.fuse_pads")(mod)
-    ops = {name: record.get("ops", []) for name, record in records.items()}
-    for conv_call, (name, pad_call) in pairs.items():
-        ops[name] = records[pad_call.args[0].name_hint]["ops"] + records[conv_call.args[0].name_hint]["ops"]
-    log.info("fused %d pad kernel call(s) into their int8 convs", len(pairs))
-    return mod, kernels.kernel_census(mod, ops)
-
-
-def _call_tir(expr) -> tuple[Any, list] | None:
-    """(kernel GlobalVar, arguments) of a `call_tir`, else None."""
-    if isinstance(expr, relax.Call) and tvm_api.call_op_name(expr) == "relax.call_tir":
-        return expr.args[0], list(expr.args[1].fields)
-    return None
-
-
-def _is_int8_conv(record: dict[str, Any] | None) -> bool:
-    return record is not None and record.get("kind") == "int8" and "conv2d" in record.get("ops", [])
 
 
 def kernel_macs(func) -> int:

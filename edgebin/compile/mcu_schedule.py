@@ -29,6 +29,10 @@ inline pads and elementwise blocks into their neighbours, `reverse_compute_at` t
 innermost spatial loop, `decompose_reduction`. gcc then sees `acc += (int32_t)x[...] * (int32_t)w[...]`.
 
 Both compute the same int32 sums in the same requant epilogue, so outputs are identical bit for bit.
+
+The x86 host and the 64-bit Arm boards reuse the micro-kernel schedule (`schedule_module` with their own loop order
+for the other kernels, host.schedule_cpu_loops); there the calls go to cpu_kernels/edgebin_cpu_kernels.c, linked
+into the library.
 """
 
 from __future__ import annotations
@@ -37,11 +41,13 @@ import contextlib
 import contextvars
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from edgebin.compile import kernels
 from edgebin.compile.tvm_adapter import (
     GenericConst,
     IRCall,
@@ -103,34 +109,47 @@ class _NotMatvec(Exception):
 
 def schedule_for_mcu(mod):
     """Reschedule every PrimFunc of `mod` (see the module docstring) and re-lay out the constants they ask for."""
+    return schedule_module(mod)
+
+
+def schedule_module(mod, plain: Callable[[Any], Any] | None = None, *, skip: Callable[[Any], bool] | None = None,
+                    keep_pads: bool = False):
+    """`mod` with each PrimFunc through `schedule_kernel` (`plain` for the kernels without a micro-kernel call,
+    default the MCU's plain schedule; those `skip` says to leave alone keep their loops) and the constants of
+    `main` re-laid out where a kernel asks for it. The host's schedule reuses this with its own loop order."""
     constants = constant_arguments(mod)
     relayouts: dict[str, list[Relayout]] = {}
     for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc):
+        if not isinstance(func, tirx.PrimFunc) or (skip is not None and skip(func)):
             continue
         try:
-            mod[gvar], relayouts[gvar.name_hint] = schedule_kernel(func, constants.get(gvar.name_hint, frozenset()))
+            mod[gvar], relayouts[gvar.name_hint] = schedule_kernel(func, constants.get(gvar.name_hint, frozenset()),
+                                                                   plain=plain, keep_pads=keep_pads)
         except s_tir.ScheduleError as err:  # pragma: no cover - every legalized op so far schedules
-            log.warning("MCU schedule failed for %s, default loops kept: %s", gvar.name_hint,
+            log.warning("loop schedule failed for %s, default loops kept: %s", gvar.name_hint,
                         str(err).splitlines()[0])
     if any(relayouts.values()):
         mod = _relayout_constants(mod, {name: r for name, r in relayouts.items() if r})
     return mod
 
 
-def schedule_kernel(func, constant_params: frozenset[int] = frozenset()):
+def schedule_kernel(func, constant_params: frozenset[int] = frozenset(), *,
+                    plain: Callable[[Any], Any] | None = None, keep_pads: bool = False):
     """(scheduled PrimFunc, the parameter re-layouts its callers must apply to their constants).
 
     `constant_params` are the parameter indices every caller passes a constant to (the only ones whose layout
-    the schedule may change)."""
+    the schedule may change). A kernel without an int8 MAC block the micro-kernel takes gets `plain(func)`
+    (default the plain schedule of the module docstring). `keep_pads`: a pad block inside the kernel (a conv's own
+    padding) stays a loop nest of its own writing the padded tensor, instead of a bounds test per gathered byte
+    (the host: faster, at the price of the padded tensor's memory)."""
     if MICRO_KERNELS.get():
         try:
-            return _schedule_matvec(func, constant_params)
+            return _schedule_matvec(func, constant_params, keep_pads=keep_pads)
         except _NotMatvec as why:
             log.debug("plain loops: %s", why)
         except (RuntimeError, ValueError, TypeError) as err:  # ScheduleError, or TVM refusing the tensorize
             log.info("micro-kernel schedule failed (%s); plain loops kept", str(err).strip().splitlines()[0][:200])
-    return _schedule_plain(func), []
+    return (plain or _schedule_plain)(func), []
 
 
 def uses_micro_kernel(func, constant_params: frozenset[int] = frozenset()) -> bool:
@@ -147,7 +166,7 @@ def uses_micro_kernel(func, constant_params: frozenset[int] = frozenset()) -> bo
 # --- the micro-kernel schedule -------------------------------------------------------------------------------
 
 
-def _schedule_matvec(func, constant_params: frozenset[int]):
+def _schedule_matvec(func, constant_params: frozenset[int], *, keep_pads: bool = False):
     """Steps 1-4 of the module docstring; _NotMatvec (or a ScheduleError) when the kernel does not fit."""
     sch = s_tir.Schedule(func)
     block = _int8_mac_block(sch)
@@ -160,7 +179,10 @@ def _schedule_matvec(func, constant_params: frozenset[int]):
     gather = None  # 1. im2col, unless the input is already read along the reduction (a matmul's row)
     if not all(isinstance(v, tirx.Var) and v.same_as(r) for v, r in zip(tail, reduce_vars, strict=True)):
         gather = sch.reindex(block, ("read", _read_index(sch.get(block), x.source)))  # col[n, oh, ow, ci, ky, kx]
-    _inline_all(sch, keep={sch.get(gather).name_hint} if gather is not None else set())
+    keep = {sch.get(gather).name_hint} if gather is not None else set()
+    if keep_pads and gather is not None:
+        keep |= {name for name in _block_names(sch) if name.startswith("pad_temp") and name not in keep}
+    _inline_all(sch, keep=keep)
     call = _place_loops(sch, block, j, gather)  # 2.
     sch.tensorize(call.loop, _call_intrinsic(sch.get(block), j, call))  # 3.
     return _drop_tensorized_init(sch.mod["main"]), relayouts
@@ -266,14 +288,15 @@ def _drop_tensorized_init(func):
     and the MACs (the kernel overwrites its accumulators); tensorize keeps the block's init, which would zero them
     first for nothing."""
     def strip(block):
-        if block.init is None or not isinstance(block.body, tirx.Evaluate) or not _is_matvec_call(block.body.value):
+        if block.init is None or not isinstance(block.body, tirx.Evaluate) or not is_matvec_call(block.body.value):
             return block
         return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, None,
                             block.alloc_buffers, block.match_buffers, block.annotations)
     return tvm_ffi.structural_map(func, (s_tir.SBlock, strip))
 
 
-def _is_matvec_call(expr) -> bool:
+def is_matvec_call(expr) -> bool:
+    """True for a `T.call_extern` of an `edgebin_matvec*` micro-kernel."""
     return (isinstance(expr, IRCall) and str(getattr(expr.op, "name", "")).endswith("call_extern")
             and str(expr.args[0].value).startswith("edgebin_matvec"))
 
@@ -482,6 +505,91 @@ def _listed(values) -> list:
     return [values] if isinstance(values, tirx.Var) else list(values)
 
 
+# --- pad kernels fused into the convs that gather them (mcu_lower and the host) -----------------------
+
+
+def fuse_pads_into_convs(mod, census: list[dict[str, Any]]) -> tuple[Any, list[dict[str, Any]]]:
+    """Fuse each pad kernel whose only user is an int8 conv kernel that the micro-kernel schedule takes into that
+    kernel; (module, new census).
+
+    QdqToInt8 pads with the input zero point in a kernel of its own, which FuseOps leaves alone (a conv does not
+    take injective producers). Here each (pad, conv) pair of calls becomes a two-call Primitive function that
+    FuseTIR merges into one PrimFunc, `fused_<pad>_<conv>`; the MCU schedule then inlines the pad into the conv's
+    im2col gather. A conv that keeps plain loops (depthwise) keeps its pad kernel too: inlined into its MAC loop,
+    the pad would cost a bounds test per MAC. Census records follow: the fused kernel's ops are the pad's and the
+    conv's.
+    """
+    records = {record["name"]: record for record in census}
+    main = mod["main"]
+    bindings = [b for block in main.body.blocks for b in block.bindings]
+    value_of = {b.var: b.value for b in bindings}
+    uses: dict[Any, int] = {}
+    for expr in [b.value for b in bindings] + [main.body.body]:
+        for var in relax.analysis.free_vars(expr):
+            uses[var] = uses.get(var, 0) + 1
+    constants = constant_arguments(mod)
+    pairs = {}  # conv call -> (group name, pad call)
+    for binding in bindings:
+        conv = _call_tir(binding.value)
+        if conv is None or not _is_int8_conv(records.get(conv[0].name_hint)) or not conv[1] or not uses_micro_kernel(
+                mod[conv[0]], constants.get(conv[0].name_hint, frozenset())):
+            continue
+        padded = conv[1][0]
+        pad = _call_tir(value_of.get(padded)) if isinstance(padded, relax.Var) else None
+        if pad is None or records.get(pad[0].name_hint, {}).get("ops") != ["pad"] or uses.get(padded) != 1:
+            continue
+        name = f"fused_{pad[0].name_hint}_{conv[0].name_hint.removeprefix('fused_')}"
+        pairs[binding.value] = (name, value_of[padded])
+    if not pairs:
+        return mod, census
+
+    builder = relax.BlockBuilder(mod)
+    groups = {}
+    for conv_call, (name, pad_call) in pairs.items():
+        if name in groups:
+            continue
+        pad_args, conv_args = list(pad_call.args[1].fields), list(conv_call.args[1].fields)[1:]
+        params = [relax.Var(f"p{i}", arg.ty) for i, arg in enumerate(pad_args + conv_args)]
+        with builder.function(name, params, attrs={"Primitive": True}, private=True):
+            with builder.dataflow():
+                padded = builder.emit(relax.call_tir(pad_call.args[0], params[:len(pad_args)], pad_call.ty))
+                out = builder.emit_output(relax.call_tir(conv_call.args[0], [padded, *params[len(pad_args):]],
+                                                         conv_call.ty))
+            groups[name] = builder.emit_func_output(out)
+    mod = builder.get()
+
+    @mutator
+    class _CallGroups(PyExprMutator):
+        def visit_call_(self, call):
+            if call in pairs:
+                name, pad_call = pairs[call]
+                args = list(pad_call.args[1].fields) + list(call.args[1].fields)[1:]
+                return relax.Call(groups[name], [self.visit_expr(arg) for arg in args])
+            return super().visit_call_(call)
+
+    mod["main"] = relax.analysis.remove_all_unused(_CallGroups(mod).visit_expr(mod["main"]))
+    mod = tvm.transform.Sequential([
+        relax.transform.FuseTIR(),  # each group -> one PrimFunc named after it
+        relax.transform.DeadCodeElimination(),  # the pad and conv PrimFuncs no call uses any more
+    ], name="edgebin.fuse_pads")(mod)
+    ops = {name: record.get("ops", []) for name, record in records.items()}
+    for conv_call, (name, pad_call) in pairs.items():
+        ops[name] = records[pad_call.args[0].name_hint]["ops"] + records[conv_call.args[0].name_hint]["ops"]
+    log.info("fused %d pad kernel call(s) into their int8 convs", len(pairs))
+    return mod, kernels.kernel_census(mod, ops)
+
+
+def _call_tir(expr) -> tuple[Any, list] | None:
+    """(kernel GlobalVar, arguments) of a `call_tir`, else None."""
+    if isinstance(expr, relax.Call) and call_op_name(expr) == "relax.call_tir":
+        return expr.args[0], list(expr.args[1].fields)
+    return None
+
+
+def _is_int8_conv(record: dict[str, Any] | None) -> bool:
+    return record is not None and record.get("kind") == "int8" and "conv2d" in record.get("ops", [])
+
+
 # --- re-laid-out constants in main ---------------------------------------------------------------------------
 
 
@@ -548,6 +656,10 @@ def _schedule_plain(func):
     return sch.mod["main"]
 
 
+def _block_names(sch) -> list[str]:
+    return [sch.get(block).name_hint for block in sch.get_child_blocks(sch.get_sblock("root"))]
+
+
 def _inline_all(sch, keep: set[str] = frozenset()) -> None:
     """Inline blocks until none can be: producers into consumers first, then consumers into producers.
     Blocks named in `keep` stay (the im2col gather)."""
@@ -587,4 +699,5 @@ def _n_spatial(sch, block) -> int:
 
 
 __all__ = ["MATVEC", "MATVEC_U8", "MICRO_KERNELS", "Relayout", "constant_arguments", "matvec_intrin", "plain_loops",
-           "schedule_for_mcu", "schedule_kernel", "uses_micro_kernel"]
+           "fuse_pads_into_convs", "is_matvec_call", "schedule_for_mcu", "schedule_kernel", "schedule_module",
+           "uses_micro_kernel"]

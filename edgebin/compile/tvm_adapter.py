@@ -175,9 +175,10 @@ def build(mod: tvm.IRModule, target: tvm.target.Target) -> Any:
     return tvm.compile(mod, target=target)
 
 
-def export_library(executable: Any, path: Path) -> None:
-    """Link the executable into a shared library at `path` (x86 host: the system C++ compiler)."""
-    executable.export_library(str(path))
+def export_library(executable: Any, path: Path, addons: Sequence[Path] = ()) -> None:
+    """Link the executable into a shared library at `path` (x86 host: the system C++ compiler), with the object
+    files `addons` (the micro-kernels its kernels call as external symbols)."""
+    executable.export_library(str(path), addons=[str(a) for a in addons] or None)
 
 
 def load_vm(path: Path) -> Any:
@@ -232,14 +233,17 @@ __all__ += ["build_c_source", "c_include_dirs"]
 # --- Arm Linux boards (the Cortex-A bundle) ------------------------------------------------------------------
 
 
-def export_library_cross(executable: Any, path: Path, compiler: str, options: Sequence[str] = ()) -> None:
-    """Link the executable into a shared library for another machine with a cross compiler (`aarch64-linux-gnu-g++`).
+def export_library_cross(executable: Any, path: Path, compiler: str, options: Sequence[str] = (),
+                         addons: Sequence[Path] = ()) -> None:
+    """Link the executable into a shared library for another machine with a cross compiler (`aarch64-linux-gnu-g++`),
+    with the object files `addons` (built by the same compiler).
 
     0.27 moved `tvm.contrib.cc` to `tvm.support.cc`; `cross_compiler` wraps the given g++ for `export_library`.
     """
     from tvm.support import cc
 
-    executable.export_library(str(path), fcompile=cc.cross_compiler(compiler, options=list(options)))
+    executable.export_library(str(path), fcompile=cc.cross_compiler(compiler, options=list(options)),
+                              addons=[str(a) for a in addons] or None)
 
 
 def ffi_include_dir() -> Path:

@@ -17,6 +17,9 @@
  *   laid out [ky][kx][word][co] (output channels innermost, so one activation word meets a run of output
  *   channels: the loop a compiler vectorizes, 16 words per VPOPCNTD with AVX-512). Channel bits
  *   beyond c are 0 on both sides and add nothing. A dense layer is the 1x1 case with h = wd = 1.
+ * edgebin_bconv2d_affine(bits, w, mul, add, n, c, ..., ow, out)
+ *   The same conv with a float epilogue, out = sum * mul[co] + add[co]: the weight scale times the following
+ *   BatchNorm's gamma / sqrt(var + eps), and its beta - mean * that; one pass instead of a conv and a BatchNorm.
  *
  * Popcount: the compiler's builtin where the target has an instruction for it (x86 POPCNT, AArch64/NEON CNT);
  * elsewhere (Cortex-M has none and libgcc's __popcountsi2 is a call) the SWAR bit count below. All paths compute
@@ -83,14 +86,17 @@ EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shif
   }
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
-                                         int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
-                                         int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out) {
+/* The conv of edgebin_bconv2d and edgebin_bconv2d_affine: int32 sums to out_i, or, when out_f is given, the float
+ * out_f = sum * mul[co] + add[co] (the layer's scale with the BatchNorm that follows it folded in). */
+static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
+                                        int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                        int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out_i,
+                                        const float* mul, const float* add, float* out_f) {
   const int32_t words = (c + 31) / 32;
   int32_t count[EDGEBIN_BCONV_BLOCK];
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t* image = bits + (int64_t)i * h * wd * words;
-    int32_t* dst = out + (int64_t)i * cout * oh * ow;
+    const int64_t base = (int64_t)i * cout * oh * ow;
     for (int32_t y = 0; y < oh; ++y) {
       const int32_t y0 = y * sh - ph;
       const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
@@ -114,11 +120,32 @@ EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w,
               }
             }
           }
-          for (int32_t j = 0; j < nb; ++j) dst[((int64_t)(cb + j) * oh + y) * ow + x] = valid - 2 * count[j];
+          for (int32_t j = 0; j < nb; ++j) {
+            const int64_t at = base + ((int64_t)(cb + j) * oh + y) * ow + x;
+            const int32_t sum = valid - 2 * count[j];
+            if (out_f) {
+              out_f[at] = (float)sum * mul[cb + j] + add[cb + j];
+            } else {
+              out_i[at] = sum;
+            }
+          }
         }
       }
     }
   }
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
+                                         int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                         int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out) {
+  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_affine(const uint32_t* bits, const uint32_t* w, const float* mul,
+                                                const float* add, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
+  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out);
 }
 
 #ifdef __cplusplus

@@ -32,8 +32,11 @@
 #endif
 
 /* Inlined into each calling kernel, whatever gcc's size heuristics say: its instructions stay its own (a QEMU
- * profile attributes them to the layer) and k, n and P are constants there. */
+ * profile attributes them to the layer) and k, n and P are constants there. A file that defines it first (empty)
+ * gets the functions with external linkage: cpu_kernels/edgebin_cpu_kernels.c, for TVM's LLVM builds. */
+#ifndef EDGEBIN_INLINE
 #define EDGEBIN_INLINE static inline __attribute__((always_inline))
+#endif
 
 /* x[i] of an int8 (u = 0) or uint8 (u = 1) input. */
 #define EDGEBIN_XI(x, i, u) ((u) ? (int32_t)((const uint8_t*)(x))[i] : (int32_t)((const int8_t*)(x))[i])
