@@ -3,6 +3,9 @@ onnxruntime running the exported float graph."""
 
 from __future__ import annotations
 
+import json
+import shutil
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -65,3 +68,25 @@ def test_compiled_binary_model_agrees_with_onnxruntime(binary_onnx, tmp_path):
     # rounding, and a sign can flip where a value sits exactly at its threshold: argmax agrees on all but rare ties.
     assert (got.argmax(1) == want.argmax(1)).mean() >= 0.95
     assert np.median(np.abs(got - want)) < 1e-3
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+def test_cortex_m4_bundle_runs_the_binary_convs_on_packed_bits(binary_onnx, tmp_path):
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import compile_bundle
+    from edgebin.runners import QemuRunner
+
+    bundle = compile_bundle(binary_onnx, targets.load("cortex-m4"), tmp_path / "bundle")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    convs = [k for k in manifest["kernels"] if k["kind"] == "binary"]
+    assert len(convs) == BINARY_CONVS and all(k["macs"] > 0 and k["layer"] for k in convs)
+    kernels_c = (bundle / "kernels.c").read_text()
+    assert '#include "edgebin_binary.h"' in kernels_c and (bundle / "edgebin_binary.h").is_file()
+    runner = QemuRunner(targets.load("cortex-m4"), timeout_s=300)
+    x = np.random.default_rng(1).standard_normal((4, *SHAPE[1:])).astype(np.float32)
+    result = runner.run(runner.build(bundle, tmp_path / "fw"), x)
+    session = ort.InferenceSession(str(binary_onnx), providers=["CPUExecutionProvider"])
+    want = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    assert (result.outputs.argmax(1) == want.argmax(1)).all()
+    assert np.median(np.abs(result.outputs - want)) < 1e-3

@@ -96,13 +96,14 @@ def kernel_census(mod, ops: dict[str, list[str]] | None = None) -> list[dict[str
         inputs = [d for d, c in zip(dtypes[:n_in], is_const, strict=True) if not c]
         constants = [d for d, c in zip(dtypes[:n_in], is_const, strict=True) if c]
         outputs = dtypes[n_in:]
+        kind = classify(func, activation_dtypes=inputs + outputs)
         records[name] = {
             "name": name,
-            "ops": ops.get(name, [_op_name(name)]),
+            "ops": ["binary_conv2d"] if kind == "binary" else ops.get(name, [_op_name(name)]),
             "inputs": inputs,
             "constants": constants,
             "outputs": outputs,
-            "kind": classify(func, activation_dtypes=inputs + outputs),
+            "kind": kind,
             "calls": 1,
         }
     return list(records.values())

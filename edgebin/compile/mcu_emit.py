@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import staged_dir
-from edgebin.compile import importer, mcu_manifest
+from edgebin.compile import binary, importer, mcu_manifest
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.mcu_graph import ARENA, CONST, INPUT, OUTPUT, Graph, View, read_graph
 from edgebin.compile.mcu_lower import build_kernels_c, lower_for_mcu
@@ -214,17 +214,24 @@ def clean_kernels_source(source: str) -> str:
         if f"{name}(" in source:
             raise UnsupportedOpsError(f"a generated kernel calls {name}, which the bare-metal runtime lacks")
     source = _MICRO_KERNEL_DECL.sub("", _BUILTIN_DECL.sub("", source))
+    packed = binary.called_in_source(source)
     if _MICRO_KERNEL_CALL.search(source):
         source = f'#include "{MICRO_KERNEL_HEADER}"  /* edgebin\'s micro-kernels (SMLAD on DSP cores) */\n' + source
+    if packed:  # the binary kernels' shape-specialized definitions, before the kernels that call them
+        source = binary.c_source(packed, binary.INLINE) + "\n" + source
     return source
 
 
 def micro_kernel_headers(source: str) -> dict[str, str]:
-    """{file name: text} of the micro-kernel headers that `source` (kernels.c) includes, from mcu_kernels/."""
-    if f'#include "{MICRO_KERNEL_HEADER}"' not in source:
-        return {}
-    return {MICRO_KERNEL_HEADER: resources.files("edgebin.compile").joinpath("mcu_kernels", MICRO_KERNEL_HEADER)
-            .read_text()}
+    """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h,
+    binary_kernels/edgebin_binary.h."""
+    headers = {}
+    if f'#include "{MICRO_KERNEL_HEADER}"' in source:
+        headers[MICRO_KERNEL_HEADER] = resources.files("edgebin.compile").joinpath(
+            "mcu_kernels", MICRO_KERNEL_HEADER).read_text()
+    if f'#include "{binary.HEADER.name}"' in source:
+        headers[binary.HEADER.name] = binary.HEADER.read_text()
+    return headers
 
 
 def workspace_bytes(source: str) -> int:

@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from edgebin.compile import host, requant
+from edgebin.compile import binary, host, kernels, requant
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, schedule_for_mcu
 
@@ -69,8 +69,9 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
 
 
 def kernel_macs(func) -> int:
-    """Multiply-accumulates of one call: the iteration-space size of every reduction block that multiplies."""
-    total = 0
+    """Multiply-accumulates of one call: the iteration-space size of every reduction block that multiplies, or,
+    for a packed binary conv (a C kernel call), its binary MACs."""
+    total = sum(binary.binary_macs(name) for name in kernels.extern_calls(func))
     for block in tvm_api.collect(func.body, tvm_api.s_tir.SBlock):
         if block.init is None:
             continue

@@ -25,7 +25,7 @@ from edgebin.compile.mcu_graph import CONST, Graph
 from edgebin.compile.memory_plan import Plan
 
 SCHEMA_VERSION = 1
-_LINEAR_OPS = ("conv1d", "conv2d", "conv3d", "conv2d_transpose", "matmul", "dense", "batch_matmul")
+_LINEAR_OPS = ("conv1d", "conv2d", "conv3d", "conv2d_transpose", "matmul", "dense", "batch_matmul", "binary_conv2d")
 
 
 def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan: Plan, lowered: Any,
@@ -38,6 +38,9 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         ops = census.get(call.kernel, {}).get("ops", [])
         macs = int(lowered.macs.get(call.kernel, 0)) if any(op in _LINEAR_OPS for op in ops) else 0
         weight = max((math.prod(v.shape) for v in call.args if v.kind == CONST), default=0)  # the largest constant
+        if macs and ops == ["binary_conv2d"]:  # its weight is packed 32 to a word: count the ONNX weight's elements
+            out = call.args[call.outputs[0]].shape
+            weight = macs // (out[0] * math.prod(out[2:]))
         macs_per_call.append(macs)
         keys.append((macs, weight) if macs else None)
     layers = match_layers(keys, _onnx_linear_layers(model))
