@@ -16,8 +16,10 @@ from edgebin.compile.binary import (
     binary_conv2d_reference,
     c_source,
     pack_activation_bits,
+    pack_dense_weight_bits,
     pack_weight_bits,
     specialized_name,
+    tap_sums,
     words_for,
 )
 
@@ -140,3 +142,44 @@ def test_shape_specialized_kernels_equal_the_reference(tmp_path):
     np.testing.assert_array_equal(out_f, want.astype(np.float32) * mul.reshape(1, -1, 1, 1) + add.reshape(1, -1, 1, 1))
     with pytest.raises(ValueError, match="not a specialized kernel"):
         c_source({"edgebin_matvec_s8__1_2"})
+
+
+@pytest.mark.parametrize("popcount", ["builtin", "swar"])
+@pytest.mark.parametrize(("n", "c", "h", "w", "cout", "k", "stride", "pad"), SHAPES)
+def test_dense_column_kernels_equal_the_reference(tmp_path, popcount, n, c, h, w, cout, k, stride, pad):
+    """The Cortex-M kernels (dense receptive-field columns, border taps fixed by tap sums), with the software
+    count of those cores (-mno-popcnt) and with the popcount instruction."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
+    geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
+    plain = specialized_name("edgebin_bconv2d_dense", geometry)
+    affine = specialized_name("edgebin_bconv2d_dense_affine", geometry)
+    (tmp_path / "kernels.c").write_text(c_source({plain, affine}))
+    flags = ["-march=native"] if popcount == "builtin" else ["-mno-popcnt"]
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
+                    str(tmp_path / "lib.so")], check=True, timeout=120)
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    rng = np.random.default_rng(c + 7 * cout)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    shift = np.zeros(c, dtype=np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    bits = pack_activation_bits(x, shift)
+    wbits = np.ascontiguousarray(pack_dense_weight_bits(codes))
+    sums = np.ascontiguousarray(tap_sums(codes))
+    out = np.empty((n, cout, oh, ow), dtype=np.int32)
+    getattr(lib, plain)(_ptr(bits), _ptr(wbits), _ptr(sums), _ptr(out))
+    want = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
+    np.testing.assert_array_equal(out, want)
+    mul, add = np.full(cout, 0.5, np.float32), np.arange(cout, dtype=np.float32)
+    out_f = np.empty((n, cout, oh, ow), dtype=np.float32)
+    getattr(lib, affine)(_ptr(bits), _ptr(wbits), _ptr(sums), _ptr(mul), _ptr(add), _ptr(out_f))
+    np.testing.assert_array_equal(out_f, want * 0.5 + np.arange(cout, dtype=np.float32).reshape(1, -1, 1, 1))
+
+
+def test_dense_weight_bits_follow_the_tap_major_order():
+    codes = -np.ones((1, 2, 1, 2), dtype=np.int8)
+    codes[0, 1, 0, 0] = 1  # channel 1 of tap 0 -> bit 0 * 2 + 1
+    codes[0, 0, 0, 1] = 1  # channel 0 of tap 1 -> bit 1 * 2 + 0
+    assert pack_dense_weight_bits(codes).tolist() == [[0b0110]]
+    assert tap_sums(codes).tolist() == [[0, 0]] and tap_sums(codes).dtype == np.int16  # the kernel reads int16

@@ -59,7 +59,11 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
     "edgebin_bconv2d": (("const uint32_t* bits", "const uint32_t* w"), "int32_t* out"),
     "edgebin_bconv2d_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add"),
                                "float* out"),
+    "edgebin_bconv2d_dense": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum"), "int32_t* out"),
+    "edgebin_bconv2d_dense_affine": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
+                                      "const float* mul", "const float* add"), "float* out"),
 }
+DENSE_COLUMN_WORDS = 64  # EDGEBIN_BCOL_WORDS: the longest dense column the dense kernels take
 KERNELS = frozenset(_POINTERS)
 
 
@@ -112,6 +116,26 @@ def pack_weight_bits(codes: np.ndarray) -> np.ndarray:
     return (lanes * weights).sum(axis=3).astype(np.uint32)
 
 
+def pack_dense_weight_bits(codes: np.ndarray) -> np.ndarray:
+    """(Cout, C, KH, KW) codes in {-1, +1} -> uint32 rows (Cout, words): bit t·C + ch of row co is
+    codes[co, ch, ky, kx] > 0 with t = ky·KW + kx, the dense receptive-field order of `edgebin_bconv2d_dense`."""
+    cout, c, kh, kw = codes.shape
+    if not np.isin(codes, (-1, 1)).all():
+        raise ValueError("pack_dense_weight_bits: codes must all be -1 or +1")
+    flat = (codes > 0).transpose(0, 2, 3, 1).reshape(cout, kh * kw * c)
+    words = words_for(kh * kw * c)
+    bits = np.zeros((cout, words * WORD_BITS), dtype=np.uint64)
+    bits[:, : flat.shape[1]] = flat
+    lanes = bits.reshape(cout, words, WORD_BITS)
+    return (lanes << np.arange(WORD_BITS, dtype=np.uint64)).sum(axis=-1).astype(np.uint32)
+
+
+def tap_sums(codes: np.ndarray) -> np.ndarray:
+    """(Cout, KH·KW) int16: each tap's sum of ±1 weights over the input channels, the dense kernels' border fix."""
+    cout, _, kh, kw = codes.shape
+    return codes.astype(np.int16).sum(axis=1, dtype=np.int16).reshape(cout, kh * kw)
+
+
 def pack_activation_bits(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """The reference of `edgebin_bpack_nchw_f32`: (N, C, H, W) float -> (N, H, W, words) uint32."""
     n, c, h, w = x.shape
@@ -153,8 +177,9 @@ class _BinaryConv:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, func: relax.Function) -> None:
+    def __init__(self, mod, func: relax.Function, dense: bool) -> None:
         super().__init__(mod)
+        self.dense = dense
         self.var2val = relax.analysis.get_var2val(func)
         self.rewritten: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
@@ -284,6 +309,8 @@ class _Rewriter(PyExprMutator):
                 name="binary_conv2d_affine")
 
         bits = self.builder_.emit_te(pack, x, const(conv.shift), primfunc_name_hint="edgebin_binary_pack")
+        if self.dense and words_for(c * kh * kw) <= DENSE_COLUMN_WORDS:
+            return self._emit_dense(conv, bits, affine)
         weight = const(pack_weight_bits(conv.codes))
         if affine is not None:
             mul, add = affine
@@ -294,15 +321,43 @@ class _Rewriter(PyExprMutator):
         return relax.op.multiply(as_float, const(conv.scale.reshape(1, cout, 1, 1)))
 
 
+    def _emit_dense(self, conv: _BinaryConv, bits, affine: tuple[np.ndarray, np.ndarray] | None):
+        """The dense-column kernel (cores without a popcount instruction): weights as dense rows, tap sums."""
+        n, c, h, w = tensor_shape(conv.x)
+        cout, _, kh, kw = conv.codes.shape
+        _, _, oh, ow = conv.out_shape
+        (sh, sw), (ph, pw) = conv.stride, conv.padding
+        kernel = "edgebin_bconv2d_dense" + ("_affine" if affine is not None else "")
+        name = specialized_name(kernel, (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow))
+        args = [bits, const(pack_dense_weight_bits(conv.codes)), const(tap_sums(conv.codes))]
+        if affine is not None:
+            args += [const(affine[0]), const(affine[1])]
+
+        def dense(*tensors):
+            return tvm.te.extern((n, cout, oh, ow), list(tensors), lambda ins, outs: tirx.call_extern(
+                "void", name, *(t.access_ptr("r") for t in ins), outs[0].access_ptr("w")),
+                dtype="float32" if affine is not None else "int32", name="binary_conv2d_dense")
+
+        out = self.builder_.emit_te(dense, *args, primfunc_name_hint="edgebin_binary_conv2d_dense")
+        if affine is not None:
+            return out
+        as_float = self.builder_.emit(relax.op.astype(out, "float32"))
+        return relax.op.multiply(as_float, const(conv.scale.reshape(1, cout, 1, 1)))
+
+
 @tvm.ir.transform.module_pass(opt_level=0, name="BinaryToPacked")
 class BinaryToPacked:
-    """Rewrite binary convs into packed XNOR/popcount kernel calls (see the module docstring)."""
+    """Rewrite binary convs into packed XNOR/popcount kernel calls (see the module docstring). `dense`: the
+    dense-column kernels, for targets that count bits in software (Cortex-M)."""
+
+    def __init__(self, dense: bool = False) -> None:
+        self.dense = dense
 
     def transform_module(self, mod, ctx):
         for gvar, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function) or func.attrs is not None and "Primitive" in func.attrs:
                 continue
-            rewriter = _Rewriter(mod, func)
+            rewriter = _Rewriter(mod, func, self.dense)
             func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
             mod = rewriter.builder_.get()
             mod[gvar] = func
@@ -312,7 +367,7 @@ class BinaryToPacked:
         return mod
 
 
-_CONVS = ("edgebin_bconv2d", "edgebin_bconv2d_affine")
+_CONVS = ("edgebin_bconv2d", "edgebin_bconv2d_affine", "edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine")
 INLINE = "static inline __attribute__((always_inline))"
 _BINARY_CALL = re.compile(r"\b(edgebin_b\w+?__[0-9_]+)\(")
 
@@ -342,7 +397,7 @@ def uses_binary_kernels(mod) -> bool:
     return bool(binary_kernel_names(mod))
 
 
-__all__ = ["HEADER", "KERNEL_DIR", "BinaryToPacked", "binary_conv2d_reference", "binary_kernel_names", "binary_macs",
-           "c_source", "called_in_source",
-           "kernel_of", "specialized_name", "pack_activation_bits", "pack_weight_bits",
-           "uses_binary_kernels", "words_for"]
+__all__ = ["BinaryToPacked", "DENSE_COLUMN_WORDS", "HEADER", "KERNEL_DIR", "binary_conv2d_reference",
+           "binary_kernel_names", "binary_macs", "c_source", "called_in_source", "kernel_of", "pack_activation_bits",
+           "pack_dense_weight_bits", "pack_weight_bits", "specialized_name", "tap_sums", "uses_binary_kernels",
+           "words_for"]

@@ -61,8 +61,9 @@ class Lowered:
 def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) -> Lowered:
     """Import-level Relax -> fused TIR kernels; call inside `with target:`. The build order, step by step."""
     if integer:
-        mod = binary.BinaryToPacked()(mod)  # W1A1 convs -> XNOR/popcount on packed bits; before QdqToInt8 and any
-        mod = QdqToInt8(requant)(mod)  # fold. Q/DQ patterns -> int8 ops, int32 accumulators; needs DQ(int8 weights)
+        software_popcount = tvm_api.tvm.target.Target.current().kind.name == "c"  # the MCU bundle's C target
+        mod = binary.BinaryToPacked(dense=software_popcount)(mod)  # W1A1 convs -> XNOR/popcount on packed bits;
+        mod = QdqToInt8(requant)(mod)  # before any fold. Q/DQ -> int8 ops, int32 accumulators; needs DQ(int8 weights)
     ops = kernels.op_census(mod)  # conv/matmul operand dtypes, before legalization hides the ops
     mod = tvm_api.tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # drop the float subgraphs the rewrite orphaned

@@ -21,6 +21,17 @@
  *   The same conv with a float epilogue, out = sum * mul[co] + add[co]: the weight scale times the following
  *   BatchNorm's gamma / sqrt(var + eps), and its beta - mean * that; one pass instead of a conv and a BatchNorm.
  *
+ * edgebin_bconv2d_dense(bits, w, tapsum, n, c, ..., ow, out) and edgebin_bconv2d_dense_affine(..., mul, add, ...)
+ *   The same convs for cores without a popcount instruction (Cortex-M), which count bits in software: the
+ *   receptive field of each output pixel is first gathered into one dense bit column, tap t = ky * kw + kx at
+ *   bits [t * c, t * c + c), so a 16-channel layer fills whole words (the per-tap layout leaves half of each word
+ *   empty), and the weights are dense rows w[co][kwords] in the same bit order. Each output channel then XORs its
+ *   row with the column and counts the bits of three words at a time, deferring the SWAR count's last steps
+ *   (USADA8 sums the four byte counts on DSP cores). A tap outside the image is left 0 in the column, which counts
+ *   as -1 against each weight; tapsum[co * kh * kw + t] (the sum of that tap's +-1 weights) adds it back, on
+ *   border pixels only. Columns hold at most EDGEBIN_BCOL_WORDS words (the compiler uses the other kernels for a
+ *   larger c * kh * kw).
+ *
  * Popcount: the compiler's builtin where the target has an instruction for it (x86 POPCNT, AArch64/NEON CNT);
  * elsewhere (Cortex-M has none and libgcc's __popcountsi2 is a call) the SWAR bit count below. All paths compute
  * the same integers, so every target gives the same output bit for bit.
@@ -50,6 +61,12 @@ extern "C" { /* TVM's export_library compiles with g++ */
 #define EDGEBIN_BCONV_BLOCK 64
 /* Pixels packed per pass over a word's channels. */
 #define EDGEBIN_BPACK_BLOCK 64
+/* Words of one dense receptive-field column (edgebin_bconv2d_dense): c * kh * kw <= 32 * this. */
+#define EDGEBIN_BCOL_WORDS 64
+
+#if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
+#define EDGEBIN_BINARY_USADA8 1
+#endif
 
 static inline int32_t edgebin_popcount32(uint32_t v) {
 #if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
@@ -146,6 +163,104 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_affine(const uint32_t* bits, const uint3
                                                 int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                 int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
   edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out);
+}
+
+/* sum of popcount(a[k] ^ b[k]) for k < n. With a popcount instruction, the builtin per word; in software, the
+ * first two SWAR steps per word and the rest once per three words (each 4-bit field holds at most 12 then). */
+static inline int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b, int32_t n) {
+#if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
+  int32_t total = 0;
+  for (int32_t k = 0; k < n; ++k) total += __builtin_popcount(a[k] ^ b[k]);
+  return total;
+#else
+  uint32_t total = 0;
+  int32_t k = 0;
+  for (; k + 3 <= n; k += 3) {
+    uint32_t v0 = a[k] ^ b[k], v1 = a[k + 1] ^ b[k + 1], v2 = a[k + 2] ^ b[k + 2];
+    v0 -= (v0 >> 1) & 0x55555555u;
+    v1 -= (v1 >> 1) & 0x55555555u;
+    v2 -= (v2 >> 1) & 0x55555555u;
+    v0 = (v0 & 0x33333333u) + ((v0 >> 2) & 0x33333333u);
+    v1 = (v1 & 0x33333333u) + ((v1 >> 2) & 0x33333333u);
+    v2 = (v2 & 0x33333333u) + ((v2 >> 2) & 0x33333333u);
+    uint32_t s = v0 + v1 + v2;                          /* eight 4-bit counts, each <= 12 */
+    s = (s & 0x0F0F0F0Fu) + ((s >> 4) & 0x0F0F0F0Fu);    /* four byte counts, each <= 24 */
+#ifdef EDGEBIN_BINARY_USADA8
+    __asm__("usada8 %0, %1, %2, %0" : "+r"(total) : "r"(s), "r"(0u));
+#else
+    s += s >> 8;
+    total += (s + (s >> 16)) & 0xFFu;
+#endif
+  }
+  for (; k < n; ++k) total += (uint32_t)edgebin_popcount32(a[k] ^ b[k]);
+  return (int32_t)total;
+#endif
+}
+
+static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                              int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
+                                              int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                              int32_t ow, int32_t* out_i, const float* mul, const float* add,
+                                              float* out_f) {
+  const int32_t words = (c + 31) / 32, taps = kh * kw, depth = taps * c, kwords = (depth + 31) / 32;
+  uint32_t col[EDGEBIN_BCOL_WORDS];
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t* image = bits + (int64_t)i * h * wd * words;
+    const int64_t base = (int64_t)i * cout * oh * ow;
+    for (int32_t y = 0; y < oh; ++y) {
+      const int32_t y0 = y * sh - ph;
+      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
+      for (int32_t x = 0; x < ow; ++x) {
+        const int32_t x0 = x * sw - pw;
+        const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = wd - x0 < kw ? wd - x0 : kw;
+        const int border = ky0 > 0 || ky1 < kh || kx0 > 0 || kx1 < kw;
+        for (int32_t k = 0; k < kwords; ++k) col[k] = 0;
+        for (int32_t ky = ky0; ky < ky1; ++ky) {
+          for (int32_t kx = kx0; kx < kx1; ++kx) {
+            const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
+            const int32_t at = (ky * kw + kx) * c;
+            for (int32_t k = 0; k < words; ++k) { /* c bits of this tap, 32 at a time, at bit at + 32k */
+              const int32_t off = at + 32 * k, shift = off & 31, nbits = c - 32 * k < 32 ? c - 32 * k : 32;
+              col[off >> 5] |= a[k] << shift;
+              if (shift && shift + nbits > 32) col[(off >> 5) + 1] |= a[k] >> (32 - shift);
+            }
+          }
+        }
+        for (int32_t co = 0; co < cout; ++co) {
+          int32_t sum = depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords, kwords);
+          if (border) { /* taps outside the image counted as -1 against each weight: add their weights back */
+            const int16_t* ts = tapsum + (int64_t)co * taps;
+            for (int32_t ky = 0; ky < kh; ++ky) {
+              for (int32_t kx = 0; kx < kw; ++kx) {
+                if (ky < ky0 || ky >= ky1 || kx < kx0 || kx >= kx1) sum += ts[ky * kw + kx];
+              }
+            }
+          }
+          const int64_t at = base + ((int64_t)co * oh + y) * ow + x;
+          if (out_f) {
+            out_f[at] = (float)sum * mul[co] + add[co];
+          } else {
+            out_i[at] = sum;
+          }
+        }
+      }
+    }
+  }
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                               int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
+                                               int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                               int32_t ow, int32_t* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                                      const float* mul, const float* add, int32_t n, int32_t c,
+                                                      int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                                      int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                                      int32_t ow, float* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out);
 }
 
 #ifdef __cplusplus
