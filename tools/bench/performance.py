@@ -1,0 +1,175 @@
+"""Benchmark: what compression buys on each target, in one run: ResNet-8 in FP32, INT8 and W1A1 (binary).
+
+    .venv/bin/python tools/bench/performance.py                         # writes docs/performance.md
+    .venv/bin/python tools/bench/performance.py --repeat 200 --mcu-target cortex-m33 --samples 4
+
+One run measures, on this machine:
+- host latency (x86, 1 thread, batch 1, median of `--repeat` runs after a warm-up), whole model: onnxruntime FP32,
+  onnxruntime INT8 (the QDQ model), TVM FP32 (the FP32 ONNX compiled untuned), edgebin INT8 (the QDQ model
+  compiled: int8 micro-kernels), onnxruntime on the W1A1 graph (the exported float form of the binary model) and
+  edgebin W1A1 (binary convs on packed bits, XNOR/popcount);
+- host latency per binary conv layer against onnxruntime's FP32 conv of the same shape (`binary_layers.py`);
+- Cortex-M instructions per inference on QEMU (`--mcu-target`, default cortex-m33: the W1A1 model's float
+  activations need 150 KB of RAM at 28x28, more than cortex-m4's 128 KB) for INT8 and W1A1, per conv layer
+  (instructions per MAC), and the weights' flash bytes.
+The INT8 model is `edgebin export`'s PTQ of models/resnet8_fashion.pt; the W1A1 model is a binary QAT of it
+trained for `--epochs` on `--train-samples` images (enough for timing, which does not depend on the weights;
+accuracy is docs/results.md's business). Emulator figures are instruction counts, never milliseconds.
+Not a test: nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+sys.path.insert(0, str(Path(__file__).parent))
+import binary_layers  # noqa: E402  (the per-layer table, same directory)
+
+from edgebin import pipeline, targets  # noqa: E402
+from edgebin.atomic import atomic_write_text  # noqa: E402
+from edgebin.compile import host  # noqa: E402
+from edgebin.compile.mcu_emit import compile_bundle  # noqa: E402
+from edgebin.pipeline_qat import TrainingOptions  # noqa: E402
+from edgebin.quant import Recipe  # noqa: E402
+from edgebin.runners import QemuRunner  # noqa: E402
+
+CHECKPOINT = Path("models/resnet8_fashion.pt")
+HOST = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--repeat", type=int, default=100, help="timed host runs per engine (median)")
+    p.add_argument("--mcu-target", default="cortex-m33")
+    p.add_argument("--samples", type=int, default=2, help="inferences per model on QEMU")
+    p.add_argument("--epochs", type=int, default=1)
+    p.add_argument("--train-samples", type=int, default=2000)
+    p.add_argument("--doc", type=Path, default=Path("docs/performance.md"))
+    args = p.parse_args()
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    host.set_threads(1)
+    with tempfile.TemporaryDirectory(prefix="edgebin-perf-") as tmp:
+        work = Path(tmp)
+        int8 = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "int8").out_dir
+        binary = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "binary",
+                                 recipe=Recipe.for_method("binary", estimator="ste"),
+                                 training=TrainingOptions(epochs=args.epochs, train_samples=args.train_samples,
+                                                          distill=False)).out_dir
+        latency = _host_latency(int8, binary, work, args.repeat)
+        with tempfile.TemporaryDirectory() as lib_dir:
+            lib = binary_layers._build(Path(lib_dir), binary_layers.RESNET8)
+            layers = [binary_layers._layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
+        mcu = {name: _mcu(path / pipeline.MODEL_ONNX, args.mcu_target, args.samples, work / f"mcu-{name}")
+               for name, path in (("INT8", int8), ("W1A1", binary))}
+    text = _markdown(latency, layers, mcu, args, command)
+    atomic_write_text(args.doc, text)
+    print(text)
+    return 0
+
+
+def _median_ms(run, repeat: int) -> float:
+    for _ in range(10):
+        run()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times)) * 1e3
+
+
+def _ort(path: Path, x: np.ndarray):
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda: session.run(None, {name: x})
+
+
+def _host_latency(int8: Path, binary: Path, work: Path, repeat: int) -> dict[str, float]:
+    x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
+    compiled = {
+        "TVM FP32": host.compile_onnx(int8 / pipeline.FP32_ONNX, HOST, work / "tvm-fp32", integer=False),
+        "edgebin INT8": host.compile_onnx(int8 / pipeline.MODEL_ONNX, HOST, work / "edgebin-int8"),
+        "edgebin W1A1": host.compile_onnx(binary / pipeline.MODEL_ONNX, HOST, work / "edgebin-w1a1"),
+    }
+    engines = {
+        "onnxruntime FP32": _ort(int8 / pipeline.FP32_ONNX, x),
+        "onnxruntime INT8": _ort(int8 / pipeline.MODEL_ONNX, x),
+        "onnxruntime W1A1 graph (float)": _ort(binary / pipeline.MODEL_ONNX, x),
+    }
+    result = {name: _median_ms(run, repeat) for name, run in engines.items()}
+    for name, artefact in compiled.items():
+        result[name] = float(np.median(artefact.latency_s(x, repeat=repeat))) * 1e3
+    return result
+
+
+def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
+    target = targets.load(target_name)
+    bundle = compile_bundle(onnx_path, target, work / "bundle")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    runner = QemuRunner(target)
+    x = np.random.default_rng(0).standard_normal((samples, 1, 28, 28)).astype(np.float32)
+    result = runner.run(runner.build(bundle, work / "firmware"), x)
+    per_symbol = result.per_symbol_instructions or {}
+    calls: dict[str, int] = {}
+    for kernel in manifest["kernels"]:
+        calls[kernel["symbol"]] = calls.get(kernel["symbol"], 0) + 1
+    layers = [{"layer": k["layer"], "kind": k["kind"], "macs": k["macs"],
+               "instructions": per_symbol.get(k["symbol"], 0) / calls[k["symbol"]]}
+              for k in manifest["kernels"] if k["macs"]]
+    return {"instructions": result.instructions, "macs": manifest["macs"], "weights_bytes": manifest["weights_bytes"],
+            "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
+
+
+def _markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
+    base = latency["onnxruntime FP32"]
+    lines = ["# Performance: ResNet-8 in FP32, INT8 and W1A1", "",
+             f"Made by `{command}` on {platform.machine()} ({_cpu()}), one run. Host: 1 thread, batch 1, median "
+             f"of {args.repeat} runs, ms per inference; speed-up = onnxruntime FP32 / engine. "
+             f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds.", "",
+             "## Host, whole model", "", "| engine | ms | speed-up vs onnxruntime FP32 |", "|---|---:|---:|"]
+    for name, ms in latency.items():
+        lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× |")
+    lines += ["", "## Host, binary conv layers", "",
+              "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount) against "
+              "onnxruntime's FP32 conv of the same shape as a one-node model (its per-call overhead included).", "",
+              binary_layers._markdown(layers, args.repeat).split("\n\n", 2)[2], "",
+              f"## {mcu['INT8']['target']} (QEMU)", "",
+              "| model | instructions per inference | MACs | instructions per MAC | weights (flash) | arena (RAM) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, m in mcu.items():
+        lines.append(f"| {name} | {m['instructions']:,} | {m['macs']:,} | {m['instructions'] / m['macs']:.2f} | "
+                     f"{m['weights_bytes']:,} B | {m['arena_bytes']:,} B |")
+    lines += ["", "Per conv and gemm layer (instructions per MAC; a binary MAC is one ±1 × ±1 product):", "",
+              "| layer | INT8 | W1A1 | W1A1 kernel |", "|---|---:|---:|---|"]
+    int8 = {r["layer"]: r for r in mcu["INT8"]["layers"]}
+    for r in mcu["W1A1"]["layers"]:
+        other = int8.get(r["layer"])
+        cell = f"{other['instructions'] / other['macs']:.2f}" if other else ""
+        lines.append(f"| {r['layer']} | {cell} | {r['instructions'] / r['macs']:.2f} | {r['kind']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
