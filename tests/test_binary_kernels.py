@@ -18,6 +18,7 @@ from edgebin.compile.binary import (
     pack_activation_bits,
     pack_dense_weight_bits,
     pack_weight_bits,
+    sign_thresholds,
     specialized_name,
     tap_sums,
     words_for,
@@ -183,3 +184,45 @@ def test_dense_weight_bits_follow_the_tap_major_order():
     codes[0, 0, 0, 1] = 1  # channel 0 of tap 1 -> bit 1 * 2 + 0
     assert pack_dense_weight_bits(codes).tolist() == [[0b0110]]
     assert tap_sums(codes).tolist() == [[0, 0]] and tap_sums(codes).dtype == np.int16  # the kernel reads int16
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("relu", [False, True])
+def test_threshold_epilogue_writes_the_next_layers_bits(tmp_path, dense, relu):
+    """edgebin_bconv2d[_dense]_bits with `sign_thresholds`: the packed signs of [relu](sum · mul + add) + shift,
+    as the packing kernel would write them from the float output (negative scales and constant channels too)."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    n, c, h, w, cout, k, stride, pad = 1, 16, 6, 6, 40, 3, 1, 1
+    geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, h, w)
+    name = specialized_name("edgebin_bconv2d_dense_bits" if dense else "edgebin_bconv2d_bits", geometry)
+    (tmp_path / "kernels.c").write_text(c_source({name}))
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
+                    str(tmp_path / "lib.so")], check=True, timeout=120)
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    mul = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
+    mul[:2] = 0.0  # a channel the BatchNorm zeroed: a constant bit
+    add = rng.standard_normal(cout) + 0.37  # off the integer grid: no sum sits exactly on a threshold
+    shift = rng.standard_normal(cout) * 0.2
+    direction, threshold = (np.ascontiguousarray(a) for a in sign_thresholds(mul, add, shift, relu=relu))
+    bits = pack_activation_bits(x, np.zeros(c, np.float32))
+    weights = [pack_dense_weight_bits(codes), tap_sums(codes)] if dense else [pack_weight_bits(codes)]
+    weights = [np.ascontiguousarray(a) for a in weights]
+    out = np.empty((n, h, w, words_for(cout)), dtype=np.uint32)
+    getattr(lib, name)(_ptr(bits), *(_ptr(a) for a in weights), _ptr(direction), _ptr(threshold), _ptr(out))
+    sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad)).astype(np.float64)
+    y = sums * mul.reshape(1, -1, 1, 1) + add.reshape(1, -1, 1, 1)
+    y = np.maximum(y, 0) if relu else y
+    np.testing.assert_array_equal(out, pack_activation_bits(y, shift))
+
+
+def test_sign_thresholds_match_hand_values():
+    # s * 0.5 + 1 + 0 >= 0  <=>  s >= -2;  s * -0.5 + 1 >= 0  <=>  s <= 2  <=>  -s >= -2
+    direction, threshold = sign_thresholds(np.array([0.5, -0.5]), np.array([1.0, 1.0]), np.zeros(2), relu=False)
+    assert direction.tolist() == [1, -1] and threshold.tolist() == [-2, -2]
+    # with ReLU and a non-negative shift every sum gives +1: 0 * s >= 0
+    direction, threshold = sign_thresholds(np.array([0.5]), np.array([-3.0]), np.array([0.1]), relu=True)
+    assert direction.tolist() == [0] and threshold.tolist() == [0]

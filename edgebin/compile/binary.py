@@ -13,7 +13,10 @@ each such conv into
     y    = astype(acc, float32) * scale[co]                     # fused by TVM with what follows (ReLU, add)
 
 and a conv that a BatchNorm follows (as in every binary ResNet) into one `edgebin_bconv2d_affine`, whose float
-epilogue `acc · mul[co] + add[co]` applies the scale and the BatchNorm in the same pass.
+epilogue `acc · mul[co] + add[co]` applies the scale and the BatchNorm in the same pass. Where that result (after
+an optional ReLU) feeds only the next binary conv's sign, the threshold epilogue `edgebin_bconv2d_bits` writes
+that conv's packed input bits directly, `[max(0,] acc · mul + add [)] + shift >= 0` as one integer comparison
+per channel (`sign_thresholds`): no float tensor, no packing kernel, no ReLU kernel in between.
 
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
@@ -62,6 +65,10 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
     "edgebin_bconv2d_dense": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum"), "int32_t* out"),
     "edgebin_bconv2d_dense_affine": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
                                       "const float* mul", "const float* add"), "float* out"),
+    "edgebin_bconv2d_bits": (("const uint32_t* bits", "const uint32_t* w", "const int32_t* dir", "const int32_t* thr"),
+                             "uint32_t* out"),
+    "edgebin_bconv2d_dense_bits": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
+                                    "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
 }
 DENSE_COLUMN_WORDS = 64  # EDGEBIN_BCOL_WORDS: the longest dense column the dense kernels take
 KERNELS = frozenset(_POINTERS)
@@ -136,6 +143,26 @@ def tap_sums(codes: np.ndarray) -> np.ndarray:
     return codes.astype(np.int16).sum(axis=1, dtype=np.int16).reshape(cout, kh * kw)
 
 
+def sign_thresholds(mul: np.ndarray, add: np.ndarray, shift: np.ndarray, *, relu: bool) -> tuple[np.ndarray,
+                                                                                              np.ndarray]:
+    """(dir, thr) int32 per channel with `dir · s >= thr` ⇔ `[relu](s · mul + add) + shift >= 0` for every integer
+    sum s: the threshold epilogue. Without ReLU the condition is s · mul >= r with r = -shift - add; with ReLU the
+    same when shift < 0, and always true when shift >= 0 (relu(v) >= 0 >= -shift). mul > 0: s >= ceil(r / mul);
+    mul < 0: -s >= -floor(r / mul); mul = 0: a constant (dir 0, thr 0 for true, 1 for false). Worked in float64,
+    so a sum exactly at a threshold may go the other way than the float32 graph's rounding takes it."""
+    mul, add, shift = (np.asarray(a, np.float64).reshape(-1) for a in (mul, add, shift))
+    r = -shift - add
+    direction = np.sign(mul).astype(np.int32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = r / mul
+    threshold = np.where(mul > 0, np.ceil(ratio), np.where(mul < 0, -np.floor(ratio), np.where(0 >= r, 0, 1)))
+    if relu:  # relu(v) + shift >= 0 holds for every s when shift >= 0
+        direction = np.where(shift >= 0, 0, direction)
+        threshold = np.where(shift >= 0, 0, threshold)
+    limit = 2**30  # beyond any sum a layer can reach: keeps the comparison in int32
+    return direction.astype(np.int32), np.clip(threshold, -limit, limit).astype(np.int32)
+
+
 def pack_activation_bits(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
     """The reference of `edgebin_bpack_nchw_f32`: (N, C, H, W) float -> (N, H, W, words) uint32."""
     n, c, h, w = x.shape
@@ -181,6 +208,13 @@ class _Rewriter(PyExprMutator):
         super().__init__(mod)
         self.dense = dense
         self.var2val = relax.analysis.get_var2val(func)
+        self.uses: dict = {}  # variable -> bindings (and the function output) that read it
+        for block in func.body.blocks:
+            for binding in block.bindings:
+                for var in relax.analysis.free_vars(binding.value):
+                    self.uses[var] = self.uses.get(var, 0) + 1
+        for var in relax.analysis.free_vars(func.body.body):
+            self.uses[var] = self.uses.get(var, 0) + 1
         self.rewritten: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
 
@@ -281,68 +315,74 @@ class _Rewriter(PyExprMutator):
                            (int(attrs.strides[0]), int(attrs.strides[1])), (pad[0], pad[1]), out_shape)
 
     def _emit_conv(self, conv: _BinaryConv, affine: tuple[np.ndarray, np.ndarray] | None = None):
-        x = self.visit_expr(conv.x)
-        n, c, h, w = tensor_shape(conv.x)
-        cout, _, kh, kw = conv.codes.shape
-        _, _, oh, ow = conv.out_shape
-        words = words_for(c)
-        te = tvm.te
-
-        def pack(x_t, shift_t):
-            name = specialized_name("edgebin_bpack_nchw_f32", (n, c, h * w))
-            return te.extern((n, h, w, words), [x_t, shift_t], lambda ins, outs: tirx.call_extern(
-                "void", name, ins[0].access_ptr("r"), ins[1].access_ptr("r"), outs[0].access_ptr("w")),
-                dtype="uint32", name="binary_pack")
-
-        def bconv(bits_t, w_t):
-            (sh, sw), (ph, pw) = conv.stride, conv.padding
-            name = specialized_name("edgebin_bconv2d", (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow))
-            return te.extern((n, cout, oh, ow), [bits_t, w_t], lambda ins, outs: tirx.call_extern(
-                "void", name, ins[0].access_ptr("r"), ins[1].access_ptr("r"), outs[0].access_ptr("w")),
-                dtype="int32", name="binary_conv2d")
-
-        def bconv_affine(bits_t, w_t, mul_t, add_t):
-            (sh, sw), (ph, pw) = conv.stride, conv.padding
-            name = specialized_name("edgebin_bconv2d_affine", (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow))
-            return te.extern((n, cout, oh, ow), [bits_t, w_t, mul_t, add_t], lambda ins, outs: tirx.call_extern(
-                "void", name, *(t.access_ptr("r") for t in ins), outs[0].access_ptr("w")), dtype="float32",
-                name="binary_conv2d_affine")
-
-        bits = self.builder_.emit_te(pack, x, const(conv.shift), primfunc_name_hint="edgebin_binary_pack")
-        if self.dense and words_for(c * kh * kw) <= DENSE_COLUMN_WORDS:
-            return self._emit_dense(conv, bits, affine)
-        weight = const(pack_weight_bits(conv.codes))
+        """The conv's kernel call on its input's bits: int32 sums times the scale, or floats with `affine`."""
+        bits = self._input_bits(conv)
         if affine is not None:
-            mul, add = affine
-            return self.builder_.emit_te(bconv_affine, bits, weight, const(mul), const(add),
-                                         primfunc_name_hint="edgebin_binary_conv2d_affine")
-        acc = self.builder_.emit_te(bconv, bits, weight, primfunc_name_hint="edgebin_binary_conv2d")
+            return self._conv_call(conv, bits, "_affine", [const(affine[0]), const(affine[1])])
+        acc = self._conv_call(conv, bits, "", [])
         as_float = self.builder_.emit(relax.op.astype(acc, "float32"))
+        cout = conv.codes.shape[0]
         return relax.op.multiply(as_float, const(conv.scale.reshape(1, cout, 1, 1)))
 
+    def _input_bits(self, conv: _BinaryConv):
+        """The packed signs of `conv`'s input: straight from the binary conv that computes it, when that conv (with
+        its BatchNorm and an optional ReLU) feeds nothing else (the threshold epilogue); else a packing kernel."""
+        producer = self._bits_producer(conv.x)
+        if producer is not None:
+            source, (mul, add), relu = producer
+            self.rewritten["threshold epilogue"] += 1
+            direction, threshold = sign_thresholds(mul, add, conv.shift, relu=relu)
+            return self._conv_call(source, self._input_bits(source), "_bits", [const(direction), const(threshold)])
+        n, c, h, w = tensor_shape(conv.x)
+        return self._extern("edgebin_bpack_nchw_f32", (n, c, h * w), [self.visit_expr(conv.x), const(conv.shift)],
+                            (n, h, w, words_for(c)), "uint32", "binary_pack")
 
-    def _emit_dense(self, conv: _BinaryConv, bits, affine: tuple[np.ndarray, np.ndarray] | None):
-        """The dense-column kernel (cores without a popcount instruction): weights as dense rows, tap sums."""
+    def _bits_producer(self, x) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], bool] | None:
+        """(conv, its BatchNorm as mul/add, ReLU?) when `x` is [relu](batch_norm(binary conv)[0]), used only here."""
+        if not isinstance(x, relax.Var) or self.uses.get(x, 0) != 1:
+            return None
+        value, relu = self.value(x), False
+        if call_op_name(value) == "relax.nn.relu":
+            value, relu = self.value(value.args[0]), True
+        if not isinstance(value, relax.TupleGetItem) or value.index != 0:
+            return None
+        norm = self.value(value.tuple_value)
+        if call_op_name(norm) != "relax.nn.batch_norm" or call_op_name(self.value(norm.args[0])) != "relax.nn.conv2d":
+            return None
+        conv = self._match_conv(self.value(norm.args[0]))
+        affine = self._batch_norm(norm, conv)
+        return None if conv is None or affine is None else (conv, affine, relu)
+
+    def _conv_call(self, conv: _BinaryConv, bits, epilogue: str, extra: list):
+        """One specialized conv kernel call: `epilogue` "" (int32), "_affine" (float) or "_bits" (the next layer's
+        packed signs); the dense-column kernel where the target counts bits in software."""
         n, c, h, w = tensor_shape(conv.x)
         cout, _, kh, kw = conv.codes.shape
         _, _, oh, ow = conv.out_shape
         (sh, sw), (ph, pw) = conv.stride, conv.padding
-        kernel = "edgebin_bconv2d_dense" + ("_affine" if affine is not None else "")
-        name = specialized_name(kernel, (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow))
-        args = [bits, const(pack_dense_weight_bits(conv.codes)), const(tap_sums(conv.codes))]
-        if affine is not None:
-            args += [const(affine[0]), const(affine[1])]
+        shape = (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow)
+        if self.dense and words_for(c * kh * kw) <= DENSE_COLUMN_WORDS:
+            kernel, weights = "edgebin_bconv2d_dense", [const(pack_dense_weight_bits(conv.codes)),
+                                                       const(tap_sums(conv.codes))]
+        else:
+            kernel, weights = "edgebin_bconv2d", [const(pack_weight_bits(conv.codes))]
+        if epilogue == "_bits":
+            return self._extern(kernel + epilogue, shape, [bits, *weights, *extra],
+                                (n, oh, ow, words_for(cout)), "uint32", "binary_conv2d_bits")
+        dtype = "float32" if epilogue == "_affine" else "int32"
+        return self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, cout, oh, ow), dtype,
+                            "binary_conv2d" + epilogue)
 
-        def dense(*tensors):
-            return tvm.te.extern((n, cout, oh, ow), list(tensors), lambda ins, outs: tirx.call_extern(
-                "void", name, *(t.access_ptr("r") for t in ins), outs[0].access_ptr("w")),
-                dtype="float32" if affine is not None else "int32", name="binary_conv2d_dense")
+    def _extern(self, kernel: str, shape: tuple[int, ...], inputs: list, out_shape: tuple[int, ...], dtype: str,
+                hint: str):
+        """A call_tir of a PrimFunc whose body is one call of the specialized C kernel `kernel__shape`."""
+        name = specialized_name(kernel, shape)
 
-        out = self.builder_.emit_te(dense, *args, primfunc_name_hint="edgebin_binary_conv2d_dense")
-        if affine is not None:
-            return out
-        as_float = self.builder_.emit(relax.op.astype(out, "float32"))
-        return relax.op.multiply(as_float, const(conv.scale.reshape(1, cout, 1, 1)))
+        def extern(*tensors):
+            return tvm.te.extern(out_shape, list(tensors), lambda ins, outs: tirx.call_extern(
+                "void", name, *(t.access_ptr("r") for t in ins), outs[0].access_ptr("w")), dtype=dtype, name=hint)
+
+        return self.builder_.emit_te(extern, *inputs, primfunc_name_hint=f"edgebin_{hint}")
 
 
 @tvm.ir.transform.module_pass(opt_level=0, name="BinaryToPacked")
@@ -367,7 +407,7 @@ class BinaryToPacked:
         return mod
 
 
-_CONVS = ("edgebin_bconv2d", "edgebin_bconv2d_affine", "edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine")
+_CONVS = tuple(k for k in _POINTERS if k.startswith("edgebin_bconv2d"))
 INLINE = "static inline __attribute__((always_inline))"
 _BINARY_CALL = re.compile(r"\b(edgebin_b\w+?__[0-9_]+)\(")
 

@@ -39,8 +39,9 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         macs = int(lowered.macs.get(call.kernel, 0)) if any(op in _LINEAR_OPS for op in ops) else 0
         weight = max((math.prod(v.shape) for v in call.args if v.kind == CONST), default=0)  # the largest constant
         if macs and ops == ["binary_conv2d"]:  # its weight is packed 32 to a word: count the ONNX weight's elements
-            out = call.args[call.outputs[0]].shape
-            weight = macs // (out[0] * math.prod(out[2:]))
+            out = call.args[call.outputs[0]]  # (N, Cout, OH, OW); (N, OH, OW, words) for the next layer's bits
+            pixels = math.prod(out.shape[:3]) if out.dtype == "uint32" else out.shape[0] * math.prod(out.shape[2:])
+            weight = macs // pixels
         macs_per_call.append(macs)
         keys.append((macs, weight) if macs else None)
     layers = match_layers(keys, _onnx_linear_layers(model))

@@ -21,6 +21,13 @@
  *   The same conv with a float epilogue, out = sum * mul[co] + add[co]: the weight scale times the following
  *   BatchNorm's gamma / sqrt(var + eps), and its beta - mean * that; one pass instead of a conv and a BatchNorm.
  *
+ * edgebin_bconv2d_bits(bits, w, dir, thr, n, c, ..., ow, out)
+ *   The threshold epilogue: instead of floats, the packed input bits of the next binary layer, in the layout
+ *   edgebin_bpack_nchw_f32 writes (a word row of ceil(cout / 32) words per output pixel), bit co set when
+ *   dir[co] * sum >= thr[co]: the sign of [relu](sum * scale, BatchNorm) + shift is monotonic in the integer sum,
+ *   so the compiler turns it into one integer threshold per channel (dir -1 when the scale is negative, 0 for a
+ *   constant bit). A conv whose BatchNorm (and ReLU) feed only the next binary conv needs no float tensor and no
+ *   packing pass.
  * edgebin_bconv2d_dense(bits, w, tapsum, n, c, ..., ow, out) and edgebin_bconv2d_dense_affine(..., mul, add, ...)
  *   The same convs for cores without a popcount instruction (Cortex-M), which count bits in software: the
  *   receptive field of each output pixel is first gathered into one dense bit column, tap t = ky * kw + kx at
@@ -103,12 +110,28 @@ EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shif
   }
 }
 
-/* The conv of edgebin_bconv2d and edgebin_bconv2d_affine: int32 sums to out_i, or, when out_f is given, the float
- * out_f = sum * mul[co] + add[co] (the layer's scale with the BatchNorm that follows it folded in). */
+/* One output pixel's epilogue for output channel co: the int32 sum to out_i; or, with out_f, the float
+ * sum * mul[co] + add[co] (the scale with the BatchNorm that follows folded in); or, with out_b, the next binary
+ * layer's input bit, dir[co] * sum >= thr[co], into the pixel's word row at bit co. */
+static inline void edgebin_bconv2d_store(int32_t sum, int32_t co, int64_t at, int32_t* out_i, const float* mul,
+                                         const float* add, float* out_f, const int32_t* dir, const int32_t* thr,
+                                         uint32_t* out_b) {
+  if (out_b) {
+    out_b[co >> 5] |= (uint32_t)(dir[co] * sum >= thr[co]) << (co & 31);
+  } else if (out_f) {
+    out_f[at] = (float)sum * mul[co] + add[co];
+  } else {
+    out_i[at] = sum;
+  }
+}
+
+/* The conv of edgebin_bconv2d{,_affine,_bits}: see edgebin_bconv2d_store for the three outputs. */
 static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
                                         int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                         int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out_i,
-                                        const float* mul, const float* add, float* out_f) {
+                                        const float* mul, const float* add, float* out_f, const int32_t* dir,
+                                        const int32_t* thr, uint32_t* out_b) {
+  const int32_t out_words = (cout + 31) / 32;
   const int32_t words = (c + 31) / 32;
   int32_t count[EDGEBIN_BCONV_BLOCK];
   for (int32_t i = 0; i < n; ++i) {
@@ -121,6 +144,8 @@ static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w,
         const int32_t x0 = x * sw - pw;
         const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = wd - x0 < kw ? wd - x0 : kw;
         const int32_t valid = (ky1 - ky0) * (kx1 - kx0) * c;
+        uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
+        for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
         for (int32_t cb = 0; cb < cout; cb += EDGEBIN_BCONV_BLOCK) {
           const int32_t nb = cout - cb < EDGEBIN_BCONV_BLOCK ? cout - cb : EDGEBIN_BCONV_BLOCK;
           for (int32_t j = 0; j < nb; ++j) count[j] = 0;
@@ -137,14 +162,19 @@ static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w,
               }
             }
           }
-          for (int32_t j = 0; j < nb; ++j) {
-            const int64_t at = base + ((int64_t)(cb + j) * oh + y) * ow + x;
-            const int32_t sum = valid - 2 * count[j];
-            if (out_f) {
-              out_f[at] = (float)sum * mul[cb + j] + add[cb + j];
-            } else {
-              out_i[at] = sum;
+          if (row) { /* whole words at once (cb is a multiple of 32): no read-modify-write per bit */
+            for (int32_t j = 0; j < nb; j += 32) {
+              uint32_t word = 0;
+              for (int32_t b = 0; b < 32 && j + b < nb; ++b) {
+                word |= (uint32_t)(dir[cb + j + b] * (valid - 2 * count[j + b]) >= thr[cb + j + b]) << b;
+              }
+              row[(cb + j) >> 5] = word;
             }
+            continue;
+          }
+          for (int32_t j = 0; j < nb; ++j) {
+            edgebin_bconv2d_store(valid - 2 * count[j], cb + j, base + ((int64_t)(cb + j) * oh + y) * ow + x, out_i,
+                                  mul, add, out_f, dir, thr, row);
           }
         }
       }
@@ -155,14 +185,21 @@ static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w,
 EDGEBIN_BINARY_API void edgebin_bconv2d(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
                                          int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                          int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out) {
-  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0);
+  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_affine(const uint32_t* bits, const uint32_t* w, const float* mul,
                                                 const float* add, int32_t n, int32_t c, int32_t h, int32_t wd,
                                                 int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                 int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
-  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out);
+  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0, 0, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_bits(const uint32_t* bits, const uint32_t* w, const int32_t* dir,
+                                              const int32_t* thr, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                              int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
+                                              int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
+  edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr, out);
 }
 
 /* sum of popcount(a[k] ^ b[k]) for k < n. With a popcount instruction, the builtin per word; in software, the
@@ -201,8 +238,10 @@ static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32
                                               int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                               int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                               int32_t ow, int32_t* out_i, const float* mul, const float* add,
-                                              float* out_f) {
+                                              float* out_f, const int32_t* dir, const int32_t* thr,
+                                              uint32_t* out_b) {
   const int32_t words = (c + 31) / 32, taps = kh * kw, depth = taps * c, kwords = (depth + 31) / 32;
+  const int32_t out_words = (cout + 31) / 32;
   uint32_t col[EDGEBIN_BCOL_WORDS];
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t* image = bits + (int64_t)i * h * wd * words;
@@ -226,6 +265,8 @@ static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32
             }
           }
         }
+        uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
+        for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
         for (int32_t co = 0; co < cout; ++co) {
           int32_t sum = depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords, kwords);
           if (border) { /* taps outside the image counted as -1 against each weight: add their weights back */
@@ -236,12 +277,8 @@ static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32
               }
             }
           }
-          const int64_t at = base + ((int64_t)co * oh + y) * ow + x;
-          if (out_f) {
-            out_f[at] = (float)sum * mul[co] + add[co];
-          } else {
-            out_i[at] = sum;
-          }
+          edgebin_bconv2d_store(sum, co, base + ((int64_t)co * oh + y) * ow + x, out_i, mul, add, out_f, dir, thr,
+                                row);
         }
       }
     }
@@ -252,7 +289,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32
                                                int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                                int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                int32_t ow, int32_t* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0,
+                             0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
@@ -260,7 +298,17 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const
                                                       int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                       int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                       int32_t ow, float* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0,
+                             0, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                                    const int32_t* dir, const int32_t* thr, int32_t n, int32_t c,
+                                                    int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                                    int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                                    int32_t ow, uint32_t* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr,
+                             out);
 }
 
 #ifdef __cplusplus
