@@ -93,3 +93,22 @@ def test_cortex_m4_bundle_runs_the_binary_convs_on_packed_bits(binary_onnx, tmp_
     want = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
     assert (result.outputs.argmax(1) == want.argmax(1)).all()
     assert np.median(np.abs(result.outputs - want)) < 1e-3
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+def test_mst_compression_gives_the_same_outputs_and_reports_the_work_it_saves(binary_onnx, tmp_path, caplog):
+    from edgebin import targets
+    from edgebin.compile.binary import mst_compression
+    from edgebin.compile.mcu_emit import compile_bundle
+    from edgebin.runners import QemuRunner
+
+    runner = QemuRunner(targets.load("cortex-m4"), timeout_s=300)
+    x = np.random.default_rng(2).standard_normal((2, *SHAPE[1:])).astype(np.float32)
+    plain = compile_bundle(binary_onnx, targets.load("cortex-m4"), tmp_path / "plain")
+    with mst_compression(), caplog.at_level("INFO", logger="edgebin.compile.binary"):
+        tree = compile_bundle(binary_onnx, targets.load("cortex-m4"), tmp_path / "mst")
+    assert "edgebin_bconv2d_dense_mst" in (tree / "kernels.c").read_text()
+    assert sum("MST-compression" in r.message and "skipped" in r.message for r in caplog.records) == BINARY_CONVS
+    outputs = [runner.run(runner.build(b, tmp_path / f"fw-{b.name}"), x).outputs for b in (plain, tree)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])  # bit-exact: the same integer sums

@@ -23,6 +23,7 @@ from edgebin.compile.binary import (
     tap_sums,
     words_for,
 )
+from edgebin.compile.mst import mst_plan
 
 CC = shutil.which("cc") or shutil.which("gcc")
 
@@ -156,7 +157,8 @@ def test_dense_column_kernels_equal_the_reference(tmp_path, popcount, n, c, h, w
     geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
     plain = specialized_name("edgebin_bconv2d_dense", geometry)
     affine = specialized_name("edgebin_bconv2d_dense_affine", geometry)
-    (tmp_path / "kernels.c").write_text(c_source({plain, affine}))
+    tree = specialized_name("edgebin_bconv2d_dense_mst", geometry)
+    (tmp_path / "kernels.c").write_text(c_source({plain, affine, tree}))
     flags = ["-march=native"] if popcount == "builtin" else ["-mno-popcnt"]
     subprocess.run([CC, "-O2", "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
                     str(tmp_path / "lib.so")], check=True, timeout=120)
@@ -172,6 +174,10 @@ def test_dense_column_kernels_equal_the_reference(tmp_path, popcount, n, c, h, w
     getattr(lib, plain)(_ptr(bits), _ptr(wbits), _ptr(sums), _ptr(out))
     want = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
     np.testing.assert_array_equal(out, want)
+    nodes, edges = (np.ascontiguousarray(a) for a in mst_plan(codes).kernel_tables())  # MST-compression: exact
+    out_tree = np.empty_like(out)
+    getattr(lib, tree)(_ptr(bits), _ptr(wbits), _ptr(sums), _ptr(nodes), _ptr(edges), _ptr(out_tree))
+    np.testing.assert_array_equal(out_tree, want)
     mul, add = np.full(cout, 0.5, np.float32), np.arange(cout, dtype=np.float32)
     out_f = np.empty((n, cout, oh, ow), dtype=np.float32)
     getattr(lib, affine)(_ptr(bits), _ptr(wbits), _ptr(sums), _ptr(mul), _ptr(add), _ptr(out_f))

@@ -31,15 +31,20 @@ logged. The accumulator is exact; the float graph sums ±scale terms in float an
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import os
 import re
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgebin.compile.kernels import extern_calls
+from edgebin.compile.mst import mst_plan
 from edgebin.compile.tvm_adapter import (
     PyExprMutator,
     call_op_name,
@@ -70,6 +75,23 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
     "edgebin_bconv2d_dense_bits": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
                                     "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
 }
+for _kernel in ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits"):
+    _inputs, _output = _POINTERS[_kernel]  # MST-compression: the tree's tables after tapsum
+    _POINTERS[_kernel.replace("_dense", "_dense_mst")] = (
+        (*_inputs[:3], "const int32_t* nodes", "const uint32_t* edges", *_inputs[3:]), _output)
+MST_CHANNELS = 512  # EDGEBIN_MST_CHANNELS: the most output channels an MST-compressed conv may have
+MST = contextvars.ContextVar("edgebin_binary_mst", default=os.environ.get("EDGEBIN_BINARY_MST", "0") == "1")
+
+
+@contextlib.contextmanager
+def mst_compression(on: bool = True) -> Iterator[None]:
+    """Within the block, BinaryToPacked compiles binary convs with MST-compression (edgebin.compile.mst);
+    EDGEBIN_BINARY_MST=1 sets the default."""
+    token = MST.set(on)
+    try:
+        yield
+    finally:
+        MST.reset(token)
 DENSE_COLUMN_WORDS = 64  # EDGEBIN_BCOL_WORDS: the longest dense column the dense kernels take
 KERNELS = frozenset(_POINTERS)
 
@@ -204,9 +226,11 @@ class _BinaryConv:
 
 @mutator
 class _Rewriter(PyExprMutator):
-    def __init__(self, mod, func: relax.Function, dense: bool) -> None:
+    def __init__(self, mod, func: relax.Function, dense: bool, mst: bool) -> None:
         super().__init__(mod)
-        self.dense = dense
+        self.dense, self.mst = dense, mst
+        self.mst_layers: list[tuple[str, dict, relax.Var]] = []  # (kernel, work the tree saves, its call's result)
+        self.bits_of: dict = {}  # (input variable, shift bytes) -> the packed-bits tensor already emitted
         self.var2val = relax.analysis.get_var2val(func)
         self.uses: dict = {}  # variable -> bindings (and the function output) that read it
         for block in func.body.blocks:
@@ -327,6 +351,12 @@ class _Rewriter(PyExprMutator):
     def _input_bits(self, conv: _BinaryConv):
         """The packed signs of `conv`'s input: straight from the binary conv that computes it, when that conv (with
         its BatchNorm and an optional ReLU) feeds nothing else (the threshold epilogue); else a packing kernel."""
+        key = (conv.x, conv.shift.tobytes())  # a conv and its BatchNorm are visited twice; emit the bits once
+        if key not in self.bits_of:
+            self.bits_of[key] = self._emit_input_bits(conv)
+        return self.bits_of[key]
+
+    def _emit_input_bits(self, conv: _BinaryConv):
         producer = self._bits_producer(conv.x)
         if producer is not None:
             source, (mul, add), relu = producer
@@ -361,17 +391,31 @@ class _Rewriter(PyExprMutator):
         _, _, oh, ow = conv.out_shape
         (sh, sw), (ph, pw) = conv.stride, conv.padding
         shape = (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow)
-        if self.dense and words_for(c * kh * kw) <= DENSE_COLUMN_WORDS:
+        dense_ok = words_for(c * kh * kw) <= DENSE_COLUMN_WORDS
+        if self.mst and dense_ok and cout <= MST_CHANNELS:
+            plan = mst_plan(conv.codes)
+            nodes, edges = plan.kernel_tables()
+            kernel = "edgebin_bconv2d_dense_mst"
+            weights = [const(pack_dense_weight_bits(conv.codes)), const(tap_sums(conv.codes)), const(nodes),
+                       const(edges)]
+            words, plain_words = plan.word_ops()
+            work = {"bit_ops": plan.bit_ops, "plain_bit_ops": plan.plain_bit_ops, "word_ops": words,
+                    "plain_word_ops": plain_words, "depth": plan.depth}
+        elif (self.dense or self.mst) and dense_ok:
             kernel, weights = "edgebin_bconv2d_dense", [const(pack_dense_weight_bits(conv.codes)),
                                                        const(tap_sums(conv.codes))]
         else:
             kernel, weights = "edgebin_bconv2d", [const(pack_weight_bits(conv.codes))]
         if epilogue == "_bits":
-            return self._extern(kernel + epilogue, shape, [bits, *weights, *extra],
-                                (n, oh, ow, words_for(cout)), "uint32", "binary_conv2d_bits")
-        dtype = "float32" if epilogue == "_affine" else "int32"
-        return self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, cout, oh, ow), dtype,
-                            "binary_conv2d" + epilogue)
+            out = self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, oh, ow, words_for(cout)),
+                               "uint32", "binary_conv2d_bits")
+        else:
+            dtype = "float32" if epilogue == "_affine" else "int32"
+            out = self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, cout, oh, ow), dtype,
+                               "binary_conv2d" + epilogue)
+        if kernel == "edgebin_bconv2d_dense_mst":
+            self.mst_layers.append((specialized_name(kernel + epilogue, shape), work, out))
+        return out
 
     def _extern(self, kernel: str, shape: tuple[int, ...], inputs: list, out_shape: tuple[int, ...], dtype: str,
                 hint: str):
@@ -388,19 +432,30 @@ class _Rewriter(PyExprMutator):
 @tvm.ir.transform.module_pass(opt_level=0, name="BinaryToPacked")
 class BinaryToPacked:
     """Rewrite binary convs into packed XNOR/popcount kernel calls (see the module docstring). `dense`: the
-    dense-column kernels, for targets that count bits in software (Cortex-M)."""
+    dense-column kernels, for targets that count bits in software (Cortex-M). `mst`: MST-compression (dense
+    kernels; default `MST`, see `mst_compression`); afterwards `mst_layers` holds the work each conv saves."""
 
-    def __init__(self, dense: bool = False) -> None:
+    def __init__(self, dense: bool = False, mst: bool | None = None) -> None:
         self.dense = dense
+        self.mst = MST.get() if mst is None else mst
+        self.mst_layers: list[tuple[str, dict]] = []  # after the pass: (kernel, work saved) per MST conv
 
     def transform_module(self, mod, ctx):
         for gvar, func in list(mod.functions.items()):
             if not isinstance(func, relax.Function) or func.attrs is not None and "Primitive" in func.attrs:
                 continue
-            rewriter = _Rewriter(mod, func, self.dense)
+            rewriter = _Rewriter(mod, func, self.dense, self.mst)
             func = relax.analysis.remove_all_unused(rewriter.visit_expr(func))
             mod = rewriter.builder_.get()
             mod[gvar] = func
+            live = {b.var for block in func.body.blocks for b in block.bindings}  # not the calls a fold made dead
+            kept = [(name, work) for name, work, var in rewriter.mst_layers if var in live]
+            self.mst_layers += kept
+            for name, work in kept:
+                log.info("MST-compression %s: %d of %d words counted per output pixel (%.1f%% skipped), %d of %d "
+                         "bit products, tree depth %d", name, work["word_ops"], work["plain_word_ops"],
+                         100 * (1 - work["word_ops"] / work["plain_word_ops"]), work["bit_ops"],
+                         work["plain_bit_ops"], work["depth"])
             if rewriter.rewritten or rewriter.skipped:
                 log.info("BinaryToPacked rewrote %s; left in float: %s", dict(rewriter.rewritten),
                          dict(rewriter.skipped) or "nothing")

@@ -45,7 +45,8 @@ KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too whe
 _EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do
     "edgebin_bconv2d": "binary", "edgebin_bconv2d_affine": "binary", "edgebin_bconv2d_dense": "binary",
     "edgebin_bconv2d_dense_affine": "binary", "edgebin_bconv2d_bits": "binary", "edgebin_bconv2d_dense_bits": "binary",
-    "edgebin_bpack_nchw_f32": "convert"}
+    "edgebin_bconv2d_dense_mst": "binary", "edgebin_bconv2d_dense_mst_affine": "binary",
+    "edgebin_bconv2d_dense_mst_bits": "binary", "edgebin_bpack_nchw_f32": "convert"}
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 

@@ -54,14 +54,18 @@ extern "C" { /* TVM's export_library compiles with g++ */
 
 /* Linkage of the two kernels: static inline when a bundle includes this header; a library that other code links
  * against (the host's model.so) defines EDGEBIN_BINARY_API empty before including it. */
-#ifndef EDGEBIN_BINARY_API
-#define EDGEBIN_BINARY_API static inline
-#endif
-
 #if defined(__GNUC__)
 #define EDGEBIN_NO_UNROLL _Pragma("GCC unroll 1")
+/* The shared cores inline into each specialized kernel: the shape constants reach the loops, and a QEMU profile
+ * charges the kernel's own symbol, that is its layer, with all of its instructions. */
+#define EDGEBIN_CORE static inline __attribute__((always_inline))
 #else
 #define EDGEBIN_NO_UNROLL
+#define EDGEBIN_CORE static inline
+#endif
+
+#ifndef EDGEBIN_BINARY_API
+#define EDGEBIN_BINARY_API EDGEBIN_CORE
 #endif
 
 /* Output channels accumulated per pass over an output pixel's taps: a stack array of this many int32. */
@@ -70,6 +74,9 @@ extern "C" { /* TVM's export_library compiles with g++ */
 #define EDGEBIN_BPACK_BLOCK 64
 /* Words of one dense receptive-field column (edgebin_bconv2d_dense): c * kh * kw <= 32 * this. */
 #define EDGEBIN_BCOL_WORDS 64
+
+/* Output channels of a conv computed with MST-compression: a stack array of this many int32. */
+#define EDGEBIN_MST_CHANNELS 512
 
 #if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
 #define EDGEBIN_BINARY_USADA8 1
@@ -113,7 +120,7 @@ EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shif
 /* One output pixel's epilogue for output channel co: the int32 sum to out_i; or, with out_f, the float
  * sum * mul[co] + add[co] (the scale with the BatchNorm that follows folded in); or, with out_b, the next binary
  * layer's input bit, dir[co] * sum >= thr[co], into the pixel's word row at bit co. */
-static inline void edgebin_bconv2d_store(int32_t sum, int32_t co, int64_t at, int32_t* out_i, const float* mul,
+EDGEBIN_CORE void edgebin_bconv2d_store(int32_t sum, int32_t co, int64_t at, int32_t* out_i, const float* mul,
                                          const float* add, float* out_f, const int32_t* dir, const int32_t* thr,
                                          uint32_t* out_b) {
   if (out_b) {
@@ -126,7 +133,7 @@ static inline void edgebin_bconv2d_store(int32_t sum, int32_t co, int64_t at, in
 }
 
 /* The conv of edgebin_bconv2d{,_affine,_bits}: see edgebin_bconv2d_store for the three outputs. */
-static inline void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
+EDGEBIN_CORE void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
                                         int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                         int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t* out_i,
                                         const float* mul, const float* add, float* out_f, const int32_t* dir,
@@ -204,7 +211,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_bits(const uint32_t* bits, const uint32_
 
 /* sum of popcount(a[k] ^ b[k]) for k < n. With a popcount instruction, the builtin per word; in software, the
  * first two SWAR steps per word and the rest once per three words (each 4-bit field holds at most 12 then). */
-static inline int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b, int32_t n) {
+EDGEBIN_CORE int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b, int32_t n) {
 #if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
   int32_t total = 0;
   for (int32_t k = 0; k < n; ++k) total += __builtin_popcount(a[k] ^ b[k]);
@@ -234,15 +241,39 @@ static inline int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b,
 #endif
 }
 
-static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+/* MST-compression (edgebin/compile/mst.py): every output channel's column sum (before the border fix), the tree's
+ * root counted in full, each other channel from its parent's, o = o_parent + 2 d - 4 * popcount((col ^ w) & mask)
+ * over only the words where its weights differ from the parent's. nodes: order, parent, d, first pair (4 * cout + 1
+ * int32); edges: (word, mask) pairs. Channels are visited in `order`, parents first. */
+EDGEBIN_CORE void edgebin_mst_sums(const uint32_t* col, const uint32_t* w, int32_t kwords, int32_t depth,
+                                    int32_t cout, const int32_t* nodes, const uint32_t* edges, int32_t* sums) {
+  const int32_t *order = nodes, *parent = nodes + cout, *dist = nodes + 2 * cout, *first = nodes + 3 * cout;
+  for (int32_t at = 0; at < cout; ++at) {
+    const int32_t co = order[at];
+    const uint32_t* wr = w + (int64_t)co * kwords;
+    if (parent[co] < 0) {
+      sums[co] = depth - 2 * edgebin_xor_popcount(col, wr, kwords);
+      continue;
+    }
+    int32_t differ = 0;
+    for (int32_t e = first[at]; e < first[at + 1]; ++e) {
+      const uint32_t k = edges[2 * e];
+      differ += edgebin_popcount32((col[k] ^ wr[k]) & edges[2 * e + 1]);
+    }
+    sums[co] = sums[parent[co]] + 2 * dist[co] - 4 * differ;
+  }
+}
+
+EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
                                               int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                               int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                               int32_t ow, int32_t* out_i, const float* mul, const float* add,
                                               float* out_f, const int32_t* dir, const int32_t* thr,
-                                              uint32_t* out_b) {
+                                              uint32_t* out_b, const int32_t* mst_nodes, const uint32_t* mst_edges) {
   const int32_t words = (c + 31) / 32, taps = kh * kw, depth = taps * c, kwords = (depth + 31) / 32;
   const int32_t out_words = (cout + 31) / 32;
   uint32_t col[EDGEBIN_BCOL_WORDS];
+  int32_t tree_sums[EDGEBIN_MST_CHANNELS];
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t* image = bits + (int64_t)i * h * wd * words;
     const int64_t base = (int64_t)i * cout * oh * ow;
@@ -267,8 +298,10 @@ static inline void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32
         }
         uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
         for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
+        if (mst_nodes) edgebin_mst_sums(col, w, kwords, depth, cout, mst_nodes, mst_edges, tree_sums);
         for (int32_t co = 0; co < cout; ++co) {
-          int32_t sum = depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords, kwords);
+          int32_t sum = mst_nodes ? tree_sums[co] : depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords,
+                                                                                        kwords);
           if (border) { /* taps outside the image counted as -1 against each weight: add their weights back */
             const int16_t* ts = tapsum + (int64_t)co * taps;
             for (int32_t ky = 0; ky < kh; ++ky) {
@@ -290,7 +323,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32
                                                int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                int32_t ow, int32_t* out) {
   edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0,
-                             0);
+                             0, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
@@ -299,7 +332,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const
                                                       int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                       int32_t ow, float* out) {
   edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0,
-                             0, 0);
+                             0, 0, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
@@ -308,7 +341,37 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const u
                                                     int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                     int32_t ow, uint32_t* out) {
   edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr,
-                             out);
+                             out, 0, 0);
+}
+
+/* The three dense kernels with MST-compression: the same arguments plus the tree's tables after tapsum. */
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                                   const int32_t* nodes, const uint32_t* edges, int32_t n, int32_t c,
+                                                   int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                                   int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                                   int32_t ow, int32_t* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0,
+                             0, nodes, edges);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_affine(const uint32_t* bits, const uint32_t* w,
+                                                          const int16_t* tapsum, const int32_t* nodes,
+                                                          const uint32_t* edges, const float* mul, const float* add,
+                                                          int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout,
+                                                          int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
+                                                          int32_t pw, int32_t oh, int32_t ow, float* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0,
+                             0, 0, nodes, edges);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+                                                        const int32_t* nodes, const uint32_t* edges,
+                                                        const int32_t* dir, const int32_t* thr, int32_t n, int32_t c,
+                                                        int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                                        int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                                        int32_t ow, uint32_t* out) {
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr,
+                             out, nodes, edges);
 }
 
 #ifdef __cplusplus
