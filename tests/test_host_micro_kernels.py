@@ -23,8 +23,9 @@ SHAPE = (1, 3, 12, 12)
 
 
 class Net(nn.Module):
-    """Rows of 12 and 6 pixels (P = 4 and 2 columns a call; the gemm P = 1), a strided conv, a 1x1 conv, a
-    depthwise conv (plain loops), a residual add and a linear layer."""
+    """Rows of 12 pixels (stride-1 convs: one edgebin_matvecc call a row), a strided conv and a 1x1 conv
+    (edgebin_matvect on a gathered row of 6), a depthwise conv (plain loops), a residual add and a linear layer
+    (edgebin_matvec, one column)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -79,7 +80,7 @@ def test_micro_kernels_are_bit_identical_to_plain_loops_and_onnxruntime(qdq, tmp
     assert sum(artefact.op_counts()["conv2d"].values()) == 6
     symbols = subprocess.run(["nm", "-D", str(tmp_path / "micro" / host.LIBRARY)], capture_output=True, text=True,
                              check=True).stdout
-    assert " T edgebin_matvec4_" in symbols and " T edgebin_matvec_" in symbols
+    assert all(f" T edgebin_{name}_" in symbols for name in ("matvecc", "matvect", "matvec"))
     assert "edgebin_matvec" not in subprocess.run(["nm", "-D", str(tmp_path / "plain" / host.LIBRARY)],
                                                   capture_output=True, text=True, check=True).stdout
 
@@ -94,6 +95,6 @@ def test_every_dense_int8_conv_and_gemm_calls_a_micro_kernel(qdq):
     dense = {name for name, found in calls.items() if found}
     convs = [r["name"] for r in lowered.kernels if "conv2d" in r["ops"] or "matmul" in r["ops"]]
     assert len(dense) == len(convs) - 1  # all but the depthwise conv
-    lanes = {call.split("_")[1] for found in calls.values() for call in found}
-    assert lanes == {"matvec", "matvec2", "matvec4"}
+    kinds = {call.split("_")[1] for found in calls.values() for call in found}
+    assert kinds == {"matvecc", "matvect", "matvec"}  # stride-1 convs, the strided and 1x1 ones, the gemm
     assert sum(lowered.macs[name] for name in convs) > 0 and all(r["kind"] != "float" for r in lowered.kernels)

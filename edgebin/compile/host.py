@@ -5,11 +5,13 @@
     logits = artefact.run(x)          # (N, ...) float32 in, (N, classes) out, one sample at a time
     artefact = load_artefact(Path("out"))   # later, from out/model.so + out/artefact.json
 
-Integer models: each int8 conv and matmul kernel calls a C micro-kernel for its multiply-accumulates (the
-Cortex-M schedule of `mcu_schedule`: im2col gather, one call per group of output pixels), `edgebin_matvec{,2,4}_*` from
-cpu_kernels/edgebin_cpu_kernels.c (AVX-512 VNNI or AVX2 on x86), compiled for the target and linked into
-model.so (`export_executable`); the requant epilogue stays in TIR and the sums are exact, so outputs are those
-of the plain loops bit for bit. Every other kernel keeps `schedule_cpu_loops`' loop order.
+Integer models: each int8 conv and matmul kernel calls a C micro-kernel for its multiply-accumulates, from
+cpu_kernels/edgebin_cpu_kernels.c (AVX-512 VNNI, else plain C that gcc vectorizes), compiled for the target and
+linked into model.so (`export_executable`): the schedule of `mcu_schedule` with whole rows of output pixels per call
+(`row_calls`): a stride-1 conv's `edgebin_matvecc_*` reads its padded input where it lies (no im2col), other convs
+gather a k-major im2col row for `edgebin_matvect_*`, gemms keep `edgebin_matvec_*`. The requant epilogue stays in
+TIR, per row and vectorized; the sums are exact, so outputs are those of the plain loops bit for bit. Every other
+kernel keeps `schedule_cpu_loops`' loop order. ResNet-8: 0.18 -> 0.10 ms (docs/host-int8.md).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ FORMAT = "edgebin.host/1"
 KERNELS_C = Path(__file__).parent / "cpu_kernels" / "edgebin_cpu_kernels.c"  # includes ../mcu_kernels/*.h
 KERNELS_CFLAGS = ("-O3", "-fPIC", "-std=gnu11")
 COMPILE_TIMEOUT_S = 120
+# int8 convs call their micro-kernel once per row of output pixels (edgebin_matvecc_* on the input as it lies for
+# stride-1 convs, edgebin_matvect_* on a k-major im2col row otherwise), not per 4, 2 or 1 pixels as on Cortex-M;
+# EDGEBIN_HOST_ROW_CALLS=0 for the Cortex-M grouping (a baseline to compare with).
+HOST_ROW_CALLS = os.environ.get("EDGEBIN_HOST_ROW_CALLS", "1") != "0"
 
 relax = tvm_api.relax
 
@@ -99,14 +105,26 @@ def schedule_cpu_loops(mod):
     """Give every kernel a better untuned CPU loop order than TVM's default loop nest.
 
     An int8 conv or matmul (an int8 x int8 -> int32 MAC block with a constant weight) gets the micro-kernel
-    schedule of `mcu_schedule` (im2col gather, one `edgebin_matvec*` call per pixel group, the epilogue after it;
-    its constants in `main` re-laid out where it asks), unless `mcu_schedule.plain_loops()` is on. Any other
+    schedule of `mcu_schedule` with `row_calls` (one `edgebin_matvec*` call per row of output pixels, the epilogue
+    after it, vectorized along the row; its constants in `main` re-laid out where it asks), unless
+    `mcu_schedule.plain_loops()` is on. Any other
     kernel: fold the elementwise epilogue (bias, ReLU, requant) into one block computed per output row, and (see
     `_worth_reordering`) move the innermost output axis, contiguous in memory, inside the reduction loops, where
     LLVM vectorizes it. Kernels the schedule cannot handle keep their default loops. No tuning: MetaSchedule
     does better on the float kernels, at minutes per model; tuned kernels are left as they are.
     """
-    return mcu_schedule.schedule_module(mod, _schedule_or_keep, skip=_tuned, keep_pads=True)
+    _vectorizable_nearbyint()
+    return mcu_schedule.schedule_module(mod, _schedule_or_keep, skip=_tuned, keep_pads=True,
+                                        row_calls=HOST_ROW_CALLS)
+
+
+def _vectorizable_nearbyint() -> None:
+    """Let TVM vectorize `nearbyint` (the requant's rounding) like `round`: LLVM has it for vectors, and TVM's op
+    lacks the TVectorizable flag, so a vectorized requant epilogue came out scalar and LLVM vectorized it across
+    channels with scatters instead. Same instruction per lane (vroundps), so the same results."""
+    op = tvm_api.tvm.ir.Op.get("tirx.nearbyint")
+    if op.get_attr("TVectorizable") is None:
+        tvm_api.tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
 
 
 def _schedule_or_keep(func):

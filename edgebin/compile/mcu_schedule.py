@@ -32,7 +32,12 @@ Both compute the same int32 sums in the same requant epilogue, so outputs are id
 
 The x86 host and the 64-bit Arm boards reuse the micro-kernel schedule (`schedule_module` with their own loop order
 for the other kernels, host.schedule_cpu_loops); there the calls go to cpu_kernels/edgebin_cpu_kernels.c, linked
-into the library.
+into the library, and `row_calls` changes steps 1-3 (host only; the Cortex-M output is unchanged): one call per row
+of output pixels, whatever its width, with the epilogue vectorized along the row after it. A stride-1 conv reads its
+padded input where it lies (`_schedule_conv_row`, `edgebin_matvecc_*`: row (ci, ky) from column kx holds the P
+inputs of the row's P outputs, so there is no im2col at all); any other conv gathers its columns k-major,
+col[ci, ky, kx, p] (`edgebin_matvect_*`), each (ci, ky, kx) a run of neighbouring pixels LLVM copies in vectors.
+Those kernels put the pixels in the vector lanes and broadcast the weights: no horizontal sums.
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ log = logging.getLogger(__name__)
 MATVEC = "edgebin_matvec_s8"  # the C micro-kernel (mcu_kernels/edgebin_kernels.h)...
 MATVEC_U8 = "edgebin_matvec_u8s8"  # ...and its twin for a uint8 activation (edgebin_matvec{2,4}_*: 2 or 4 columns)
 COLUMN_BYTES = 1536  # stack for one call's columns and accumulators, P (k + 4 n) bytes, when P > 1 columns
+ROW_BYTES = 32768  # the host's whole-row calls (row_calls): stack for a row's columns and accumulators
 UNIT, LANE = -1, -2  # matvec_intrin's column axes that are not reduction axes
 # With a reduction this short the requant epilogue is a third of a conv's instructions: its P lanes are unrolled
 # (for ResNet-8's stem, 9 MACs per output: 3.1 -> 2.8 instructions per MAC), at the price of P - 1 more copies of
@@ -113,18 +119,19 @@ def schedule_for_mcu(mod):
 
 
 def schedule_module(mod, plain: Callable[[Any], Any] | None = None, *, skip: Callable[[Any], bool] | None = None,
-                    keep_pads: bool = False):
+                    keep_pads: bool = False, row_calls: bool = False):
     """`mod` with each PrimFunc through `schedule_kernel` (`plain` for the kernels without a micro-kernel call,
     default the MCU's plain schedule; those `skip` says to leave alone keep their loops) and the constants of
     `main` re-laid out where a kernel asks for it. The host's schedule reuses this with its own loop order."""
     constants = constant_arguments(mod)
     relayouts: dict[str, list[Relayout]] = {}
     for gvar, func in list(mod.functions.items()):
-        if not isinstance(func, tirx.PrimFunc) or (skip is not None and skip(func)):
+        if not isinstance(func, tirx.PrimFunc) or (skip is not None and skip(func)) or _is_opaque_call(func):
             continue
         try:
             mod[gvar], relayouts[gvar.name_hint] = schedule_kernel(func, constants.get(gvar.name_hint, frozenset()),
-                                                                   plain=plain, keep_pads=keep_pads)
+                                                                   plain=plain, keep_pads=keep_pads,
+                                                                   row_calls=row_calls)
         except s_tir.ScheduleError as err:  # pragma: no cover - every legalized op so far schedules
             log.warning("loop schedule failed for %s, default loops kept: %s", gvar.name_hint,
                         str(err).splitlines()[0])
@@ -134,17 +141,20 @@ def schedule_module(mod, plain: Callable[[Any], Any] | None = None, *, skip: Cal
 
 
 def schedule_kernel(func, constant_params: frozenset[int] = frozenset(), *,
-                    plain: Callable[[Any], Any] | None = None, keep_pads: bool = False):
+                    plain: Callable[[Any], Any] | None = None, keep_pads: bool = False, row_calls: bool = False):
     """(scheduled PrimFunc, the parameter re-layouts its callers must apply to their constants).
 
     `constant_params` are the parameter indices every caller passes a constant to (the only ones whose layout
     the schedule may change). A kernel without an int8 MAC block the micro-kernel takes gets `plain(func)`
     (default the plain schedule of the module docstring). `keep_pads`: a pad block inside the kernel (a conv's own
     padding) stays a loop nest of its own writing the padded tensor, instead of a bounds test per gathered byte
-    (the host: faster, at the price of the padded tensor's memory)."""
+    (the host: faster, at the price of the padded tensor's memory). `row_calls` (the host): one call per row of
+    output pixels, whatever its width (P an argument): a stride-1 conv's input read where it lies
+    (`edgebin_matvecc_*`), else columns gathered k-major (`edgebin_matvect_*`), instead of groups of 4, 2 or 1
+    pixel-major columns."""
     if MICRO_KERNELS.get():
         try:
-            return _schedule_matvec(func, constant_params, keep_pads=keep_pads)
+            return _schedule_matvec(func, constant_params, keep_pads=keep_pads, row_calls=row_calls)
         except _NotMatvec as why:
             log.debug("plain loops: %s", why)
         except (RuntimeError, ValueError, TypeError) as err:  # ScheduleError, or TVM refusing the tensorize
@@ -166,8 +176,15 @@ def uses_micro_kernel(func, constant_params: frozenset[int] = frozenset()) -> bo
 # --- the micro-kernel schedule -------------------------------------------------------------------------------
 
 
-def _schedule_matvec(func, constant_params: frozenset[int], *, keep_pads: bool = False):
+def _schedule_matvec(func, constant_params: frozenset[int], *, keep_pads: bool = False, row_calls: bool = False):
     """Steps 1-4 of the module docstring; _NotMatvec (or a ScheduleError) when the kernel does not fit."""
+    if row_calls and keep_pads:
+        try:
+            return _schedule_conv_row(func)
+        except _NotMatvec as why:
+            log.debug("no direct conv row: %s", why)
+        except (RuntimeError, ValueError, TypeError) as err:
+            log.debug("direct conv row failed (%s); im2col kept", str(err).strip().splitlines()[0][:200])
     sch = s_tir.Schedule(func)
     block = _int8_mac_block(sch)
     node = sch.get(block)
@@ -183,7 +200,7 @@ def _schedule_matvec(func, constant_params: frozenset[int], *, keep_pads: bool =
     if keep_pads and gather is not None:
         keep |= {name for name in _block_names(sch) if name.startswith("pad_temp") and name not in keep}
     _inline_all(sch, keep=keep)
-    call = _place_loops(sch, block, j, gather)  # 2.
+    call = _place_loops(sch, block, j, gather, row_calls)  # 2.
     sch.tensorize(call.loop, _call_intrinsic(sch.get(block), j, call))  # 3.
     return _drop_tensorized_init(sch.mod["main"]), relayouts
 
@@ -198,6 +215,7 @@ class _Call:
     lane_var: Any
     n: int
     extents: tuple[int, ...]
+    row: bool = False  # a whole row of pixels, k-major, P passed to edgebin_matvect_*
 
 
 def _weight_rows_first(sch, block, func, w, rows_first: list, constant_params: frozenset[int]) -> list[Relayout]:
@@ -213,7 +231,7 @@ def _weight_rows_first(sch, block, func, w, rows_first: list, constant_params: f
     return [Relayout(param, axes)]
 
 
-def _place_loops(sch, block, j, gather) -> _Call:
+def _place_loops(sch, block, j, gather, row_calls: bool = False) -> _Call:
     """Step 2: pixel (groups) outside, then the lanes, the output channel and the reduction; the gather before
     and the epilogue after the call, per pixel group."""
     loops = sch.get_loops(block)
@@ -232,21 +250,43 @@ def _place_loops(sch, block, j, gather) -> _Call:
     (last, lane_var), pixels = pixels[-1], [loop for loop, _ in pixels]
     out, _, _ = _mac_statement(node)
     lanes, k = 1, int(np.prod(extents))  # P columns: a conv's neighbouring pixels, innermost in the accumulator
+    row = False
     if gather is not None and _after([iv.var for iv in node.iter_vars], lane_var, j) and _after(
             list(out.indices), lane_var, j):
-        lanes = columns_per_call(int(sch.get(last).extent), k, n)
+        width = int(sch.get(last).extent)
+        row = row_calls and len(pixels) > 1 and width > 1 and width * (k + 4 * n) <= ROW_BYTES
+        lanes = width if row else columns_per_call(width, k, n)
     inner = []
-    if lanes > 1:
+    if row:
+        pixels, inner = pixels[:-1], [last]
+    elif lanes > 1:
         pixels[-1], lane_loop = sch.split(last, factors=[None, lanes])
         inner = [lane_loop]
     sch.reorder(*pixels, *inner, j_loop, *reduction)
     if gather is not None:
         sch.compute_at(gather, pixels[-1], preserve_unit_loops=True)
+        if row:
+            _k_major_columns(sch, block, gather, lane_var, len(pixels))
     for consumer in sch.get_consumers(block):
         sch.reverse_compute_at(consumer, pixels[-1], preserve_unit_loops=True)
-        if lanes > 1 and k <= UNROLLED_EPILOGUE_K:
+        if row:  # a row's pixels, contiguous in the accumulators and the output: vectors (else LLVM
+            with contextlib.suppress(s_tir.ScheduleError):  # vectorizes the channel loop, with scatters)
+                sch.vectorize(sch.get_loops(consumer)[-1])
+        elif lanes > 1 and k <= UNROLLED_EPILOGUE_K:
             sch.unroll(sch.get_loops(consumer)[-1])  # the epilogue's lanes: each channel's constants load once
-    return _Call(inner[0] if inner else j_loop, lanes, lane_var if lanes > 1 else None, n, extents)
+    return _Call(inner[0] if inner else j_loop, lanes, lane_var if lanes > 1 else None, n, extents, row)
+
+
+def _k_major_columns(sch, block, gather, lane_var, outer: int) -> None:
+    """A row's columns k-major, col[.., r.., p] (edgebin_matvect_*): the pixel axis of the gathered buffer moves
+    last, and the gather's pixel loop innermost, where each (ci, ky, kx) copies a run of neighbouring pixels."""
+    _, x, _ = _mac_statement(sch.get(block))
+    at = next(i for i, v in enumerate(x.indices) if isinstance(v, tirx.Var) and v.same_as(lane_var))
+    order = [*(i for i in range(len(x.indices)) if i != at), at]
+    sch.transform_layout(gather, ("write", 0), _permutation(tuple(order)))
+    inner = sch.get_loops(gather)[outer:]
+    if len(inner) == len(order):
+        sch.reorder(*(inner[i] for i in order))
 
 
 def _call_intrinsic(node, j, call: _Call) -> str:
@@ -258,11 +298,16 @@ def _call_intrinsic(node, j, call: _Call) -> str:
                   -1)
     a_axes = tuple(_column_axis(index, reduce_vars, call.lane_var) for index in x.indices)
     looped = [r for r in a_axes if r >= 0]
-    if looped != sorted(looped) or a_axes[len(a_axes) - len(looped):] != tuple(looped) or any(
+    columns = a_axes  # the reduction axes last (k-major for a row: then the lane axis after them)
+    if call.row:
+        if a_axes[-1] != LANE:
+            raise _NotMatvec("the row's columns are not k-major")
+        columns = a_axes[:-1]
+    if looped != sorted(looped) or columns[len(columns) - len(looped):] != tuple(looped) or any(
             extent > 1 and r not in looped for r, extent in enumerate(call.extents)):
         raise _NotMatvec("the column is not contiguous along the reduction")
     return matvec_intrin(call.n, call.extents, len(out.indices), c_axis, a_axes, prim_dtype(j), str(x.source.dtype),
-                         lanes=call.lanes, c_lane=c_lane)
+                         lanes=call.lanes, c_lane=c_lane, row=call.row)
 
 
 def columns_per_call(pixels: int, k: int, n: int) -> int:
@@ -283,6 +328,139 @@ def _column_axis(index, reduce_vars: list, lane_var) -> int:
     return LANE if r == UNIT and lane_var is not None and lane_var.same_as(index) else r
 
 
+def _schedule_conv_row(func):
+    """The host's stride-1 convs without im2col: one `edgebin_matvecc_*` call per row of output pixels reads the
+    (padded) input where it lies, row (ci, ky) from column kx, whose P pixels are P neighbouring bytes; the
+    epilogue after it, per row, vectorized. _NotMatvec when the MAC block is not such a conv."""
+    sch = s_tir.Schedule(func)
+    block = _int8_mac_block(sch)
+    node = sch.get(block)
+    out, x, w = _mac_statement(node)
+    reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
+    j = _output_channel(node, out, x, w, reduce_vars)
+    if not all(a.same_as(b) for a, b in zip(w.indices, [j, *reduce_vars], strict=True)):
+        raise _NotMatvec("the weight's rows are not (output channel, reduction...)")
+    _inline_all(sch, keep={name for name in _block_names(sch) if name.startswith("pad_temp")})
+    node = sch.get(block)
+    out, x, _ = _mac_statement(node)
+    loops = sch.get_loops(block)
+    if len(loops) != len(node.iter_vars):
+        raise _NotMatvec("the MAC block's loops are not its own axes")
+    axes = list(zip(loops, node.iter_vars, strict=True))
+    pixels = [(loop, iv.var) for loop, iv in axes if int(iv.iter_type) == _SPATIAL and not iv.var.same_as(j)]
+    if len(pixels) < 2 or not _after([iv.var for iv in node.iter_vars], pixels[-1][1], j) or not _after(
+            list(out.indices), pixels[-1][1], j):
+        raise _NotMatvec("no row of pixels after the output channel")
+    (last, lane), outer = pixels[-1], [loop for loop, _ in pixels[:-1]]
+    extents = [int(sch.get(loop).extent) for loop, iv in axes if int(iv.iter_type) == _REDUCE]
+    width, n = int(sch.get(last).extent), int(sch.get(next(lp for lp, iv in axes if iv.var.same_as(j))).extent)
+    if width < 2 or n < 2 or len(extents) != 3:
+        raise _NotMatvec("not a conv with a row of pixels and (ci, ky, kx) reduction axes")
+    kinds = _conv_read(x.indices, reduce_vars, lane, [v for _, v in pixels[:-1]])
+    if width * 4 * n > ROW_BYTES:
+        raise _NotMatvec("a row's accumulators do not fit ROW_BYTES")
+    j_loop = next(lp for lp, iv in axes if iv.var.same_as(j))
+    reduction = [loop for loop, iv in axes if int(iv.iter_type) == _REDUCE]
+    sch.reorder(*outer, last, j_loop, *reduction)
+    for consumer in sch.get_consumers(block):
+        sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=True)
+        with contextlib.suppress(s_tir.ScheduleError):
+            sch.vectorize(sch.get_loops(consumer)[-1])
+    c_axis = next(i for i, v in enumerate(out.indices) if v.same_as(j))
+    c_lane = next(i for i, v in enumerate(out.indices) if v.same_as(lane))
+    name = convt_intrin(n, tuple(extents), len(out.indices), c_axis, c_lane, kinds, width, prim_dtype(j),
+                        str(x.source.dtype))
+    sch.tensorize(last, name)
+    return _drop_tensorized_init(sch.mod["main"]), []
+
+
+def _conv_read(indices, reduce_vars: list, lane, outer: list) -> tuple[int, ...]:
+    """What each index of a stride-1 conv's input read is: -1 an outer pixel axis or a constant (unit), r a
+    reduction axis r (the channel), 3 + r an outer pixel axis plus reduction axis r (a row), 6 + r the lane plus
+    reduction axis r (a column run); the reduction axes in order, the lane's the last index."""
+    kinds = []
+    for index in indices:
+        if isinstance(index, tirx.Var) and _among(index, reduce_vars):
+            kinds.append(next(r for r, v in enumerate(reduce_vars) if v.same_as(index)))
+        elif isinstance(index, tirx.Var | tirx.IntImm) and (not isinstance(index, tirx.Var) or _among(index, outer)):
+            kinds.append(-1)
+        elif isinstance(index, tirx.Add) and isinstance(index.a, tirx.Var) and isinstance(index.b, tirx.Var) and \
+                _among(index.b, reduce_vars) and (index.a.same_as(lane) or _among(index.a, outer)):
+            r = next(r for r, v in enumerate(reduce_vars) if v.same_as(index.b))
+            kinds.append((6 if index.a.same_as(lane) else 3) + r)
+        else:
+            raise _NotMatvec("the input is not read as a stride-1 conv's")
+    if [k for k in kinds if k >= 0] not in ([0, 1, 8], [0, 4, 8]):
+        raise _NotMatvec("the input is not read (ci, row ky, column kx + pixel)")
+    return tuple(kinds)
+
+
+def convt_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, c_lane: int, kinds: tuple[int, ...],
+                 lanes: int, index_dtype: str, x_dtype: str) -> str:
+    """A tensor intrinsic for one row of a stride-1 conv: `C[.., j, .., p] = sum_r int32(A[ci, ky, p + kx]) *
+    int32(B[j, ci, ky, kx])`, A the input as it lies (any strides), `kinds` from `_conv_read`; the implementation
+    one `edgebin_matvecc_*(a, b, k, n, c, P, kh, kw, channel stride, row stride)` call."""
+    kernel = "edgebin_matvecc_s8" if x_dtype == "int8" else "edgebin_matvecc_u8s8"
+    name = (f"{kernel}_{n}x{'x'.join(map(str, reduction))}_p{lanes}_c{c_ndim}{c_axis}{c_lane}"
+            f"_a{'_'.join(map(str, kinds))}_{index_dtype}")
+    if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
+        s_tir.TensorIntrin.register(name, *(_convt_func(kernel, n, reduction, c_ndim, c_axis, c_lane, kinds, lanes,
+                                                        index_dtype, x_dtype, impl=impl) for impl in (False, True)))
+    return name
+
+
+def _convt_func(kernel, n, reduction, c_ndim, c_axis, c_lane, kinds, lanes, index_dtype, x_dtype, *, impl: bool):
+    IRBuilder, builder = tvm.script.ir_builder.IRBuilder, tvm.script.ir_builder.tirx
+
+    def imm(value):
+        return tirx.IntImm(index_dtype, value)
+
+    a_shape = [imm(1) if k < 0 else imm(reduction[k]) if k < 3 else imm(reduction[k % 3] + (lanes - 1 if k >= 6 else 0))
+               for k in kinds]
+    c_shape = [imm(n) if i == c_axis else imm(lanes) if i == c_lane else imm(1) for i in range(c_ndim)]
+    b_shape = [imm(n), *map(imm, reduction)]
+    strides = [tirx.Var(f"s{i}", index_dtype) for i in range(len(kinds) - 1)] + [imm(1)]
+
+    def whole(buffer, shape):
+        return buffer[tuple(slice(imm(0), extent) for extent in shape)]
+
+    with IRBuilder() as ib:
+        with builder.prim_func(s_tir=True):
+            builder.func_name(f"{kernel}_{'impl' if impl else 'desc'}")
+            handles = [builder.arg(name, builder.handle()) for name in ("a", "b", "c")]
+            a = builder.match_buffer(handles[0], a_shape, x_dtype, strides=strides, offset_factor=1)
+            b = builder.match_buffer(handles[1], b_shape, "int8", offset_factor=1)
+            c = builder.match_buffer(handles[2], c_shape, "int32", offset_factor=1)
+            with builder.sblock("root"):
+                builder.reads(whole(a, a_shape), whole(b, b_shape))
+                builder.writes(whole(c, c_shape))
+                if impl:
+                    channel = next(i for i, k in enumerate(kinds) if k == 0)
+                    row = next(i for i, k in enumerate(kinds) if k % 3 == 1 and k >= 0)
+                    builder.evaluate(tirx.call_extern(
+                        "void", kernel, a.access_ptr("r"), b.access_ptr("r"), int(np.prod(reduction)), n,
+                        c.access_ptr("w"), lanes, reduction[1], reduction[2],
+                        tirx.Cast("int32", a.strides[channel]), tirx.Cast("int32", a.strides[row])))
+                else:
+                    def c_index(vp, vj):
+                        return tuple(vj if i == c_axis else vp if i == c_lane else imm(0) for i in range(c_ndim))
+                    with builder.init():
+                        with builder.grid(imm(lanes), imm(n)) as loops:
+                            with builder.sblock("update_init"):
+                                vj, vp = _listed(builder.axis.remap("SS", [loops[1], loops[0]], dtype=index_dtype))
+                                builder.buffer_store(c, tirx.IntImm("int32", 0), c_index(vp, vj))
+                    with builder.grid(imm(lanes), imm(n), *map(imm, reduction)) as loops:
+                        with builder.sblock("update"):
+                            vj, vp, *vr = _listed(builder.axis.remap("SSRRR", [loops[1], loops[0], *loops[2:]],
+                                                                      dtype=index_dtype))
+                            ai = [imm(0) if k < 0 else vr[k] if k < 3 else vr[k % 3] + (vp if k >= 6 else imm(0))
+                                  for k in kinds]
+                            ci = c_index(vp, vj)
+                            product = tirx.Cast("int32", a[tuple(ai)]) * tirx.Cast("int32", b[(vj, *vr)])
+                            builder.buffer_store(c, c[ci] + product, ci)
+    return ib.get()
+
+
 def _drop_tensorized_init(func):
     """`func` without the init statement of its micro-kernel calls' blocks. The intrinsic describes the zeroing
     and the MACs (the kernel overwrites its accumulators); tensorize keeps the block's init, which would zero them
@@ -293,6 +471,12 @@ def _drop_tensorized_init(func):
         return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, None,
                             block.alloc_buffers, block.match_buffers, block.annotations)
     return tvm_ffi.structural_map(func, (s_tir.SBlock, strip))
+
+
+def _is_opaque_call(func) -> bool:
+    """True for a PrimFunc without loops: one C kernel call in one opaque block (binary.py's packed binary
+    layers), nothing a schedule could reorder."""
+    return not collect(func.body, tirx.For)
 
 
 def is_matvec_call(expr) -> bool:
@@ -381,7 +565,8 @@ def _permutation(axes: tuple[int, ...]):
 
 
 def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, a_axes: tuple[int, ...],
-                  index_dtype: str = "int64", x_dtype: str = "int8", *, lanes: int = 1, c_lane: int = -1) -> str:
+                  index_dtype: str = "int64", x_dtype: str = "int8", *, lanes: int = 1, c_lane: int = -1,
+                  row: bool = False) -> str:
     """The name of a tensor intrinsic for `C[.., j, .., p] = sum_r int32(A[.., p, r..]) * int32(B[j, *r])`
     (registered once).
 
@@ -389,20 +574,23 @@ def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, 
     when lanes > 1, unit extents elsewhere; B the int8 weight rows, (n, *reduction); A the `x_dtype` (int8 or
     uint8) columns: its axis i is reduction axis `a_axes[i]`, the lane axis where that is LANE, or a unit axis
     (UNIT; the reduction axes come last and in order, so each column is contiguous). The description zeroes C
-    first: the implementation, one `edgebin_matvec{lanes}_s8` (`_u8s8` for uint8) call, overwrites it.
+    first: the implementation, one `edgebin_matvec{lanes}_s8` (`_u8s8` for uint8) call, overwrites it; with
+    `row`, `edgebin_matvect_*(..., lanes)`: any number of lanes, A k-major (the lane axis last; the host's rows).
     """
-    spec = _Matvec(n, tuple(reduction), c_ndim, c_axis, tuple(a_axes), index_dtype, x_dtype, lanes, c_lane)
-    name = (f"{spec.kernel}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}{c_lane}"
+    spec = _Matvec(n, tuple(reduction), c_ndim, c_axis, tuple(a_axes), index_dtype, x_dtype, lanes, c_lane, row)
+    name = (f"{spec.kernel}{lanes if row else ''}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}{c_lane}"
             f"_a{''.join('_' if r == UNIT else 'p' if r == LANE else str(r) for r in a_axes)}_{index_dtype}")
     if s_tir.TensorIntrin.get(name, allow_missing=True) is None:
         s_tir.TensorIntrin.register(name, _matvec_func(spec, impl=False), _matvec_func(spec, impl=True))
     return name
 
 
-def matvec_kernel(lanes: int, x_dtype: str) -> str:
-    """The C micro-kernel for `lanes` columns of int8 (or uint8) input: edgebin_matvec{,2,4}_{s8,u8s8}."""
+def matvec_kernel(lanes: int, x_dtype: str, row: bool = False) -> str:
+    """The C micro-kernel for `lanes` columns of int8 (or uint8) input: edgebin_matvec{,2,4}_{s8,u8s8}, or
+    edgebin_matvect_* (k-major columns, P an argument) for a `row`."""
     kernel = MATVEC if x_dtype == "int8" else MATVEC_U8
-    return kernel if lanes == 1 else kernel.replace("matvec", f"matvec{lanes}")
+    return kernel.replace("matvec", "matvect") if row else kernel if lanes == 1 else kernel.replace(
+        "matvec", f"matvec{lanes}")
 
 
 @dataclass(frozen=True)
@@ -418,10 +606,11 @@ class _Matvec:
     x_dtype: str
     lanes: int
     c_lane: int
+    row: bool = False
 
     @property
     def kernel(self) -> str:
-        return matvec_kernel(self.lanes, self.x_dtype)
+        return matvec_kernel(self.lanes, self.x_dtype, self.row)
 
     @property
     def lane_extents(self) -> list[int]:
@@ -463,7 +652,8 @@ def _matvec_func(spec: _Matvec, *, impl: bool):
                 builder.writes(whole(c, shapes[2]))
                 if impl:
                     builder.evaluate(tirx.call_extern("void", spec.kernel, a.access_ptr("r"), b.access_ptr("r"),
-                                                      int(np.prod(spec.reduction)), spec.n, c.access_ptr("w")))
+                                                      int(np.prod(spec.reduction)), spec.n, c.access_ptr("w"),
+                                                      *([spec.lanes] if spec.row else [])))
                 else:
                     _describe(builder, spec, a, b, c)
     return ib.get()

@@ -68,10 +68,12 @@ def render(reports: dict[str, dict], command: str) -> str:
         cells = [f"{engines[e]['median_ms']:.3f} ({base / engines[e]['median_ms']:.2f}×)" if e in engines else "—"
                  for e in ENGINES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "edgebin-int8: each int8 conv and gemm gathers its input im2col-style and calls a C micro-kernel "
-              "(`edgebin/compile/cpu_kernels/edgebin_cpu_kernels.c`: AVX-512 VNNI, else AVX2, else plain C), the "
-              "requant epilogue and the other kernels are TVM's LLVM code; outputs are bit-identical to the plain "
-              "loops. Medians of one run on a shared machine: expect a few percent to tens of percent between runs."]
+    lines += ["", "edgebin-int8: each int8 conv calls a C micro-kernel once per row of output pixels "
+              "(`edgebin/compile/cpu_kernels/edgebin_cpu_kernels.c`: AVX-512 VNNI with the pixels in the vector "
+              "lanes, else plain C): a stride-1 conv reads its padded input where it lies (no im2col), other convs "
+              "gather a k-major im2col row; gemms call the one-column kernel. The requant epilogue (vectorized along "
+              "the row) and the other kernels are TVM's LLVM code; outputs are bit-identical to the plain loops. "
+              "Medians of one run on a shared machine: expect a few percent to tens of percent between runs."]
     env = next(iter(reports.values()))["environment"] if reports else {}
     lines += ["", "## Kernels", "", "| model | kernels by kind | convs and gemms |", "|---|---|---|"]
     for name, r in reports.items():
