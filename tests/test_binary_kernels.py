@@ -189,7 +189,7 @@ def test_dense_weight_bits_follow_the_tap_major_order():
     codes[0, 1, 0, 0] = 1  # channel 1 of tap 0 -> bit 0 * 2 + 1
     codes[0, 0, 0, 1] = 1  # channel 0 of tap 1 -> bit 1 * 2 + 0
     assert pack_dense_weight_bits(codes).tolist() == [[0b0110]]
-    assert tap_sums(codes).tolist() == [[0, 0]] and tap_sums(codes).dtype == np.int16  # the kernel reads int16
+    assert tap_sums(codes).tolist() == [[0, 0]] and tap_sums(codes).dtype == np.int8  # the kernel reads int8
 
 
 @pytest.mark.parametrize("dense", [False, True])

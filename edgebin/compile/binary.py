@@ -67,12 +67,12 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
     "edgebin_bconv2d": (("const uint32_t* bits", "const uint32_t* w"), "int32_t* out"),
     "edgebin_bconv2d_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add"),
                                "float* out"),
-    "edgebin_bconv2d_dense": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum"), "int32_t* out"),
-    "edgebin_bconv2d_dense_affine": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
+    "edgebin_bconv2d_dense": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum"), "int32_t* out"),
+    "edgebin_bconv2d_dense_affine": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum",
                                       "const float* mul", "const float* add"), "float* out"),
     "edgebin_bconv2d_bits": (("const uint32_t* bits", "const uint32_t* w", "const int32_t* dir", "const int32_t* thr"),
                              "uint32_t* out"),
-    "edgebin_bconv2d_dense_bits": (("const uint32_t* bits", "const uint32_t* w", "const int16_t* tapsum",
+    "edgebin_bconv2d_dense_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum",
                                     "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
 }
 for _kernel in ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits"):
@@ -93,6 +93,7 @@ def mst_compression(on: bool = True) -> Iterator[None]:
     finally:
         MST.reset(token)
 DENSE_COLUMN_WORDS = 64  # EDGEBIN_BCOL_WORDS: the longest dense column the dense kernels take
+DENSE_MAX_CHANNELS = 127  # their per-tap weight sums are int8
 KERNELS = frozenset(_POINTERS)
 
 
@@ -160,9 +161,12 @@ def pack_dense_weight_bits(codes: np.ndarray) -> np.ndarray:
 
 
 def tap_sums(codes: np.ndarray) -> np.ndarray:
-    """(Cout, KH·KW) int16: each tap's sum of ±1 weights over the input channels, the dense kernels' border fix."""
+    """(Cout, KH·KW) int8: each tap's sum of ±1 weights over the input channels (|sum| <= C <= DENSE_MAX_CHANNELS),
+    the dense kernels' border fix."""
     cout, _, kh, kw = codes.shape
-    return codes.astype(np.int16).sum(axis=1, dtype=np.int16).reshape(cout, kh * kw)
+    if codes.shape[1] > DENSE_MAX_CHANNELS:
+        raise ValueError(f"tap_sums: {codes.shape[1]} input channels; int8 sums hold at most {DENSE_MAX_CHANNELS}")
+    return codes.astype(np.int8).sum(axis=1, dtype=np.int8).reshape(cout, kh * kw)
 
 
 def sign_thresholds(mul: np.ndarray, add: np.ndarray, shift: np.ndarray, *, relu: bool) -> tuple[np.ndarray,
@@ -391,7 +395,7 @@ class _Rewriter(PyExprMutator):
         _, _, oh, ow = conv.out_shape
         (sh, sw), (ph, pw) = conv.stride, conv.padding
         shape = (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow)
-        dense_ok = words_for(c * kh * kw) <= DENSE_COLUMN_WORDS
+        dense_ok = words_for(c * kh * kw) <= DENSE_COLUMN_WORDS and c <= DENSE_MAX_CHANNELS
         if self.mst and dense_ok and cout <= MST_CHANNELS:
             plan = mst_plan(conv.codes)
             nodes, edges = plan.kernel_tables()

@@ -35,9 +35,9 @@
  *   empty), and the weights are dense rows w[co][kwords] in the same bit order. Each output channel then XORs its
  *   row with the column and counts the bits of three words at a time, deferring the SWAR count's last steps
  *   (USADA8 sums the four byte counts on DSP cores). A tap outside the image is left 0 in the column, which counts
- *   as -1 against each weight; tapsum[co * kh * kw + t] (the sum of that tap's +-1 weights) adds it back, on
- *   border pixels only. Columns hold at most EDGEBIN_BCOL_WORDS words (the compiler uses the other kernels for a
- *   larger c * kh * kw).
+ *   as -1 against each weight; tapsum[co * kh * kw + t] (the sum of that tap's +-1 weights, int8: c <= 127)
+ *   adds it back, on border pixels only. Columns hold at most EDGEBIN_BCOL_WORDS words (the compiler uses the
+ *   other kernels for a larger c * kh * kw or c > 127).
  *
  * Popcount: the compiler's builtin where the target has an instruction for it (x86 POPCNT, AArch64/NEON CNT);
  * elsewhere (Cortex-M has none and libgcc's __popcountsi2 is a call) the SWAR bit count below. All paths compute
@@ -264,7 +264,7 @@ EDGEBIN_CORE void edgebin_mst_sums(const uint32_t* col, const uint32_t* w, int32
   }
 }
 
-EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                               int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                               int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                               int32_t ow, int32_t* out_i, const float* mul, const float* add,
@@ -303,7 +303,7 @@ EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_
           int32_t sum = mst_nodes ? tree_sums[co] : depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords,
                                                                                         kwords);
           if (border) { /* taps outside the image counted as -1 against each weight: add their weights back */
-            const int16_t* ts = tapsum + (int64_t)co * taps;
+            const int8_t* ts = tapsum + (int64_t)co * taps;
             for (int32_t ky = 0; ky < kh; ++ky) {
               for (int32_t kx = 0; kx < kw; ++kx) {
                 if (ky < ky0 || ky >= ky1 || kx < kx0 || kx >= kx1) sum += ts[ky * kw + kx];
@@ -318,7 +318,7 @@ EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_
   }
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                                int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                                int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                int32_t ow, int32_t* out) {
@@ -326,7 +326,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32
                              0, 0, 0);
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                                       const float* mul, const float* add, int32_t n, int32_t c,
                                                       int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                       int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
@@ -335,7 +335,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const
                              0, 0, 0, 0);
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                                     const int32_t* dir, const int32_t* thr, int32_t n, int32_t c,
                                                     int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                     int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
@@ -345,7 +345,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const u
 }
 
 /* The three dense kernels with MST-compression: the same arguments plus the tree's tables after tapsum. */
-EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                                    const int32_t* nodes, const uint32_t* edges, int32_t n, int32_t c,
                                                    int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                    int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
@@ -355,7 +355,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst(const uint32_t* bits, const ui
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_affine(const uint32_t* bits, const uint32_t* w,
-                                                          const int16_t* tapsum, const int32_t* nodes,
+                                                          const int8_t* tapsum, const int32_t* nodes,
                                                           const uint32_t* edges, const float* mul, const float* add,
                                                           int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout,
                                                           int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
@@ -364,7 +364,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_affine(const uint32_t* bits, c
                              0, 0, nodes, edges);
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, const uint32_t* w, const int16_t* tapsum,
+EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                                         const int32_t* nodes, const uint32_t* edges,
                                                         const int32_t* dir, const int32_t* thr, int32_t n, int32_t c,
                                                         int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
