@@ -45,6 +45,7 @@ import numpy as np
 
 from edgebin.compile.kernels import extern_calls
 from edgebin.compile.mst import mst_plan
+from edgebin.compile.qdq_to_int import BindingGraph
 from edgebin.compile.tvm_adapter import (
     PyExprMutator,
     call_op_name,
@@ -235,29 +236,27 @@ class _Rewriter(PyExprMutator):
         self.dense, self.mst = dense, mst
         self.mst_layers: list[tuple[str, dict, relax.Var]] = []  # (kernel, work the tree saves, its call's result)
         self.bits_of: dict = {}  # (input variable, shift bytes) -> the packed-bits tensor already emitted
-        self.var2val = relax.analysis.get_var2val(func)
-        self.uses: dict = {}  # variable -> bindings (and the function output) that read it
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                for var in relax.analysis.free_vars(binding.value):
-                    self.uses[var] = self.uses.get(var, 0) + 1
-        for var in relax.analysis.free_vars(func.body.body):
-            self.uses[var] = self.uses.get(var, 0) + 1
+        self.graph = BindingGraph(func, mod)
+        self.value = self.graph.value
         self.rewritten: Counter[str] = Counter()
         self.skipped: Counter[str] = Counter()
 
-    def value(self, expr):
-        while isinstance(expr, relax.Var) and expr in self.var2val:
-            expr = self.var2val[expr]
-        return expr
-
     def visit_call_(self, call):
-        if call_op_name(call) == "relax.nn.conv2d":
+        if call_op_name(call) == "relax.nn.conv2d" and not self._folded_into_batch_norm(call):
             conv = self._match_conv(call)
             if conv is not None:
                 self.rewritten["conv2d"] += 1
                 return self._emit_conv(conv)
         return super().visit_call_(call)
+
+    def _folded_into_batch_norm(self, call) -> bool:
+        """True when the conv's only user is a BatchNorm that `visit_tuple_getitem_` folds it into: rewriting it
+        here too would build a kernel (and an MST plan) only to drop it."""
+        var = self.graph.var_of.get(call)
+        users = self.graph.users.get(var, []) if var is not None else []
+        if self.graph.uses.get(var, 0) != 1 or len(users) != 1 or call_op_name(users[0]) != "relax.nn.batch_norm":
+            return False
+        return self._batch_norm(users[0], self._match_conv(call)) is not None
 
     def visit_tuple_getitem_(self, op):
         """batch_norm(binary conv)[0]: one conv kernel with the BatchNorm folded into its float epilogue (the conv
@@ -288,19 +287,15 @@ class _Rewriter(PyExprMutator):
         inv = gamma / np.sqrt(var + float(norm.attrs.epsilon))
         return (conv.scale * inv).astype(np.float32), (beta - mean * inv).astype(np.float32)
 
-    def _scalar(self, expr) -> float | None:
-        array = const_array(self.value(expr))
-        return float(array) if array is not None and array.size == 1 else None
-
     def _sign_input(self, expr) -> tuple[relax.Expr, np.ndarray | None] | None:
         """(x, shift or None) when `expr` is where(greater_equal(x [+ shift], 0), 1, -1)."""
         where = self.value(expr)
         if call_op_name(where) != "relax.where":
             return None
-        if self._scalar(where.args[1]) != 1.0 or self._scalar(where.args[2]) != -1.0:
+        if self.graph.scalar(where.args[1]) != 1.0 or self.graph.scalar(where.args[2]) != -1.0:
             return None
         test = self.value(where.args[0])
-        if call_op_name(test) != "relax.greater_equal" or self._scalar(test.args[1]) != 0.0:
+        if call_op_name(test) != "relax.greater_equal" or self.graph.scalar(test.args[1]) != 0.0:
             return None
         x = test.args[0]
         added = self.value(x)
@@ -373,7 +368,7 @@ class _Rewriter(PyExprMutator):
 
     def _bits_producer(self, x) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], bool] | None:
         """(conv, its BatchNorm as mul/add, ReLU?) when `x` is [relu](batch_norm(binary conv)[0]), used only here."""
-        if not isinstance(x, relax.Var) or self.uses.get(x, 0) != 1:
+        if not isinstance(x, relax.Var) or not self.graph.single_use(x):
             return None
         value, relu = self.value(x), False
         if call_op_name(value) == "relax.nn.relu":

@@ -186,11 +186,7 @@ def _schedule_matvec(func, constant_params: frozenset[int], *, keep_pads: bool =
         except (RuntimeError, ValueError, TypeError) as err:
             log.debug("direct conv row failed (%s); im2col kept", str(err).strip().splitlines()[0][:200])
     sch = s_tir.Schedule(func)
-    block = _int8_mac_block(sch)
-    node = sch.get(block)
-    out, x, w = _mac_statement(node)
-    reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
-    j = _output_channel(node, out, x, w, reduce_vars)
+    block, x, w, reduce_vars, j = _mac_parts(sch)
     relayouts = _weight_rows_first(sch, block, func, w, [j, *reduce_vars], constant_params)
     tail = list(x.indices)[len(x.indices) - len(reduce_vars):]
     gather = None  # 1. im2col, unless the input is already read along the reduction (a matmul's row)
@@ -333,11 +329,7 @@ def _schedule_conv_row(func):
     (padded) input where it lies, row (ci, ky) from column kx, whose P pixels are P neighbouring bytes; the
     epilogue after it, per row, vectorized. _NotMatvec when the MAC block is not such a conv."""
     sch = s_tir.Schedule(func)
-    block = _int8_mac_block(sch)
-    node = sch.get(block)
-    out, x, w = _mac_statement(node)
-    reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
-    j = _output_channel(node, out, x, w, reduce_vars)
+    block, x, w, reduce_vars, j = _mac_parts(sch)
     if not all(a.same_as(b) for a, b in zip(w.indices, [j, *reduce_vars], strict=True)):
         raise _NotMatvec("the weight's rows are not (output channel, reduction...)")
     _inline_all(sch, keep={name for name in _block_names(sch) if name.startswith("pad_temp")})
@@ -471,6 +463,16 @@ def _drop_tensorized_init(func):
         return s_tir.SBlock(block.iter_vars, block.reads, block.writes, block.name_hint, block.body, None,
                             block.alloc_buffers, block.match_buffers, block.annotations)
     return tvm_ffi.structural_map(func, (s_tir.SBlock, strip))
+
+
+def _mac_parts(sch):
+    """(block, input load, weight load, reduction variables, output-channel variable) of the kernel's int8 MAC
+    block: what both micro-kernel schedules start from."""
+    block = _int8_mac_block(sch)
+    node = sch.get(block)
+    out, x, w = _mac_statement(node)
+    reduce_vars = [iv.var for iv in node.iter_vars if int(iv.iter_type) == _REDUCE]
+    return block, x, w, reduce_vars, _output_channel(node, out, x, w, reduce_vars)
 
 
 def _is_opaque_call(func) -> bool:

@@ -87,8 +87,9 @@ def _qrange(dtype: str) -> tuple[int, int]:
     return int(info.min), int(info.max)
 
 
-class _Graph:
-    """Read-only view of a function: what each variable is bound to and how often it is used."""
+class BindingGraph:
+    """Read-only view of a function: what each variable is bound to and how often it is used (QdqToInt8's and
+    BinaryToPacked's pattern matching)."""
 
     def __init__(self, func: relax.Function, mod) -> None:
         self.mod = mod
@@ -214,7 +215,7 @@ class _Rewriter(PyExprMutator):
 
     def __init__(self, mod, func: relax.Function, requant: str, stage: str) -> None:
         super().__init__(mod)
-        self.graph = _Graph(func, mod)
+        self.graph = BindingGraph(func, mod)
         self.requant = Requantizer(self.builder_, requant)
         self.stage = stage
         self.rewritten: Counter[str] = Counter()

@@ -1,7 +1,7 @@
 """Benchmark: edgebin's packed binary convs against onnxruntime's FP32 conv of the same shape, per layer, 1 thread.
 
     .venv/bin/python tools/bench/binary_layers.py                  # ResNet-8's binary convs (Fashion-MNIST, 28x28)
-    .venv/bin/python tools/bench/binary_layers.py --repeat 500 --doc docs/performance.md
+    .venv/bin/python tools/bench/binary_layers.py --repeat 500 --doc out/binary-layers.md
 
 Each layer is timed in the same run three ways, median of `--repeat` calls after a warm-up:
 - onnxruntime FP32: a one-node Conv model (random float weights) with `intra_op_num_threads=1`;
@@ -58,9 +58,9 @@ def main() -> int:
     p.add_argument("--doc", type=Path, help="also write the table to this markdown file")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        lib = _build(Path(tmp), RESNET8)
-        rows = [_layer(lib, *layer, repeat=args.repeat) for layer in RESNET8]
-    text = _markdown(rows, args.repeat)
+        lib = build_kernels(Path(tmp), RESNET8)
+        rows = [time_layer(lib, *layer, repeat=args.repeat) for layer in RESNET8]
+    text = markdown(rows, args.repeat)
     print(text)
     if args.doc:
         args.doc.write_text(text)
@@ -73,7 +73,7 @@ def _names(c: int, h: int, cout: int, k: int, stride: int, pad: int) -> tuple[st
             specialized_name("edgebin_bconv2d", (1, c, h, h, cout, k, k, stride, stride, pad, pad, oh, oh)))
 
 
-def _build(tmp: Path, layers: list[tuple]) -> ctypes.CDLL:
+def build_kernels(tmp: Path, layers: list[tuple]) -> ctypes.CDLL:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         sys.exit("no C compiler (cc or gcc) on PATH")
@@ -84,7 +84,7 @@ def _build(tmp: Path, layers: list[tuple]) -> ctypes.CDLL:
     return ctypes.CDLL(str(out))
 
 
-def _median_us(fn, repeat: int) -> float:
+def median_us(fn, repeat: int) -> float:
     for _ in range(10):
         fn()
     times = []
@@ -95,7 +95,7 @@ def _median_us(fn, repeat: int) -> float:
     return float(np.median(times)) * 1e6
 
 
-def _layer(lib, name: str, c: int, h: int, cout: int, k: int, stride: int, pad: int, *, repeat: int) -> dict:
+def time_layer(lib, name: str, c: int, h: int, cout: int, k: int, stride: int, pad: int, *, repeat: int) -> dict:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, c, h, h)).astype(np.float32)
     shift = np.zeros(c, np.float32)
@@ -122,8 +122,8 @@ def _layer(lib, name: str, c: int, h: int, cout: int, k: int, stride: int, pad: 
     session = _ort_conv(rng.standard_normal((cout, c, k, k)).astype(np.float32), stride, pad)
     feed = {"x": x}
     return {"layer": name, "shape": f"{c}x{h}x{h} -> {cout}x{oh}x{oh}, {k}x{k}/{stride}",
-            "macs": cout * oh * oh * c * k * k, "ort_us": _median_us(lambda: session.run(None, feed), repeat),
-            "pack_us": _median_us(pack, repeat), "conv_us": _median_us(conv, repeat)}
+            "macs": cout * oh * oh * c * k * k, "ort_us": median_us(lambda: session.run(None, feed), repeat),
+            "pack_us": median_us(pack, repeat), "conv_us": median_us(conv, repeat)}
 
 
 def _ort_conv(weight: np.ndarray, stride: int, pad: int) -> ort.InferenceSession:
@@ -137,7 +137,7 @@ def _ort_conv(weight: np.ndarray, stride: int, pad: int) -> ort.InferenceSession
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def _markdown(rows: list[dict], repeat: int) -> str:
+def markdown(rows: list[dict], repeat: int) -> str:
     lines = ["# Binary convolutions on the x86 host", "",
              f"Made by `python tools/bench/binary_layers.py --repeat {repeat}` on {platform.processor() or 'x86'}, "
              "1 thread, median µs per call. ResNet-8's binary conv shapes (28x28 Fashion-MNIST input). "

@@ -27,7 +27,6 @@ import platform
 import shlex
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -69,25 +68,14 @@ def main() -> int:
                                                           distill=False)).out_dir
         latency = _host_latency(int8, binary, work, args.repeat)
         with tempfile.TemporaryDirectory() as lib_dir:
-            lib = binary_layers._build(Path(lib_dir), binary_layers.RESNET8)
-            layers = [binary_layers._layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
+            lib = binary_layers.build_kernels(Path(lib_dir), binary_layers.RESNET8)
+            layers = [binary_layers.time_layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
         mcu = {name: _mcu(path / pipeline.MODEL_ONNX, args.mcu_target, args.samples, work / f"mcu-{name}")
                for name, path in (("INT8", int8), ("W1A1", binary))}
-    text = _markdown(latency, layers, mcu, args, command)
+    text = markdown(latency, layers, mcu, args, command)
     atomic_write_text(args.doc, text)
     print(text)
     return 0
-
-
-def _median_ms(run, repeat: int) -> float:
-    for _ in range(10):
-        run()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times)) * 1e3
 
 
 def _ort(path: Path, x: np.ndarray):
@@ -110,7 +98,8 @@ def _host_latency(int8: Path, binary: Path, work: Path, repeat: int) -> dict[str
         "onnxruntime INT8": _ort(int8 / pipeline.MODEL_ONNX, x),
         "onnxruntime W1A1 graph (float)": _ort(binary / pipeline.MODEL_ONNX, x),
     }
-    measure = {name: (lambda run=run: _median_ms(run, repeat)) for name, run in engines.items()}
+    measure = {name: (lambda run=run: binary_layers.median_us(run, repeat) / 1e3)  # the same timer as per layer
+               for name, run in engines.items()}
     for name, artefact in compiled.items():  # TVM's own timer, as `edgebin compress` reports it
         measure[name] = lambda artefact=artefact: float(np.median(artefact.latency_s(x, repeat=repeat))) * 1e3
     result: dict[str, float] = {}
@@ -138,7 +127,7 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
             "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
 
 
-def _markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
+def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
     base = latency["onnxruntime FP32"]
     lines = ["# Performance: ResNet-8 in FP32, INT8 and W1A1", "",
              f"Made by `{command}` on {platform.machine()} ({_cpu()}), one run. Host: 1 thread, batch 1, ms per "
@@ -151,7 +140,7 @@ def _markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict
     lines += ["", "## Host, binary conv layers", "",
               "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount) against "
               "onnxruntime's FP32 conv of the same shape as a one-node model (its per-call overhead included).", "",
-              binary_layers._markdown(layers, args.repeat).split("\n\n", 2)[2], "",
+              binary_layers.markdown(layers, args.repeat).split("\n\n", 2)[2], "",
               f"## {mcu['INT8']['target']} (QEMU)", "",
               "| model | instructions per inference | MACs | instructions per MAC | weights (flash) | arena (RAM) |",
               "|---|---:|---:|---:|---:|---:|"]

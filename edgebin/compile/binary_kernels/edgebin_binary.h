@@ -117,6 +117,13 @@ EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shif
   }
 }
 
+/* The taps [lo, hi) of a k-tap window starting at input position `start` (negative in the padding) that fall
+ * inside an input of `size`: both conv cores skip or fix up the others. */
+EDGEBIN_CORE void edgebin_taps_inside(int32_t start, int32_t size, int32_t k, int32_t* lo, int32_t* hi) {
+  *lo = start < 0 ? -start : 0;
+  *hi = size - start < k ? size - start : k;
+}
+
 /* One output pixel's epilogue for output channel co: the int32 sum to out_i; or, with out_f, the float
  * sum * mul[co] + add[co] (the scale with the BatchNorm that follows folded in); or, with out_b, the next binary
  * layer's input bit, dir[co] * sum >= thr[co], into the pixel's word row at bit co. */
@@ -146,10 +153,12 @@ EDGEBIN_CORE void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, 
     const int64_t base = (int64_t)i * cout * oh * ow;
     for (int32_t y = 0; y < oh; ++y) {
       const int32_t y0 = y * sh - ph;
-      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
+      int32_t ky0, ky1;
+      edgebin_taps_inside(y0, h, kh, &ky0, &ky1);
       for (int32_t x = 0; x < ow; ++x) {
         const int32_t x0 = x * sw - pw;
-        const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = wd - x0 < kw ? wd - x0 : kw;
+        int32_t kx0, kx1;
+        edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
         const int32_t valid = (ky1 - ky0) * (kx1 - kx0) * c;
         uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
         for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
@@ -279,10 +288,12 @@ EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_
     const int64_t base = (int64_t)i * cout * oh * ow;
     for (int32_t y = 0; y < oh; ++y) {
       const int32_t y0 = y * sh - ph;
-      const int32_t ky0 = y0 < 0 ? -y0 : 0, ky1 = h - y0 < kh ? h - y0 : kh;
+      int32_t ky0, ky1;
+      edgebin_taps_inside(y0, h, kh, &ky0, &ky1);
       for (int32_t x = 0; x < ow; ++x) {
         const int32_t x0 = x * sw - pw;
-        const int32_t kx0 = x0 < 0 ? -x0 : 0, kx1 = wd - x0 < kw ? wd - x0 : kw;
+        int32_t kx0, kx1;
+        edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
         const int border = ky0 > 0 || ky1 < kh || kx0 > 0 || kx1 < kw;
         for (int32_t k = 0; k < kwords; ++k) col[k] = 0;
         for (int32_t ky = ky0; ky < ky1; ++ky) {
