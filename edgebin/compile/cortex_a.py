@@ -220,6 +220,7 @@ def _build_tvm(onnx_path: Path, target: Target, stage: Path, *, integer: bool, r
         "tuning": tuning.to_dict() if tuning is not None else {},
         "tvm_runtime": {"platform": libs.platform, "apache-tvm": libs.tvm_version,
                         "apache-tvm-ffi": libs.ffi_version},
+        **({"lut_weights": lowered.lut_layers} if lowered.lut_layers else {}),
     }
 
 
@@ -285,7 +286,7 @@ def _build_c(onnx_path: Path, target: Target, stage: Path, *, integer: bool, req
     src = stage / "src"
     config = {"name": target.name, "tvm": {"kind": "c"}, "cflags": list(target.cflags),
               "opt": str(target.extra.get("opt", "-O3"))}
-    compile_bundle(onnx_path, config, src, integer=integer)
+    compile_bundle(onnx_path, config, src, integer=integer, lut_kernels=False)  # LUT kernels: Cortex-M only
     c_manifest = json.loads((src / "bundle.json").read_text())
     shutil.copy2(RUNNER_DIR / "c_runner.c", src / "c_runner.c")
     sources = [src / name for name in c_manifest.get("sources") or ("model.c", "kernels.c", "runtime.c")]
@@ -299,6 +300,7 @@ def _build_c(onnx_path: Path, target: Target, stage: Path, *, integer: bool, req
     return {
         "format": FORMAT,
         **{key: c_manifest.get(key) for key in keep},
+        **({"lut_weights": c_manifest["lut_weights"]} if c_manifest.get("lut_weights") else {}),
         "ops": _ops_from_kernels(c_manifest.get("kernels", [])),
         "run": ["./runner", INPUTS, OUTPUTS, SAMPLES],
         "files": ["runner", "run.sh", "src/"],

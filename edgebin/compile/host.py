@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import atomic_write_text
-from edgebin.compile import binary, importer, kernels, mcu_schedule
+from edgebin.compile import binary, importer, kernels, lut_weights, mcu_schedule
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
 from edgebin.compile.tune import TuneConfig, TuneSummary, tune_kernels
@@ -50,6 +50,9 @@ COMPILE_TIMEOUT_S = 120
 # EDGEBIN_HOST_ROW_CALLS=0 for the Cortex-M grouping (a baseline to compare with).
 HOST_ROW_CALLS = os.environ.get("EDGEBIN_HOST_ROW_CALLS", "1") != "0"
 
+# Why a table-coded (NUPES) weight runs as int8 on the LLVM targets: packed LUT kernels exist for Cortex-M only.
+LUT_INT8_REASON = "x86 and Cortex-A builds run table-coded weights as int8 (packed LUT kernels: Cortex-M bundles)"
+
 relax = tvm_api.relax
 
 
@@ -62,10 +65,12 @@ class Lowered:
     kernels: list[dict[str, Any]]  # kernels.kernel_census
     weights_bytes: int
     macs: dict[str, int] = field(default_factory=dict)  # multiply-accumulates per call, by kernel, before scheduling
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights, here always int8
 
 
 def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) -> Lowered:
     """Import-level Relax -> fused TIR kernels; call inside `with target:`. The build order, step by step."""
+    tables = lut_weights.tables_of(mod)  # table-coded weights the importer folded to int8: they stay int8 here
     if integer:
         software_popcount = tvm_api.tvm.target.Target.current().kind.name == "c"  # the MCU bundle's C target
         mod = binary.BinaryToPacked(dense=software_popcount)(mod)  # W1A1 convs -> XNOR/popcount on packed bits;
@@ -85,13 +90,14 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
         relax.transform.DeadCodeElimination(),  # drop the per-op PrimFuncs FuseTIR replaced
     ], name="edgebin.fuse")(mod)
     census = kernels.kernel_census(mod, ops_by_kernel)
+    census, lut_layers = lut_weights.expanded_layers(mod, census, tables, LUT_INT8_REASON) if tables else (census, [])
     # Pads are not fused into the convs' im2col gathers here (mcu_lower does, to save RAM), and a conv's own pad
     # stays a loop nest (schedule_cpu_loops' keep_pads): a gather from a padded tensor tests no bounds per byte.
     # Measured on ResNet-8: 0.32 -> 0.22 ms (int8 activations), 0.27 -> 0.18 ms (uint8).
     macs = _kernel_macs(mod)  # before the micro-kernel calls hide the MAC blocks
     if schedule:
         mod = schedule_cpu_loops(mod)  # int8 MACs -> micro-kernel calls, the rest an untuned loop order; same results
-    return Lowered(mod, ops, census, _constant_bytes(mod), macs)
+    return Lowered(mod, ops, census, _constant_bytes(mod), macs, lut_layers)
 
 
 def tune_lowered(lowered: Lowered, target, tune: TuneConfig, *, progress: Any = None) -> tuple[Lowered, TuneSummary]:
@@ -187,6 +193,7 @@ class HostArtefact:
     requant: str | None = None
     target: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)  # tune.TuneSummary.to_dict(); empty when untuned
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights (run as int8 here)
     _vm: Any = field(default=None, init=False, repr=False, compare=False)
 
     def kernel_counts(self) -> dict[str, int]:
@@ -238,6 +245,7 @@ class HostArtefact:
             "kernel_counts": self.kernel_counts(),
             "ops": self.ops,
             "kernels": self.kernels,
+            **({"lut_weights": self.lut_layers} if self.lut_layers else {}),
         }
 
 
@@ -316,6 +324,7 @@ def compile_onnx(
         requant=requant if integer and quantized else None,
         target=target_spec,
         tuning=tuning.to_dict() if tuning is not None else {},
+        lut_layers=lowered.lut_layers,
     )
     _export_atomic(executable, out_dir / LIBRARY, tvm_api.make_target(target_spec), lowered.mod)
     atomic_write_text(out_dir / MANIFEST, json.dumps(artefact.manifest(), indent=1) + "\n")
@@ -348,6 +357,7 @@ def load_artefact(directory: Path) -> HostArtefact:
             requant=data["requant"],
             target=data["target"],
             tuning=data.get("tuning") or {},
+            lut_layers=data.get("lut_weights") or [],
         )
     except (ValueError, KeyError, TypeError) as err:
         raise ModelLoadError(f"{manifest_path} is damaged ({err}); compile again") from None

@@ -2,6 +2,10 @@
 
     model = load_onnx(Path("out/model.onnx"))          # ModelLoadError naming the file if it is not ONNX
     mod = from_onnx(model, {"input": [1, 1, 28, 28]})  # UnsupportedOpsError listing every unsupported op
+
+Table-coded low-bit weights (NUPES: codes -> Cast -> Gather(levels) -> DequantizeLinear) are folded to their int8
+values before the conversion, so every target compiles them as int8; their tables ride on the module
+(`lut_weights.tables_of(mod)`) for the Cortex-M build, which packs them again.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from pathlib import Path
 
 import onnx
 
+from edgebin.compile import lut_weights
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.errors import InputShapeError, ModelLoadError, UnsupportedOpsError
 
@@ -82,11 +87,14 @@ def from_onnx(
     shape_dict: dict[str, list[int]] | None = None,
     keep_params_in_input: bool = False,
 ) -> tvm_api.tvm.IRModule:
-    """Relax module of `model`; weights become constants unless `keep_params_in_input`."""
+    """Relax module of `model`; weights become constants unless `keep_params_in_input`. Table-coded weights are
+    folded to int8 first, their tables left on the module (lut_weights)."""
     check_supported(model)
     shapes = shape_dict if shape_dict is not None else input_shapes(model)
+    model, folded = lut_weights.fold_lut_weights(model)
     log.debug("importing ONNX graph with inputs %s", shapes)
-    return tvm_api.onnx_to_relax(model, shapes, keep_params_in_input)
+    mod = tvm_api.onnx_to_relax(model, shapes, keep_params_in_input)
+    return lut_weights.with_tables(mod, [weight.table() for weight in folded])
 
 
 def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

@@ -20,6 +20,10 @@ Kinds, decided from the kernel's TIR blocks, first match wins:
   bits for a binary layer (`edgebin_bpack_*`) is a conversion too.
 - `binary`: a binary conv on packed bits (XNOR/popcount, `edgebin_bconv2d` of binary_kernels/edgebin_binary.h),
   counted only when a model has one.
+- `lut4` (`lut2` .. `lut7`): an int8-activation conv or gemm whose weights stay b-bit codes into a table of int8
+  levels, decoded in the kernel (`edgebin_lut4_matvec*` of mcu_kernels/edgebin_lut.h; Cortex-M bundles only,
+  mcu_lut). A table-coded layer that runs on int8 weights instead is `int8`; its census record then carries
+  `"weights": "int8 (lut4)"`.
 """
 
 from __future__ import annotations
@@ -124,6 +128,9 @@ def classify(func, activation_dtypes: list[str]) -> str:
     for name, kind in _EXTERN_KINDS.items():
         if name in externs:
             return kind
+    lut = sorted(name for name in externs if name.startswith("edgebin_lut"))
+    if lut:
+        return lut[0].split("_")[1]  # edgebin_lut4_matvec2_u8s8 -> "lut4"
     blocks = [block for block in collect(func.body, s_tir.SBlock) if block.name_hint != "root"]
     roles = [_block_role(block) for block in blocks]
     kinds = {role for role, _ in roles}

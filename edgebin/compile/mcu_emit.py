@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import staged_dir
-from edgebin.compile import binary, importer, mcu_manifest
+from edgebin.compile import binary, importer, mcu_lut, mcu_manifest
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.mcu_graph import ARENA, CONST, INPUT, OUTPUT, Graph, View, read_graph
 from edgebin.compile.mcu_lower import build_kernels_c, lower_for_mcu
@@ -38,12 +38,14 @@ log = logging.getLogger(__name__)
 SOURCES = ("model.c", "kernels.c", "runtime.c")
 
 
-def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, integer: bool = True) -> Path:
+def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, integer: bool = True,
+                   lut_kernels: bool = True) -> Path:
     """Compile an ONNX model into the C bundle of docs/mcu-bundle.md in `out_dir` (written atomically).
 
     With `integer` (the default) a QDQ model computes in int8 with fixed-point requantization; a float model,
     or `integer=False`, compiles in float32. `target_cfg` is a target dict (`name`, `tvm` of kind "c", `cflags`
-    and `opt`, the Makefile's defaults) or an `edgebin.targets.Target`.
+    and `opt`, the Makefile's defaults) or an `edgebin.targets.Target`. Table-coded low-bit weights stay packed
+    for the LUT micro-kernels (mcu_lut) unless `lut_kernels` is off; bundle.json's `lut_weights` says which did.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     target_cfg = _target_record(target_cfg)
@@ -57,7 +59,7 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
         raise InputShapeError(f"{onnx_path}: a C bundle takes one input, the model has {list(shapes)}")
     mod = importer.from_onnx(model, shapes)  # UnsupportedOpsError listing every unknown ONNX op
     integer = integer and is_quantized(mod)
-    lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec)  # QDQ -> int8, fuse, MCU schedule
+    lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec, lut_kernels=lut_kernels)  # QDQ -> int8
     graph = read_graph(lowered.mod)  # strict: UnsupportedOpsError naming every binding C cannot express
     plan = plan_memory(graph.buffers())  # arena offsets from tensor lifetimes
     called = sorted({call.kernel for call in graph.calls})  # not the PrimFuncs the reshape views replaced
@@ -200,6 +202,7 @@ def _c_float(value: float, single: bool) -> str:
 _BUILTIN_DECL = re.compile(r"^TVM_DLL \S+ __builtin_\w+\(.*\);\n", re.M)
 MICRO_KERNEL_HEADER = "edgebin_kernels.h"  # mcu_kernels/: what the MCU schedule's call_extern calls
 _MICRO_KERNEL_CALL = re.compile(r"\bedgebin_\w+\(")
+_LUT_KERNEL_CALL = re.compile(r"\bedgebin_lut\d_\w+\(")
 _MICRO_KERNEL_DECL = re.compile(r"^TVM_DLL \S+ edgebin_\w+\(.*\);\n", re.M)  # untyped; the header has the real one
 _FUNC_START = re.compile(r"^\S.*\)\s*\{\s*$", re.M)
 _ALLOC = re.compile(r"TVMBackendAllocWorkspace\(([^;]*?)\)\)*;")
@@ -215,7 +218,9 @@ def clean_kernels_source(source: str) -> str:
             raise UnsupportedOpsError(f"a generated kernel calls {name}, which the bare-metal runtime lacks")
     source = _MICRO_KERNEL_DECL.sub("", _BUILTIN_DECL.sub("", source))
     packed = binary.called_in_source(source)
-    if _MICRO_KERNEL_CALL.search(source):
+    if _LUT_KERNEL_CALL.search(source):  # it includes MICRO_KERNEL_HEADER
+        source = f'#include "{mcu_lut.HEADER}"  /* micro-kernels for table-coded low-bit weights */\n' + source
+    elif _MICRO_KERNEL_CALL.search(source):
         source = f'#include "{MICRO_KERNEL_HEADER}"  /* edgebin\'s micro-kernels (SMLAD on DSP cores) */\n' + source
     if packed:  # the binary kernels' shape-specialized definitions, before the kernels that call them
         source = binary.c_source(packed, binary.INLINE) + "\n" + source
@@ -223,12 +228,14 @@ def clean_kernels_source(source: str) -> str:
 
 
 def micro_kernel_headers(source: str) -> dict[str, str]:
-    """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h,
-    binary_kernels/edgebin_binary.h."""
+    """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h
+    (and mcu_kernels/edgebin_lut.h, which includes it), binary_kernels/edgebin_binary.h."""
     headers = {}
-    if f'#include "{MICRO_KERNEL_HEADER}"' in source:
-        headers[MICRO_KERNEL_HEADER] = resources.files("edgebin.compile").joinpath(
-            "mcu_kernels", MICRO_KERNEL_HEADER).read_text()
+    kernel_headers = resources.files("edgebin.compile").joinpath("mcu_kernels")
+    if f'#include "{mcu_lut.HEADER}"' in source:
+        headers[mcu_lut.HEADER] = kernel_headers.joinpath(mcu_lut.HEADER).read_text()
+    if f'#include "{MICRO_KERNEL_HEADER}"' in source or headers:
+        headers[MICRO_KERNEL_HEADER] = kernel_headers.joinpath(MICRO_KERNEL_HEADER).read_text()
     if f'#include "{binary.HEADER.name}"' in source:
         headers[binary.HEADER.name] = binary.HEADER.read_text()
     return headers

@@ -21,11 +21,12 @@ once (`requant.let_bound_requant`: one SMLAL on a Cortex-M); the float requant i
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from edgebin.compile import binary, host, kernels, requant
+from edgebin.compile import binary, host, kernels, lut_weights, requant
 from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.mcu_lut import pack_lut_weights
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, schedule_for_mcu
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,17 @@ class McuLowered:
     ops: dict[str, dict[str, int]]  # conv/matmul operand dtypes (kernels.op_census)
     macs: dict[str, int]  # multiply-accumulates per call, by kernel name
     integer: bool
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights: packed or int8 (mcu_lut)
 
 
-def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None) -> McuLowered:
-    """Imported Relax -> fused, MCU-scheduled kernels and a `main` of static allocations. The build order."""
+def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None,
+                  lut_kernels: bool = True) -> McuLowered:
+    """Imported Relax -> fused, MCU-scheduled kernels and a `main` of static allocations. The build order.
+
+    `lut_kernels`: table-coded weights go back to packed codes read by the LUT micro-kernels (mcu_lut), where the
+    int8 micro-kernel reads them; off, they run as int8 (the Cortex-A C bundle, whose cores lack the kernels)."""
     target = tvm_api.make_target(target_spec or {"kind": "c"})
+    tables = lut_weights.tables_of(mod)  # the importer's table-coded weights, folded to int8 until mcu_lut
     with target:
         # QdqToInt8(fixed) -> legalize -> fuse, exactly as for the host, minus the host loop schedule.
         with requant.let_bound_requant():  # one SMLAL per output in the requant epilogues
@@ -57,6 +64,10 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
         macs = {gvar.name_hint: kernel_macs(func) for gvar, func in mod.functions.items()
                 if isinstance(func, tvm_api.tirx.PrimFunc)}  # before scheduling splits the reduction blocks
         mod = schedule_for_mcu(mod)  # int8 conv/matmul -> micro-kernel calls; the rest plain loops; no workspaces
+        lut_layers = lowered.lut_layers  # int8, as host.lower notes them
+        if lut_kernels:  # table-coded weights back to packed codes read by the LUT micro-kernels
+            mod, lut_layers = pack_lut_weights(mod, tables)
+            census = _lut_census(census, lut_layers)
         mod = tvm_api.tvm.transform.Sequential([
             relax.transform.RewriteDataflowReshape(),  # reshape kernels -> R.reshape views (no copy)
             relax.transform.ToNonDataflow(),  # one flat binding list for the emitter
@@ -65,7 +76,23 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
             relax.transform.StaticPlanBlockMemory(),  # static shapes and dtypes for every tensor
             relax.transform.AttachGlobalSymbol(),  # tirx.build needs a global_symbol on each PrimFunc
         ], name="edgebin.mcu")(mod)
-    return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer)
+    return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer, lut_layers=lut_layers)
+
+
+def _lut_census(census: list[dict[str, Any]], lut_layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Census records with the kernels that read packed codes as kind "lutB", and each table-coded layer's kernel
+    noting its weight form ("lut4", or "int8" for a 4-bit layer expanded to int8: `weights` "int8 (lut4)")."""
+    forms = {r["kernel"]: r for r in lut_layers if r["kernel"] is not None}
+    updated = []
+    for record in census:
+        lut = forms.get(record["name"])
+        if lut is None:
+            updated.append(record)
+        elif lut["form"] == "int8":
+            updated.append({**record, "weights": f"int8 (lut{lut['bits']})"})
+        else:
+            updated.append({**record, "kind": lut["form"], "weights": lut["form"]})
+    return updated
 
 
 def kernel_macs(func) -> int:

@@ -9,6 +9,8 @@ A call's `layer` pairs it with an ONNX Conv/Gemm/MatMul node of the same MACs an
 order (`match_layers`); edgebin's layer name replaces the node name when the export metadata (`edgebin.layers`)
 has one.
 A kernel paired with no node (an average pool that the int8 rewrite turned into a depthwise conv, say) gets `null`.
+Table-coded (NUPES) weights: `lut_weights` lists each such layer with the form it runs in, packed b-bit codes
+("lut4", its kernel's `kind` too) or "int8" with the reason, and the kernel reading it says so in `weights`.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
                     workspace_bytes: int, sources: tuple[str, ...]) -> dict[str, Any]:
     """The bundle.json record of docs/mcu-bundle.md (stable keys)."""
     census = {record["name"]: record for record in lowered.kernels}
+    luts = {r["kernel"]: r for r in getattr(lowered, "lut_layers", []) if r["kernel"] is not None}
     lifetimes = graph.lifetimes()
     macs_per_call, keys = [], []
     for call in graph.calls:
@@ -42,6 +45,8 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
             out = call.args[call.outputs[0]]  # (N, Cout, OH, OW); (N, OH, OW, words) for the next layer's bits
             pixels = math.prod(out.shape[:3]) if out.dtype == "uint32" else out.shape[0] * math.prod(out.shape[2:])
             weight = macs // pixels
+        elif call.kernel in luts:  # its weight is packed codes and a table: count the ONNX weight's elements
+            weight = luts[call.kernel]["weights"]
         macs_per_call.append(macs)
         keys.append((macs, weight) if macs else None)
     layers = match_layers(keys, _onnx_linear_layers(model))
@@ -58,6 +63,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
             "output_bytes": sum(call.args[i].nbytes for i in call.outputs),
             "live_bytes": sum(graph.tensor_bytes[name] for name, (first, last) in lifetimes.items()
                               if first <= step <= last),
+            **({"weights": record["weights"]} if "weights" in record else {}),
         })
     graph_input, graph_output = _real_inputs(model)[0], model.graph.output[0]
     return {
@@ -76,6 +82,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         "tensors": [{"name": name, "offset": plan.offsets[name], "bytes": graph.tensor_bytes[name],
                      "first_call": first, "last_call": last} for name, (first, last) in lifetimes.items()],
         "sources": list(sources),
+        **({"lut_weights": list(lowered.lut_layers)} if getattr(lowered, "lut_layers", None) else {}),
     }
 
 
@@ -163,14 +170,18 @@ def _onnx_linear_layers(model: onnx.ModelProto) -> list[tuple[str, tuple[int, in
 
 
 def _is_constant(name: str, producers: dict, shapes: dict, model: onnx.ModelProto) -> bool:
-    """True when `name` is an initializer, or one seen through DequantizeLinear/Transpose/Reshape/Identity."""
+    """True when `name` is an initializer, or one seen through DequantizeLinear/Transpose/Reshape/Identity/Cast, or
+    a Gather of constants (a table-coded weight, lut_weights)."""
     initializers = {init.name for init in model.graph.initializer}
     while name not in initializers:
         node = producers.get(name)
-        if node is None or node.op_type not in ("DequantizeLinear", "Transpose", "Reshape", "Identity", "Constant"):
+        if node is None or node.op_type not in ("DequantizeLinear", "Transpose", "Reshape", "Identity", "Constant",
+                                                "Cast", "Gather"):
             return False
         if node.op_type == "Constant":
             return True
+        if node.op_type == "Gather" and not _is_constant(node.input[1], producers, shapes, model):
+            return False
         name = node.input[0]
     return True
 

@@ -18,7 +18,7 @@ DASH = "—"
 
 # Engines in the order a reader compares them: the speed-up baseline first, then other float, then integer.
 ENGINE_ORDER = ("onnxruntime-fp32", "pytorch-fp32", "tvm-fp32", "onnxruntime-int8", "edgebin-int8")
-KIND_ORDER = ("int8", "binary", "float", "data")
+KIND_ORDER = ("int8", "binary", *(f"lut{b}" for b in range(2, 8)), "float", "data")
 
 
 def percent(fraction: float | None) -> str:
@@ -269,6 +269,9 @@ def _kernels(r: Report) -> str:
         kinds = [k for k in KIND_ORDER if k in r.kernels] + sorted(set(r.kernels) - set(KIND_ORDER))
         parts.append("Compiled kernels by the arithmetic they run in.\n\n"
                      + _table(("Kind", "Kernels"), [(k, number(r.kernels[k])) for k in kinds], align="lr"))
+        lut = _lut_weights(r)
+        if lut:
+            parts.append(lut)
     if r.fallbacks:
         lines = [f"**Float fallbacks: {len(r.fallbacks)}**", ""]
         for fb in r.fallbacks:
@@ -283,6 +286,23 @@ def _kernels(r: Report) -> str:
                 for op in sorted(r.ops) for arith, n in sorted(r.ops[op].items())]
         parts.append(_table(("Op", "Arithmetic", "Count"), rows, align="llr"))
     return "\n\n".join(parts)
+
+
+def _lut_weights(r: Report) -> str:
+    """One line on table-coded (NUPES) weights: the kernels that read packed codes, those that expanded them."""
+    detail = r.kernels_detail or ()
+    packed = [k for k in detail if k.kind.startswith("lut")]
+    expanded = [k for k in detail if (k.weights or "").startswith("int8")]
+    if not packed and not expanded:
+        return ""
+    parts = []
+    if packed:
+        kinds = sorted({k.kind for k in packed})
+        parts.append(f"{len(packed)} kernel(s) read packed codes through their table ({', '.join(kinds)})")
+    if expanded:
+        names = ", ".join(_code(k.name) for k in expanded)
+        parts.append(f"{len(expanded)} run them expanded to int8 ({names})")
+    return "Table-coded low-bit weights: " + "; ".join(parts) + "."
 
 
 def _per_layer(r: Report) -> str:

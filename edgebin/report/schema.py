@@ -290,11 +290,19 @@ class Board(_Section):
 
 @dataclass(frozen=True)
 class KernelInfo(_Section):
-    """One compiled kernel: its name, arithmetic kind ("int8", "float", "data") and the ops fused in it."""
+    """One compiled kernel: its name, arithmetic kind ("int8", "float", "data", "lut4") and the ops fused in it;
+    for a layer with table-coded (NUPES) weights, their form: "lut4" (packed codes) or "int8 (lut4)" (expanded)."""
 
     name: str
     kind: str
     ops: tuple[str, ...] = ()
+    weights: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = super().to_dict()
+        if data["weights"] is None:  # only table-coded layers have it
+            del data["weights"]
+        return data
 
 
 @dataclass(frozen=True)
