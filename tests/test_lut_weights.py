@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +27,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgebin import targets
 from edgebin.capture import capture_graph
-from edgebin.compile import host, importer, lut_weights
+from edgebin.compile import host, importer, lut_weights, mcu_lut
 from edgebin.compile.lut_weights import codes_for, fold_lut_weights, pack_codes, row_bytes, unpack_codes
 from edgebin.compile.mcu_emit import compile_bundle, micro_kernel_headers
+from edgebin.compile.mcu_lut import palette_table
 from edgebin.compile.mcu_schedule import plain_loops
 from edgebin.compile.tvm_adapter import make_target
 from edgebin.export import export_onnx
@@ -195,12 +198,12 @@ int edgebin_lut_test(int b, int p, int u, const void* x, const uint8_t* codes, c
 
 
 def kernel_case(bits: int, k: int, n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x bytes for 4 columns, packed codes + padding, the table zero-padded to 2^b, the int8 weights)."""
+    """(x bytes for 4 columns, packed codes + padding, the table of 2^b levels, the int8 weights). Every code is
+    used, the last one too: a palette fills its table (a NUPES table leaves the last entry 0)."""
     rng = np.random.default_rng(seed)
-    levels = np.zeros(2 ** bits, np.int8)
-    levels[:2 ** bits - 1] = rng.integers(-128, 128, 2 ** bits - 1)
-    levels[0], levels[1] = -128, 127  # the extremes, where a sign or pair extension could go wrong
-    codes = rng.integers(0, 2 ** bits - 1, size=(n, k))
+    levels = rng.integers(-128, 128, 2 ** bits).astype(np.int8)
+    levels[0], levels[-1] = -128, 127  # the extremes, where a sign or pair extension could go wrong
+    codes = rng.integers(0, 2 ** bits, size=(n, k))
     x = rng.integers(0, 256, 4 * k).astype(np.uint8)
     x[:2] = (128, 255)  # -128 and -1 as int8, 128 and 255 as uint8
     packed = np.concatenate([pack_codes(codes, bits).reshape(-1), np.zeros(3, np.uint8)])
@@ -295,13 +298,13 @@ def test_smlad_lut_kernels_match_numpy_on_cortex_m4(tmp_path):
 
 @pytest.fixture(scope="module")
 def bundles(models, tmp_path_factory) -> dict[str, Path]:
-    """{"lut4": the table-coded model's bundle, "int8": the folded model's (int8 weights), "plain": lut4 with
-    plain loops (no micro-kernel, so no LUT kernel either)}."""
+    """{"lut4": the table-coded model's bundle, "int8": the folded model's (int8 weights; palettes off, or its
+    15-value weights would be palettes), "plain": lut4 with plain loops (no micro-kernel, so no LUT kernel either)}."""
     directory = tmp_path_factory.mktemp("lut_bundles")
     with plain_loops():
         plain = compile_bundle(models["lut4"], CORTEX_M4, directory / "plain")
     return {"lut4": compile_bundle(models["lut4"], CORTEX_M4, directory / "lut4"),
-            "int8": compile_bundle(models["folded"], CORTEX_M4, directory / "int8"), "plain": plain}
+            "int8": compile_bundle(models["folded"], CORTEX_M4, directory / "int8", palette=False), "plain": plain}
 
 
 def _manifest(bundle: Path) -> dict:
@@ -344,3 +347,144 @@ def test_lut4_bundle_on_qemu_equals_the_int8_bundle_and_onnxruntime(bundles, mod
     want = _onnxruntime(models["lut4"], x)
     np.testing.assert_array_equal(got["lut4"].reshape(want.shape), want)
     np.testing.assert_array_equal(got["lut4"], got["int8"])
+
+
+# --- palettes: int8 weights of at most 16 values (QAT's W4, W2, ternary), packed on Cortex-M -------------------
+
+PALETTE_SHAPE = (1, 1, 16, 16)
+# StatsQ W4 exports odd codes 2k + 1 in [-15, 15] (no zero level: an int8 grid with an offset), here times 8 so that
+# the layers keep the int8 model's magnitudes; "ternary" has asymmetric levels, "six" needs b = 3.
+STATSQ_W4 = tuple(8 * (2 * k + 1) for k in range(-8, 8))
+TERNARY = (-64, 0, 96)
+SIX = (-100, -60, -20, 0, 30, 80)
+PALETTES = {"w4": {"c1": STATSQ_W4, "c2": STATSQ_W4, "c3": STATSQ_W4, "fc": STATSQ_W4},
+            "low": {"c1": TERNARY, "c2": SIX, "c3": TERNARY, "fc": TERNARY}}
+
+
+class WideNet(torch.nn.Module):
+    """Layers wide enough for packing to pay (c1: 4,608 weights, c2 and c3: 9,216), a stem and a gemm too small to.
+    With c3's scales made c2's (`same_scales`), c2 and c3 call one kernel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(1, 16, 3, padding=1)
+        self.c1 = torch.nn.Conv2d(16, 32, 3, padding=1)
+        self.c2 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.c3 = torch.nn.Conv2d(32, 32, 3, padding=1)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.max_pool2d(torch.relu(self.stem(x)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.c3(torch.relu(self.c2(torch.relu(self.c1(x)))))), 2)
+        return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def to_palette(model: onnx.ModelProto, layers: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """`model` with each named layer's int8 weight initializer rounded to the nearest of its palette's values: an
+    int8 QDQ model whose weights take a few values, as a QAT export's do."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    inits = {init.name: init for init in model.graph.initializer}
+    for layer, levels in layers.items():
+        init = inits[f"q_{layer}.weight_codes"]
+        w, palette = numpy_helper.to_array(init).astype(np.int32), np.asarray(levels, np.int32)
+        rounded = palette[np.abs(w[..., None] - palette).argmin(-1)].astype(np.int8)
+        init.CopyFrom(numpy_helper.from_array(rounded, init.name))
+    return model
+
+
+def same_scales(model: onnx.ModelProto) -> onnx.ModelProto:
+    """WideNet's QDQ model with c3's weight, bias, input and output scales set to c2's: the two convs then compile
+    to one kernel (its constants are parameters), as QAT models' equal blocks do."""
+    inits = {init.name: init for init in model.graph.initializer}
+    for target, source in (("aq_relu_2.scale", "aq_relu_1.scale"), ("aq_relu_3.scale", "aq_relu_1.scale"),
+                           ("q_c3.weight_scale", "q_c2.weight_scale"), ("q_c3.bias_scale", "q_c2.bias_scale")):
+        inits[target].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[source]), target))
+    return model
+
+
+@pytest.fixture(scope="module")
+def palette_models(tmp_path_factory) -> dict[str, Path]:
+    """{"w4": WideNet int8 QDQ with c1, c2, c3, fc at the 16 StatsQ W4 values, "low": c1, c3 and fc ternary, c2 six
+    values}; the stem keeps its int8 weight (more than 16 values)."""
+    directory = tmp_path_factory.mktemp("palette_models")
+    torch.manual_seed(0)
+    gm = capture_graph(LoadedModel(module=WideNet().eval(), input_shape=PALETTE_SHAPE, source=Path("wide.pt"),
+                                   format="state-dict"))
+    summary = quantize_graph(gm, Recipe())
+    calibrate(gm, np.random.default_rng(0).standard_normal((64, *PALETTE_SHAPE[1:]), dtype=np.float32))
+    freeze(gm)
+    int8 = directory / "int8.onnx"
+    export_onnx(gm, PALETTE_SHAPE, int8, metadata={"edgebin.method": "int8"},
+                layers=[r.to_dict() for r in summary.layers])
+    paths = {name: directory / f"{name}.onnx" for name in PALETTES}
+    for name, layers in PALETTES.items():
+        onnx.save(to_palette(same_scales(onnx.load(int8)), layers), paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def palette_bundles(palette_models, tmp_path_factory) -> dict[str, Path]:
+    """{"w4", "low": palettes packed (the default), "w4-int8": palettes off (`palette=False`)}."""
+    directory = tmp_path_factory.mktemp("palette_bundles")
+    bundles = {name: compile_bundle(path, CORTEX_M4, directory / name) for name, path in palette_models.items()}
+    bundles["w4-int8"] = compile_bundle(palette_models["w4"], CORTEX_M4, directory / "w4-int8", palette=False)
+    return bundles
+
+
+def test_palette_table_takes_the_smallest_b_that_holds_the_values():
+    for count, bits in ((1, 2), (2, 2), (4, 2), (5, 3), (8, 3), (9, 4), (16, 4)):
+        values = np.arange(count, dtype=np.int8) * 7 - 50
+        table = palette_table(np.repeat(values, 3)[::-1])
+        assert (table.bits, table.levels) == (bits, tuple(sorted(values.tolist()))), count
+    assert palette_table(np.arange(17, dtype=np.int8)) is None  # an 8-bit layer stays int8
+    assert palette_table(np.arange(3, dtype=np.int32)) is None
+
+
+def test_palette_bundles_pack_the_low_bit_layers_and_say_so(palette_bundles):
+    int8 = _manifest(palette_bundles["w4-int8"])
+    assert "lut_weights" not in int8
+    params = {"c1": 16 * 9 * 32, "c2": 32 * 9 * 32, "c3": 32 * 9 * 32}
+    # c2 and c3 share one kernel, so one b: in "low", ternary c3 takes c2's 3 bits
+    for name, bits in (("w4", {"c1": 4, "c2": 4, "c3": 4}), ("low", {"c1": 2, "c2": 3, "c3": 3})):
+        manifest = _manifest(palette_bundles[name])
+        records = {r["layer"]: r for r in manifest["lut_weights"]}
+        assert [(r["layer"], r["form"], r["source"]) for r in manifest["lut_weights"]] == [
+            *((layer, f"lut{b}", "palette") for layer, b in bits.items()), ("fc", "int8", "palette")]
+        assert records["c2"]["kernel"] == records["c3"]["kernel"] != records["c1"]["kernel"]
+        assert "less than the 1024 B" in records["fc"]["reason"]  # 320 weights: the LUT kernel's code would eat it
+        layers = {k["layer"]: (k["kind"], k.get("weights")) for k in manifest["kernels"] if k["macs"]}
+        assert layers == {"stem": ("int8", None), **{layer: (f"lut{b}",) * 2 for layer, b in bits.items()},
+                          "fc": ("int8", f"int8 (lut{records['fc']['bits']})")}
+        kernels_c = (palette_bundles[name] / "kernels.c").read_text()
+        assert all(f"edgebin_lut{b}_matvec" in kernels_c for b in bits.values())
+        # flash: each packed layer's int8 bytes become about params * b / 8, plus its 2^b-byte table
+        packed = sum(params[layer] * b / 8 + 2 ** b for layer, b in bits.items())
+        expected = int8["weights_bytes"] - sum(params.values()) + packed
+        assert abs(manifest["weights_bytes"] - expected) <= 0.02 * expected, name
+        for layer, b in bits.items():
+            assert records[layer]["codes_bytes"] == params[layer] * b // 8 + mcu_lut.CODES_PADDING
+            assert records[layer]["table_bytes"] == 2 ** b
+
+
+def test_edgebin_palette_0_restores_the_int8_bundle(palette_models, palette_bundles, tmp_path):
+    script = ("import sys; from edgebin.compile.mcu_emit import compile_bundle; "
+              f"compile_bundle(sys.argv[1], {CORTEX_M4!r}, sys.argv[2])")
+    subprocess.run([sys.executable, "-c", script, str(palette_models["w4"]), str(tmp_path / "off")], check=True,
+                   timeout=300, env={**os.environ, "EDGEBIN_PALETTE": "0"})
+    for name in ("kernels.c", "model.c"):
+        assert (tmp_path / "off" / name).read_text() == (palette_bundles["w4-int8"] / name).read_text()
+    assert _manifest(tmp_path / "off")["weights_bytes"] == _manifest(palette_bundles["w4-int8"])["weights_bytes"]
+
+
+@needs_qemu
+def test_palette_bundles_on_qemu_equal_onnxruntime_and_the_int8_bundle(palette_bundles, palette_models, tmp_path):
+    from edgebin.runners import QemuRunner
+
+    runner = QemuRunner(targets.load("cortex-m4"), timeout_s=300)
+    x = np.random.default_rng(3).standard_normal((4, *PALETTE_SHAPE[1:])).astype(np.float32)
+    got = {name: runner.run(runner.build(bundle, tmp_path / name), x, count_instructions=False).outputs
+           for name, bundle in palette_bundles.items()}
+    for name in PALETTES:
+        want = _onnxruntime(palette_models[name], x)
+        np.testing.assert_array_equal(got[name].reshape(want.shape), want, err_msg=name)
+    np.testing.assert_array_equal(got["w4"], got["w4-int8"])

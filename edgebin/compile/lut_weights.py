@@ -297,7 +297,7 @@ def expanded_layers(mod, census: list[dict], tables: list[LutTable], reason: str
     marked = [{**record, "weights": f"int8 (lut{kernels[record['name']].bits})"} if record["name"] in kernels
               else record for record in census]
     by_layer = {table.layer: name for name, table in kernels.items()}
-    records = [{"layer": t.layer, "bits": t.bits, "form": "int8", "kernel": by_layer.get(t.layer),
+    records = [{"layer": t.layer, "bits": t.bits, "form": "int8", "source": "nupes", "kernel": by_layer.get(t.layer),
                 "weights": t.size, "codes_bytes": None, "table_bytes": None, "reason": reason} for t in tables]
     return marked, records
 

@@ -39,13 +39,15 @@ SOURCES = ("model.c", "kernels.c", "runtime.c")
 
 
 def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, integer: bool = True,
-                   lut_kernels: bool = True) -> Path:
+                   lut_kernels: bool = True, palette: bool | None = None) -> Path:
     """Compile an ONNX model into the C bundle of docs/mcu-bundle.md in `out_dir` (written atomically).
 
     With `integer` (the default) a QDQ model computes in int8 with fixed-point requantization; a float model,
     or `integer=False`, compiles in float32. `target_cfg` is a target dict (`name`, `tvm` of kind "c", `cflags`
     and `opt`, the Makefile's defaults) or an `edgebin.targets.Target`. Table-coded low-bit weights stay packed
-    for the LUT micro-kernels (mcu_lut) unless `lut_kernels` is off; bundle.json's `lut_weights` says which did.
+    for the LUT micro-kernels (mcu_lut) unless `lut_kernels` is off; so do other int8 weights of at most 16 values
+    where that saves flash, unless `palette` is off (None: EDGEBIN_PALETTE, on by default; mcu_lut.palette_weights).
+    bundle.json's `lut_weights` says which did.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     target_cfg = _target_record(target_cfg)
@@ -59,7 +61,8 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
         raise InputShapeError(f"{onnx_path}: a C bundle takes one input, the model has {list(shapes)}")
     mod = importer.from_onnx(model, shapes)  # UnsupportedOpsError listing every unknown ONNX op
     integer = integer and is_quantized(mod)
-    lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec, lut_kernels=lut_kernels)  # QDQ -> int8
+    lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec, lut_kernels=lut_kernels,
+                            palette=palette)  # QDQ -> int8
     graph = read_graph(lowered.mod)  # strict: UnsupportedOpsError naming every binding C cannot express
     plan = plan_memory(graph.buffers())  # arena offsets from tensor lifetimes
     called = sorted({call.kernel for call in graph.calls})  # not the PrimFuncs the reshape views replaced

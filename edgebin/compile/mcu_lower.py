@@ -26,7 +26,7 @@ from typing import Any
 
 from edgebin.compile import binary, host, kernels, lut_weights, requant
 from edgebin.compile import tvm_adapter as tvm_api
-from edgebin.compile.mcu_lut import pack_lut_weights
+from edgebin.compile.mcu_lut import PALETTE, pack_lut_weights
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, schedule_for_mcu
 
 log = logging.getLogger(__name__)
@@ -43,15 +43,17 @@ class McuLowered:
     ops: dict[str, dict[str, int]]  # conv/matmul operand dtypes (kernels.op_census)
     macs: dict[str, int]  # multiply-accumulates per call, by kernel name
     integer: bool
-    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights: packed or int8 (mcu_lut)
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed or int8 (mcu_lut)
 
 
 def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None,
-                  lut_kernels: bool = True) -> McuLowered:
+                  lut_kernels: bool = True, palette: bool | None = None) -> McuLowered:
     """Imported Relax -> fused, MCU-scheduled kernels and a `main` of static allocations. The build order.
 
     `lut_kernels`: table-coded weights go back to packed codes read by the LUT micro-kernels (mcu_lut), where the
-    int8 micro-kernel reads them; off, they run as int8 (the Cortex-A C bundle, whose cores lack the kernels)."""
+    int8 micro-kernel reads them; off, they run as int8 (the Cortex-A C bundle, whose cores lack the kernels).
+    `palette` (None: `mcu_lut.PALETTE`, on unless EDGEBIN_PALETTE=0; only with `lut_kernels`): so do the other int8
+    weights of at most 16 values (QAT's W4, W2, ternary) where packing saves flash (`mcu_lut.PALETTE_MIN_SAVING`)."""
     target = tvm_api.make_target(target_spec or {"kind": "c"})
     tables = lut_weights.tables_of(mod)  # the importer's table-coded weights, folded to int8 until mcu_lut
     with target:
@@ -65,8 +67,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
                 if isinstance(func, tvm_api.tirx.PrimFunc)}  # before scheduling splits the reduction blocks
         mod = schedule_for_mcu(mod)  # int8 conv/matmul -> micro-kernel calls; the rest plain loops; no workspaces
         lut_layers = lowered.lut_layers  # int8, as host.lower notes them
-        if lut_kernels:  # table-coded weights back to packed codes read by the LUT micro-kernels
-            mod, lut_layers = pack_lut_weights(mod, tables)
+        if lut_kernels:  # low-bit weights as packed codes read by the LUT micro-kernels
+            mod, lut_layers = pack_lut_weights(mod, tables, palette=PALETTE.get() if palette is None else palette)
             census = _lut_census(census, lut_layers)
         mod = tvm_api.tvm.transform.Sequential([
             relax.transform.RewriteDataflowReshape(),  # reshape kernels -> R.reshape views (no copy)
@@ -80,7 +82,7 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
 
 
 def _lut_census(census: list[dict[str, Any]], lut_layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Census records with the kernels that read packed codes as kind "lutB", and each table-coded layer's kernel
+    """Census records with the kernels that read packed codes as kind "lutB", and each low-bit layer's kernel
     noting its weight form ("lut4", or "int8" for a 4-bit layer expanded to int8: `weights` "int8 (lut4)")."""
     forms = {r["kernel"]: r for r in lut_layers if r["kernel"] is not None}
     updated = []

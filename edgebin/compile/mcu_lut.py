@@ -1,14 +1,23 @@
-"""Cortex-M: table-coded (NUPES) weights stay packed at b bits, decoded through their table inside the micro-kernel.
+"""Cortex-M: low-bit weights stay packed at b bits, decoded through a table of int8 levels inside the micro-kernel.
 
-    mod, layers = pack_lut_weights(mod, lut_weights.tables_of(imported))  # after schedule_for_mcu (mcu_lower)
-    layers[0]  # {"layer": "c1", "bits": 4, "form": "lut4", "kernel": "fused_conv2d1_requant1", "codes_bytes": 291,
-               #  "table_bytes": 16, "weights": 576, "reason": null}
+    mod, layers = pack_lut_weights(mod, lut_weights.tables_of(imported), palette=True)  # after schedule_for_mcu
+    layers[0]  # {"layer": "c1", "bits": 4, "form": "lut4", "source": "nupes", "kernel": "fused_conv2d1_requant1",
+               #  "codes_bytes": 291, "table_bytes": 16, "weights": 576, "reason": null}
 
-The importer folded each table-coded weight to its int8 values (`lut_weights`), so the MCU schedule turned its conv
-or gemm into a call of the int8 micro-kernel `edgebin_matvec{,2,4}_{s8,u8s8}(col, w, K, Cout, acc)` reading the
-weight constant rows-first, (Cout, K). Here, for each kernel whose weight constant has exactly the values of one
-recorded table's weight (same multiset: `lut_weights.match_table`), the codes are recovered by inverse lookup
-(correct by value equality, whichever code a repeated level had) and
+The MCU schedule turned each int8 conv or gemm into a call of the int8 micro-kernel
+`edgebin_matvec{,2,4}_{s8,u8s8}(col, w, K, Cout, acc)` reading its weight constant rows-first, (Cout, K). Two kinds
+of weight go back to codes into a table:
+
+- **table-coded (NUPES)** weights, `"source": "nupes"`: the importer folded them to int8 (`lut_weights`); a kernel
+  whose weight constant has exactly the values of one recorded table's weight (same multiset:
+  `lut_weights.match_table`) gets the codes back by inverse lookup, at the table's b;
+- **palettes**, `"source": "palette"` (with `palette`, the Cortex-M default): any other int8 weight constant of a
+  matvec kernel with at most 16 distinct values, as QAT exports them (StatsQ / LSQ W4: 16 values, W2 and ternary: 4
+  and 3, binary weights: 2), becomes codes into its sorted distinct values at the smallest b of 2, 3, 4 that holds
+  them (`palette_table`), when the flash this saves, the int8 weight less the codes and the table, is at least
+  `PALETTE_MIN_SAVING` bytes, about the most code a LUT kernel was measured to add (docs/lut-weights.md).
+
+Correct by value equality either way (whichever code a repeated level had). For each such kernel
 
 - in `main`, the int8 constant becomes the codes packed at b bits (`lut_weights.pack_codes`: rows of
   ceil(K b / 8) bytes, 3 bytes of padding after the last row, which the kernel may read), followed by the table
@@ -17,21 +26,27 @@ recorded table's weight (same multiset: `lut_weights.match_table`), the codes ar
   `edgebin_lut{b}_matvec{,2,4}_{s8,u8s8}(col, codes, table, K, Cout, acc)` (mcu_kernels/edgebin_lut.h), whose sums
   are those of the int8 call bit for bit.
 
-A layer stays int8, logged and recorded with its reason, when its kernel has no micro-kernel call (plain loops:
-a depthwise conv), when b = 8 (the codes would take as much flash as the int8 weight), or when its int8 weight is
-not a kernel constant any more.
+A weight stays int8, logged and recorded with its reason, when its kernel has no micro-kernel call (plain loops:
+a depthwise conv; a palette is only looked for in kernels with one), when b = 8 (the codes would take as much flash
+as the int8 weight), when its int8 weight is not a kernel constant any more, or (palettes) when packing saves less
+than `PALETTE_MIN_SAVING` bytes. A palette record's `layer` is null here; bundle.json names it (mcu_manifest).
+`palette_weights(False)`, `palette=False` or EDGEBIN_PALETTE=0 leave every palette int8 (and unrecorded).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
+import os
 import re
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from edgebin.compile.lut_weights import LutTable, match_table, pack_codes, row_bytes
+from edgebin.compile.lut_weights import LutTable, fingerprint, match_table, pack_codes, row_bytes
 from edgebin.compile.tvm_adapter import (
     GenericConst,
     IRCall,
@@ -52,8 +67,27 @@ log = logging.getLogger(__name__)
 
 HEADER = "edgebin_lut.h"  # mcu_kernels/: the LUT micro-kernels
 PACKED_BITS = range(2, 8)  # b = 8 codes take a byte each, as the int8 weight: nothing to gain
+PALETTE_BITS = (2, 3, 4)  # a palette of up to 16 values; more (an 8-bit layer) stays int8
+# A palette is packed only when it saves at least this much flash (int8 bytes - codes - table): each LUT kernel's
+# loops are inlined into its conv or gemm kernel in place of the int8 kernel's, -0.6 to +0.4 KB of code per kernel
+# at ResNet-8's shapes and up to +1.0 KB at K = 72 on cortex-m4 (docs/lut-weights.md, "Code a LUT kernel adds").
+# The first packed layer also adds its table of pairs to RAM (.bss: 1 KB at b = 3, 4; 2 KB at b = 2), not weighed.
+PALETTE_MIN_SAVING = 1024
+# Palettes packed or not (the Cortex-M build's default); EDGEBIN_PALETTE=0 switches them off for a run,
+# `with palette_weights(False):` for a block, `compile_bundle(..., palette=False)` for one bundle.
+PALETTE = contextvars.ContextVar("edgebin_palette", default=os.environ.get("EDGEBIN_PALETTE", "1") != "0")
 CODES_PADDING = 3  # bytes after the last row: the kernel loads whole words
 _MCU_MATVEC = re.compile(r"edgebin_matvec[24]?_(s8|u8s8)")  # the int8 micro-kernels a LUT kernel replaces
+
+
+@contextlib.contextmanager
+def palette_weights(on: bool = True) -> Iterator[None]:
+    """Within the block, Cortex-M bundles pack (or, off, leave int8) the int8 weights with at most 16 values."""
+    token = PALETTE.set(on)
+    try:
+        yield
+    finally:
+        PALETTE.reset(token)
 
 
 def lut_kernel(matvec: str, bits: int) -> str:
@@ -61,51 +95,122 @@ def lut_kernel(matvec: str, bits: int) -> str:
     return f"edgebin_lut{bits}_{matvec.removeprefix('edgebin_')}"
 
 
-def pack_lut_weights(mod, tables: list[LutTable]) -> tuple[Any, list[dict[str, Any]]]:
-    """(`mod` with every table-coded weight its micro-kernel reads packed, one record per table: packed ("lutB")
-    or left int8 with the reason). Runs on `main`'s call_tir bindings, after the MCU schedule."""
-    if not tables:
+def palette_table(values: np.ndarray, name: str = "", min_bits: int = PALETTE_BITS[0]) -> LutTable | None:
+    """The table of an int8 weight's distinct values, sorted, at the smallest b >= `min_bits` of PALETTE_BITS that
+    holds them (2^b entries: no zero level is needed, the kernel reads only codes of weights), or None: not int8, or
+    more than 16 values."""
+    values = np.asarray(values)
+    if values.dtype != np.int8 or not values.size:
+        return None
+    levels = np.unique(values)
+    bits = next((b for b in PALETTE_BITS if b >= min_bits and len(levels) <= 1 << b), None)
+    if bits is None:
+        return None
+    return LutTable(name, bits, tuple(int(v) for v in levels), tuple(values.shape), fingerprint(values))
+
+
+def packed_bytes(table: LutTable, k: int, n: int) -> int:
+    """Flash of a weight packed for the LUT kernel: n rows of k codes, the padding and the 2^b-entry table."""
+    return n * row_bytes(k, table.bits) + CODES_PADDING + (1 << table.bits)
+
+
+# kernel -> (its LUT PrimFunc, the weight parameter, {weight fingerprint: [(table, record) of each call]})
+_Rewrites = dict[str, tuple[Any, int, dict[str, list[tuple[LutTable, dict[str, Any]]]]]]
+
+
+def pack_lut_weights(mod, tables: list[LutTable], *, palette: bool = False,
+                     min_saving: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
+    """(`mod` with every low-bit weight its micro-kernel reads packed, one record per table-coded weight, then one
+    per palette weight of a matvec kernel's call: packed ("lutB") or left int8 with the reason). Runs on `main`'s
+    call_tir bindings, after the MCU schedule. `palette`: also pack int8 weights of at most 16 values where the calls
+    of their kernel save at least `min_saving` bytes of flash (None: PALETTE_MIN_SAVING)."""
+    if not tables and not palette:
         return mod, []
+    min_saving = PALETTE_MIN_SAVING if min_saving is None else min_saving
     uses: dict[str, list[tuple[int | None, LutTable | None]]] = defaultdict(list)  # kernel -> per call
+    arguments: dict[str, list[list]] = defaultdict(list)  # kernel -> each call's arguments
     for call in _calls(mod):
         name, args = call.args[0].name_hint, list(call.args[1].fields)
         hits = [(i, match_table(const_array(arg), tables)) for i, arg in enumerate(args)
-                if isinstance(arg, GenericConst)]
+                if isinstance(arg, GenericConst)] if tables else []
         hits = [(i, table) for i, table in hits if table is not None]
         uses[name].append(hits[0] if len(hits) == 1 else (None, None))
+        arguments[name].append(args)
 
-    records: dict[str, dict[str, Any]] = {}
-    rewritten: dict[str, tuple[Any, int]] = {}  # kernel -> (new PrimFunc, weight parameter)
+    records: dict[str, dict[str, Any]] = {}  # table-coded layer -> record
+    palettes: list[dict[str, Any]] = []
+    rewritten: _Rewrites = {}
     for name, found in uses.items():
         matched = [table for _, table in found if table is not None]
         if not matched:
+            if palette:
+                palettes += _pack_palettes(mod[name], name, arguments[name], min_saving, rewritten)
             continue
         params, bits = {param for param, _ in found}, {table.bits for table in matched}
-        reason = None
+        reason, func = None, None
         if len(matched) < len(found) or len(params) != 1 or len(bits) != 1:
             reason = "its kernel is shared with layers of other weights"
         elif matched[0].bits not in PACKED_BITS:
             reason = f"{matched[0].bits}-bit codes take as much flash as the int8 weight"
         else:
-            func, reason = _lut_primfunc(mod[name], next(iter(params)), matched[0].bits)
-            if func is not None:
-                rewritten[name] = (func, next(iter(params)))
+            func, reason, _ = _lut_primfunc(mod[name], next(iter(params)), matched[0].bits)
         for table in matched:
-            records[table.layer] = _record(table, name, reason)
+            records[table.layer] = _record(table, name, reason, "nupes")
+        if func is not None:
+            rewritten[name] = (func, next(iter(params)), _entries([(t, records[t.layer]) for t in matched]))
     for table in tables:
-        records.setdefault(table.layer, _record(table, None, "its int8 weight is not a constant of any kernel"))
-    for record in records.values():
+        records.setdefault(table.layer, _record(table, None, "its int8 weight is not a constant of any kernel",
+                                                "nupes"))
+    for record in [*records.values(), *palettes]:
         if record["form"] == "int8":
-            log.info("%s: %d-bit table-coded weight runs as int8 (%s)", record["layer"], record["bits"],
-                     record["reason"])
+            log.info("%s: %d-bit %s weight runs as int8 (%s)", record["layer"] or record["kernel"], record["bits"],
+                     "palette" if record["source"] == "palette" else "table-coded", record["reason"])
+    if palettes:
+        packed = [r for r in palettes if r["form"] != "int8"]
+        log.info("Cortex-M: %d of %d int8 weight(s) with at most 16 values packed (%s)", len(packed), len(palettes),
+                 ", ".join(f"{r['kernel']} {r['form']}" for r in packed) or "none saves enough flash")
     if rewritten:
-        mod = _rewrite_calls(mod, rewritten, tables, records)
-    return mod, [records[table.layer] for table in tables]
+        mod = _rewrite_calls(mod, rewritten)
+    return mod, [*(records[table.layer] for table in tables), *palettes]
 
 
-def _record(table: LutTable, kernel: str | None, reason: str | None) -> dict[str, Any]:
-    return {"layer": table.layer, "bits": table.bits, "form": "int8" if reason else f"lut{table.bits}",
-            "kernel": kernel, "weights": table.size, "codes_bytes": None, "table_bytes": None, "reason": reason}
+def _pack_palettes(func, name: str, calls: list[list], min_saving: int, rewritten: _Rewrites) -> list[dict[str, Any]]:
+    """The records of kernel `name`'s palette weights, one per call, packed (into `rewritten`) or int8 with the
+    reason; none when its micro-kernel's weight is not an int8 constant of at most 16 values in every call. Calls
+    of one kernel share its code, so they take one b (the largest they need) and one saving."""
+    param = _weight_param(func)
+    if param is None or not all(isinstance(args[param], GenericConst) for args in calls):
+        return []
+    weights = [const_array(args[param]) for args in calls]
+    found = [palette_table(values) for values in weights]
+    if any(table is None for table in found):
+        return []
+    bits = max(table.bits for table in found)
+    found = [palette_table(values, min_bits=bits) for values in weights]
+    lut_func, reason, shape = _lut_primfunc(func, param, bits)
+    if lut_func is not None:
+        saving = sum(table.size - packed_bytes(table, *shape) for table in found)
+        if saving < min_saving:
+            lut_func, reason = None, (f"packing saves {saving} B of flash, less than the {min_saving} B of code a "
+                                      "LUT kernel may add")
+    records = [_record(table, name, reason, "palette") for table in found]
+    if lut_func is not None:
+        rewritten[name] = (lut_func, param, _entries(list(zip(found, records, strict=True))))
+    return records
+
+
+def _entries(pairs: list[tuple[LutTable, dict[str, Any]]]) -> dict[str, list[tuple[LutTable, dict[str, Any]]]]:
+    """{fingerprint: [(table, record), ...]}: how a call's weight finds its table and record when it is rewritten."""
+    found: dict[str, list[tuple[LutTable, dict[str, Any]]]] = defaultdict(list)
+    for table, record in pairs:
+        found[table.fingerprint].append((table, record))
+    return dict(found)
+
+
+def _record(table: LutTable, kernel: str | None, reason: str | None, source: str) -> dict[str, Any]:
+    return {"layer": table.layer or None, "bits": table.bits, "form": "int8" if reason else f"lut{table.bits}",
+            "source": source, "kernel": kernel, "weights": table.size, "codes_bytes": None, "table_bytes": None,
+            "reason": reason}
 
 
 def _calls(mod) -> list:
@@ -124,13 +229,12 @@ def packed_constants(values: np.ndarray, table: LutTable) -> tuple[np.ndarray, n
     return packed, levels
 
 
-def _rewrite_calls(mod, rewritten: dict[str, tuple[Any, int]], tables: list[LutTable],
-                   records: dict[str, dict[str, Any]]):
+def _rewrite_calls(mod, rewritten: _Rewrites):
     """`mod` with the rewritten kernels under fresh GlobalVars (a GlobalVar keeps the signature it was made with)
     and their calls passing the packed codes and the table instead of the int8 weight."""
     functions = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint not in rewritten}
     builder = relax.BlockBuilder(tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos))
-    fresh = {name: builder.add_func(func, name) for name, (func, _) in rewritten.items()}
+    fresh = {name: builder.add_func(func, name) for name, (func, *_) in rewritten.items()}
 
     @mutator
     class _PassCodes(PyExprMutator):
@@ -139,11 +243,12 @@ def _rewrite_calls(mod, rewritten: dict[str, tuple[Any, int]], tables: list[LutT
             if call_op_name(call) != "relax.call_tir" or call.args[0].name_hint not in rewritten:
                 return call
             name, args = call.args[0].name_hint, list(call.args[1].fields)
-            _, param = rewritten[name]
+            _, param, entries = rewritten[name]
             values = const_array(args[param])
-            table = match_table(values, tables)
+            same = entries[fingerprint(values)]  # weights of equal values: one entry each, in turn
+            table, record = same.pop(0) if len(same) > 1 else same[0]
             codes, levels = packed_constants(values, table)
-            records[table.layer].update(codes_bytes=int(codes.nbytes), table_bytes=int(levels.nbytes))
+            record.update(codes_bytes=int(codes.nbytes), table_bytes=int(levels.nbytes))
             args[param:param + 1] = [const(codes), const(levels)]
             return relax.Call(call.op, [fresh[name], relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)
 
@@ -155,25 +260,37 @@ def _rewrite_calls(mod, rewritten: dict[str, tuple[Any, int]], tables: list[LutT
 # --- the kernel -----------------------------------------------------------------------------------------------
 
 
-def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None]:
-    """(`func` reading codes and table instead of its int8 weight parameter `param`, None), or (None, the reason it
-    cannot): the weight must be read by exactly one micro-kernel call, whole."""
+def _weight_param(func) -> int | None:
+    """The parameter of `func` that its one matvec micro-kernel call reads as the weight, else None."""
+    sites = [block for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None]
+    if len(sites) != 1:
+        return None
+    ptr = _matvec_call(sites[0]).args[2]
+    sources = [m.source.source for m in sites[0].match_buffers if _points_into(ptr, m.buffer)]
+    found = [i for i, p in enumerate(func.params) for source in sources if p.same_as(source)]
+    return found[0] if len(found) == 1 else None
+
+
+def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None, tuple[int, int]]:
+    """(`func` reading codes and table instead of its int8 weight parameter `param`, None, the call's (K, Cout)),
+    or (None, the reason it cannot, (0, 0)): the weight must be read by exactly one micro-kernel call, whole."""
     weight = func.params[param]
     sites = [block for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None]
     if not sites:
-        return None, "its kernel keeps plain loops (no matvec micro-kernel: a depthwise conv, or a shape it skips)"
+        return (None, "its kernel keeps plain loops (no matvec micro-kernel: a depthwise conv, or a shape it skips)",
+                (0, 0))
     reads = [block for block in collect(func.body, s_tir.SBlock) if block.name_hint != "root"
              and any(region.source.same_as(weight) for region in [*block.reads, *block.writes])]
     site = sites[0]
     matched = [m for m in site.match_buffers if m.source.source.same_as(weight)]
     call = _matvec_call(site)
     if len(sites) != 1 or reads != [site] or len(matched) != 1 or not _whole(matched[0].source, weight, site):
-        return None, "its micro-kernel call does not read the whole weight"
+        return None, "its micro-kernel call does not read the whole weight", (0, 0)
     k, n = int(call.args[3]), int(call.args[4])
     if k * n != int(np.prod([int(d) for d in weight.shape])):
-        return None, "its micro-kernel call does not read the whole weight"
+        return None, "its micro-kernel call does not read the whole weight", (0, 0)
     if not _points_into(call.args[2], matched[0].buffer):
-        return None, "its micro-kernel call does not read the weight through its match buffer"
+        return None, "its micro-kernel call does not read the weight through its match buffer", (0, 0)
     i64 = "int64"
     codes = tirx.decl_buffer((tirx.IntImm(i64, n * row_bytes(k, bits) + CODES_PADDING),), "uint8",
                              name=f"{weight.name}_codes")
@@ -193,7 +310,7 @@ def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None]:
 
     body = tvm_ffi.structural_map(func.body, (s_tir.SBlock, rewrite))
     params = [*func.params[:param], codes, table, *func.params[param + 1:]]
-    return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None
+    return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None, (k, n)
 
 
 def _matvec_call(block):
@@ -230,4 +347,5 @@ def _whole_region(buffer):
     return buffer[tuple(slice(zero, extent) for extent in buffer.shape)]
 
 
-__all__ = ["HEADER", "PACKED_BITS", "lut_kernel", "pack_lut_weights", "packed_constants"]
+__all__ = ["HEADER", "PACKED_BITS", "PALETTE", "PALETTE_BITS", "PALETTE_MIN_SAVING", "lut_kernel", "pack_lut_weights",
+           "packed_bytes", "packed_constants", "palette_table", "palette_weights"]

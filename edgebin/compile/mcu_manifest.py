@@ -9,8 +9,9 @@ A call's `layer` pairs it with an ONNX Conv/Gemm/MatMul node of the same MACs an
 order (`match_layers`); edgebin's layer name replaces the node name when the export metadata (`edgebin.layers`)
 has one.
 A kernel paired with no node (an average pool that the int8 rewrite turned into a depthwise conv, say) gets `null`.
-Table-coded (NUPES) weights: `lut_weights` lists each such layer with the form it runs in, packed b-bit codes
-("lut4", its kernel's `kind` too) or "int8" with the reason, and the kernel reading it says so in `weights`.
+Low-bit weights: `lut_weights` lists each table-coded (NUPES) layer and each int8 weight of at most 16 values that
+a matvec kernel reads (mcu_lut) with the form it runs in, packed b-bit codes ("lut4", its kernel's `kind` too) or
+"int8" with the reason, and the kernel reading it says so in `weights`; a palette record gets its kernel's layer.
 """
 
 from __future__ import annotations
@@ -82,8 +83,22 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         "tensors": [{"name": name, "offset": plan.offsets[name], "bytes": graph.tensor_bytes[name],
                      "first_call": first, "last_call": last} for name, (first, last) in lifetimes.items()],
         "sources": list(sources),
-        **({"lut_weights": list(lowered.lut_layers)} if getattr(lowered, "lut_layers", None) else {}),
+        **({"lut_weights": _named(lowered.lut_layers, kernels)} if getattr(lowered, "lut_layers", None) else {}),
     }
+
+
+def _named(lut_layers: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The low-bit weight records, each palette one (`layer` null: mcu_lut sees kernels, one record per call in
+    `main`'s order) named by the layer of its kernel's call, the calls of a kernel taken in order."""
+    layers: dict[str, list[str | None]] = {}
+    for kernel in kernels:
+        layers.setdefault(kernel["name"], []).append(kernel["layer"])
+    named = []
+    for record in lut_layers:
+        if record["layer"] is None and layers.get(record["kernel"]):
+            record = {**record, "layer": layers[record["kernel"]].pop(0)}
+        named.append(record)
+    return named
 
 
 def match_layers(keys: list[tuple | None], nodes: list[tuple[str, tuple]]) -> list[str | None]:
@@ -169,6 +184,12 @@ def _onnx_linear_layers(model: onnx.ModelProto) -> list[tuple[str, tuple[int, in
     return found
 
 
+def layer_weights(model: onnx.ModelProto) -> dict[str, int]:
+    """Layer name -> elements of its constant weight, for every Conv/Gemm/MatMul node with known shapes (the int8
+    bytes of the weight: a table-coded one counted as its expanded int8 weight)."""
+    return {name: weight for name, (_, weight) in _onnx_linear_layers(model)}
+
+
 def _is_constant(name: str, producers: dict, shapes: dict, model: onnx.ModelProto) -> bool:
     """True when `name` is an initializer, or one seen through DequantizeLinear/Transpose/Reshape/Identity/Cast, or
     a Gather of constants (a table-coded weight, lut_weights)."""
@@ -211,4 +232,4 @@ def _real_inputs(model: onnx.ModelProto) -> list:
     return [value for value in model.graph.input if value.name not in initializers]
 
 
-__all__ = ["SCHEMA_VERSION", "bundle_manifest", "match_layers", "quant_defines"]
+__all__ = ["SCHEMA_VERSION", "bundle_manifest", "layer_weights", "match_layers", "quant_defines"]

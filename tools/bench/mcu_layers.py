@@ -1,26 +1,32 @@
-"""Benchmark: instructions per MAC of every layer of an INT8 model compiled for a Cortex-M target, on QEMU.
+"""Benchmark: instructions per MAC and weight flash of every layer of a model compiled for a Cortex-M target, on QEMU.
 
     .venv/bin/python tools/bench/mcu_layers.py                                  # models/*.pt on cortex-m4
     .venv/bin/python tools/bench/mcu_layers.py --models models/lenet5_fashion.pt --target cortex-m7 --baseline
     .venv/bin/python tools/bench/mcu_layers.py --models out/model.onnx          # a QDQ ONNX from `edgebin export`
+    .venv/bin/python tools/bench/mcu_layers.py --models out/model.onnx --palette  # low-bit weights packed vs int8
 
 For each model: a checkpoint is quantized as `edgebin export` does (PTQ int8, calibrated on the data set), the
 ONNX is compiled into the C bundle for the target (`compile_bundle`), the firmware runs `--samples` images of the
 test split (random normal inputs for an ONNX file) on QEMU with edgebin's instruction-count plugin, and one table
-is printed per model: every kernel call in execution order with its layer, MACs, instructions per inference and
-instructions per MAC, then totals and the conv or gemm layer with the most instructions per MAC. Instructions are
+is printed per model: every kernel call in execution order with its layer, MACs, instructions per inference,
+instructions per MAC and weight bytes in flash (int8: one a weight; packed low-bit weights: their codes and table,
+docs/lut-weights.md), then totals, the conv or gemm layer with the most instructions per MAC, and per bundle its
+weights, firmware flash and static RAM (`QemuRunner.footprint`). Instructions are
 those of the kernel's function, so a conv's row includes its im2col gather (and padding), its micro-kernel calls
 (inlined) and its requant epilogue; a kernel called several times has its count shared equally between its calls.
 `--baseline` also builds the bundle with plain C loops (`mcu_schedule.plain_loops`, the schedule before the
-micro-kernels), prints both, and checks that the two firmwares give the same outputs bit for bit.
+micro-kernels), prints both, and checks that the two firmwares give the same outputs bit for bit. `--palette` does
+the same with a bundle whose int8 weights of at most 16 values stay int8 (`mcu_lut.palette_weights(False)`, as
+EDGEBIN_PALETTE=0), against the default that packs them (QAT models: W4, W2, ternary).
 
 QEMU counts instructions, not cycles (no pipeline model); see docs/mcu-bundle.md. Not a test: nothing is asserted
-but the bit-for-bit check of `--baseline`, which makes the exit status 1 when outputs differ.
+but the bit-for-bit check of `--baseline` and `--palette`, which makes the exit status 1 when outputs differ.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import shlex
@@ -32,7 +38,10 @@ from pathlib import Path
 import numpy as np
 
 from edgebin import targets
+from edgebin.compile.importer import load_onnx
 from edgebin.compile.mcu_emit import compile_bundle
+from edgebin.compile.mcu_lut import palette_weights
+from edgebin.compile.mcu_manifest import layer_weights
 from edgebin.compile.mcu_schedule import plain_loops
 from edgebin.runners.qemu import QemuRunner
 
@@ -45,6 +54,8 @@ def main() -> int:
     parser.add_argument("--samples", type=int, default=20, help="inferences run on QEMU per model")
     parser.add_argument("--data", default="fashion-mnist", help="data set for calibration and the test inputs")
     parser.add_argument("--baseline", action="store_true", help="also plain C loops; compare outputs bit for bit")
+    parser.add_argument("--palette", action="store_true",
+                        help="also int8 weights where the default packs a palette; compare outputs bit for bit")
     parser.add_argument("--out", type=Path, default=None, help="keep the ONNX files and bundles here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -57,23 +68,26 @@ def main() -> int:
         out = args.out or Path(tmp)
         for model in args.models:
             onnx_path, x = _model_and_inputs(model, args.data, args.samples, out / model.stem)
-            variants = {"micro-kernels": None}
+            variants = {"micro-kernels": contextlib.nullcontext}
+            if args.palette:
+                variants = {"int8 weights": lambda: palette_weights(False), **variants}
             if args.baseline:
                 variants = {"plain loops": plain_loops, **variants}
+            weights = layer_weights(load_onnx(onnx_path))
             runs = {}
             for name, context in variants.items():
                 bundle_dir = out / model.stem / target.name / name.replace(" ", "-")
-                if context is None:
+                with context():
                     bundle = compile_bundle(onnx_path, target, bundle_dir)
-                else:
-                    with context():
-                        bundle = compile_bundle(onnx_path, target, bundle_dir)
                 runner = QemuRunner(target)
-                result = runner.run(runner.build(bundle, bundle_dir / "firmware"), x)
-                runs[name] = (json.loads((bundle / "bundle.json").read_text()), result)
+                elf = runner.build(bundle, bundle_dir / "firmware")
+                result = runner.run(elf, x)
+                manifest = json.loads((bundle / "bundle.json").read_text())
+                runs[name] = (manifest, result, runner.footprint(elf, stack_bytes=result.stack_bytes),
+                              weight_bytes(manifest, weights))
             print(render(model.name if model.name != "model.onnx" else f"{model.parent.name}/{model.name}", runs))
-            if args.baseline:
-                outputs = [result.outputs for _, result in runs.values()]
+            if args.baseline or args.palette:
+                outputs = [result.outputs for _, result, _, _ in runs.values()]
                 identical = all(np.array_equal(outputs[0], o) for o in outputs[1:])
                 same &= identical
                 print(f"Outputs of the {len(x)} samples: {'identical bit for bit' if identical else 'DIFFERENT'}.\n")
@@ -99,36 +113,64 @@ def _model_and_inputs(model: Path, data: str, samples: int, work: Path) -> tuple
     return exported.out_dir / pipeline.MODEL_ONNX, norm.apply(x).astype(np.float32)
 
 
+def weight_bytes(manifest: dict, weights: dict[str, int]) -> list[int | None]:
+    """Flash bytes of each kernel call's weight: a packed low-bit weight's codes and table (bundle.json
+    `lut_weights`), an int8 layer's weight elements (`weights`: layer -> elements); None for other kernels."""
+    packed = {r["kernel"]: r["codes_bytes"] + r["table_bytes"] for r in manifest.get("lut_weights", [])
+              if r["form"] != "int8"}
+    found: list[int | None] = []
+    for kernel in manifest["kernels"]:
+        if kernel["name"] in packed:
+            found.append(packed[kernel["name"]])
+        elif kernel["macs"] and kernel["kind"] == "int8" and kernel["layer"] in weights:
+            found.append(weights[kernel["layer"]])
+        else:
+            found.append(None)
+    return found
+
+
 def render(title: str, runs: dict) -> str:
-    """One Markdown table: a row per kernel call, a column pair (instructions, per MAC) per variant, totals."""
+    """One Markdown table: a row per kernel call, a column triple (instructions, per MAC, weight bytes) per variant,
+    totals; then a line per variant with its bundle's weights, firmware flash and static RAM."""
     names = list(runs)
     manifest = runs[names[-1]][0]
     lines = [f"### {title}", "",
-             "| # | layer | kernel | MACs | " + " | ".join(f"instructions ({n}) | per MAC ({n})" for n in names) + " |",
-             "|---:|---|---|---:|" + "---:|---:|" * len(names)]
-    per_call = {name: _per_call(m, r.per_symbol_instructions or {}) for name, (m, r) in runs.items()}
+             "| # | layer | kernel | MACs | " + " | ".join(f"instructions ({n}) | per MAC ({n}) | weight B ({n})"
+                                                         for n in names) + " |",
+             "|---:|---|---|---:|" + "---:|---:|---:|" * len(names)]
+    per_call = {name: _per_call(m, r.per_symbol_instructions or {}) for name, (m, r, _, _) in runs.items()}
     rows = _aligned_calls(runs)
     for step, (layer, kernel, macs, counts) in enumerate(rows):
         cells = []
         for name in names:
             count = None if counts[name] is None else per_call[name][counts[name]]
+            weight = None if counts[name] is None else runs[name][3][counts[name]]
             cells.append("—" if count is None else f"{count:,.0f}")
             cells.append(f"{count / macs:.2f}" if count is not None and macs else "—")
+            cells.append("—" if weight is None else f"{weight:,}")
         short = kernel if len(kernel) <= 48 else kernel[:47] + "…"
         lines.append(f"| {step} | {layer or '—'} | `{short}` | {macs:,} | " + " | ".join(cells) + " |")
     macs = int(manifest["macs"])
     totals, linear = [], []
-    for name, (m, result) in runs.items():
+    for name, (m, result, _, weights) in runs.items():
         linear_count = sum(c for (k, c) in zip(m["kernels"], per_call[name], strict=True)
                            if k["macs"] or k.get("ops") == ["pad"])
-        totals += [f"{result.instructions:,}", f"{result.instructions / macs:.2f}"]
-        linear += [f"{linear_count:,.0f}", f"{linear_count / macs:.2f}"]
+        totals += [f"{result.instructions:,}", f"{result.instructions / macs:.2f}", f"{m['weights_bytes']:,}"]
+        linear += [f"{linear_count:,.0f}", f"{linear_count / macs:.2f}",
+                   f"{sum(w for w in weights if w is not None):,}"]
     lines.append(f"| | **conv + gemm kernels, pads included** | | {macs:,} | " + " | ".join(linear) + " |")
-    lines.append(f"| | **whole inference** | | {macs:,} | " + " | ".join(totals) + " |")
-    worst = [_worst_layer(m, per_call[name]) for name, (m, _) in runs.items()]
+    lines.append(f"| | **whole inference** (weight B: all constants) | | {macs:,} | " + " | ".join(totals) + " |")
+    worst = [_worst_layer(m, per_call[name]) for name, (m, _, _, _) in runs.items()]
     lines += ["", "Most instructions per MAC of one conv or gemm layer: " + "; ".join(
         f"{count:.2f} ({layer or kernel}, {name})" for name, (count, layer, kernel) in zip(names, worst, strict=True))
-        + "."]
+        + ".", ""]
+    for name, (m, result, footprint, _) in runs.items():
+        packed = [r for r in m.get("lut_weights", []) if r["form"] != "int8"]
+        forms = ", ".join(f"{r['layer'] or r['kernel']} {r['form']}" for r in packed) or "none"
+        lines.append(f"- {name}: {result.instructions:,} instructions ({result.instructions / macs:.2f} per MAC), "
+                     f"weights {m['weights_bytes']:,} B, firmware flash {footprint.flash_bytes:,} B "
+                     f"(code {footprint.code_bytes:,} B), static RAM {footprint.static_ram_bytes:,} B; "
+                     f"packed low-bit weights: {forms}.")
     return "\n".join(lines) + "\n"
 
 

@@ -1,6 +1,8 @@
-/* Micro-kernels for low-bit weights kept as b-bit codes into a table of int8 levels (NUPES, compile/lut_weights.py):
- * the codes stay packed in flash and are decoded inside the kernel. The MCU schedule calls them where it would call
- * edgebin_matvec* (edgebin_kernels.h) for a weight whose values all come from one table (compile/mcu_lut.py).
+/* Micro-kernels for low-bit weights kept as b-bit codes into a table of int8 levels: table-coded (NUPES,
+ * compile/lut_weights.py) weights, and int8 weights of at most 16 distinct values (QAT's W4, W2, ternary), whose
+ * table is their sorted values. The codes stay packed in flash and are decoded inside the kernel. compile/mcu_lut.py
+ * calls them where the MCU schedule called edgebin_matvec* (edgebin_kernels.h). The table may hold any int8 values,
+ * in any order (no zero level, no symmetry): codes past a row's k are never read as weights.
  *
  * edgebin_lut{b}_matvec{,2,4}_{s8,u8s8}(x, codes, table, k, n, acc), b = 2..7:
  *   acc[j*P + p] = sum_{i<k} x[p*k + i] * table[code(j, i)]  for j < n, p < P (P = 1, 2, 4 columns, as edgebin_matvec)
@@ -10,16 +12,18 @@
  *   kernel's result on the weights table[code].
  *
  * Cores with the DSP extension: the P columns are spread once per call (as in edgebin_matvecp_x8) into int16 pairs,
- * here (x0, x1) and (x2, x3), so that a pair of neighbouring weights meets them in one SMLAD. For b <= 4 a pair of
- * codes (2b bits) indexes a table of int16 pairs, (table[c0], table[c1]) in one word, built from `table` in RAM the
- * first time a layer calls the kernel (edgebin_lut_pairs: 1 KB, rebuilt when another table comes, so once per layer
- * and inference, about 1,300 instructions at b = 4). b = 4 and 2, whose codes fill whole bytes, run assembly: per
- * weight word (4 weights) two LDRB (b = 2: one, split) and two LDR from the pair table where the int8 kernel has one
- * LDR and two SXTB16, then per column one LDRD and two SMLAD as there; one column takes two rows at a time. b = 3:
- * the same pair table in C; b >= 5: each pair two LDRSB from `table` and a PKHBT, in C.
- * Measured on QEMU (cortex-m4, docs/lut-weights.md), kernel calls alone, b = 4 against the int8 kernel: 1.32 / 1.20
- * instructions per MAC at 4 columns, 1.60 / 1.46 at 2, 1.90 / 1.60 at 1; b = 2 about the same, b = 3 1.8-3.3,
- * b >= 5 2.4-5.2.
+ * here (x0, x1) and (x2, x3), so that a pair of neighbouring weights meets them in one SMLAD. The weights come from
+ * a table built from `table` in RAM the first time a layer calls the kernel (rebuilt when another table comes, so
+ * once per layer and inference): b = 3, 4, a pair of codes (2b bits) indexes int16 pairs (table[c0], table[c1]) in
+ * one word (edgebin_lut_pairs: 1 KB, about 1,300 instructions at b = 4); b = 2, a byte of 4 codes indexes its two
+ * pairs (edgebin_lut_quads: 2 KB, about 2,000 instructions). b = 4 and 2, whose codes fill whole bytes, run assembly:
+ * per weight word (4 weights) two LDRB and two LDR from the pair table (b = 4), or one LDRB, an ADD and one LDRD
+ * from the quad table (b = 2), where the int8 kernel has one LDR and two SXTB16; then per column one LDRD and two
+ * SMLAD as there; one column takes two rows at a time. b = 3: the pair table in C; b >= 5: each pair two LDRSB from
+ * `table` and a PKHBT, in C.
+ * Measured on QEMU (cortex-m4, tools/bench/lut_kernels.py, docs/lut-weights.md), kernel calls alone, instructions
+ * per MAC at 4 / 2 / 1 columns: int8 kernel 1.20 / 1.46 / 1.60, b = 2 1.27 / 1.48 / 1.65, b = 4 1.32 / 1.60 / 1.90,
+ * b = 3 1.83 / 2.19 / 3.27; b >= 5 2.4-5.2.
  * Other cores and the host run plain C loops (define EDGEBIN_NO_SIMD to force them).
  */
 #ifndef EDGEBIN_LUT_H
@@ -60,6 +64,23 @@ EDGEBIN_LUT_INLINE const uint32_t* edgebin_lut_pairs_of(const int8_t* table, con
     edgebin_lut_pairs_bits = b;
   }
   return edgebin_lut_pairs;
+}
+
+static uint32_t edgebin_lut_quads[512];       /* b = 2: per byte of codes c0..c3, (table[c0], table[c1]) and */
+static const int8_t* edgebin_lut_quads_table; /* (table[c2], table[c3]) as int16 pairs; the table built from */
+
+/* The quad table of a b = 2 `table`, built on the first call with this table: once per layer and inference. */
+EDGEBIN_LUT_INLINE const uint32_t* edgebin_lut_quads_of(const int8_t* table) {
+  if (__builtin_expect(edgebin_lut_quads_table != table, 0)) {
+    uint32_t pairs[16];
+    for (uint32_t c = 0; c < 16; ++c) pairs[c] = (uint16_t)table[c & 3] | (uint32_t)(uint16_t)table[c >> 2] << 16;
+    for (uint32_t c = 0; c < 256; ++c) {
+      edgebin_lut_quads[2 * c] = pairs[c & 15];
+      edgebin_lut_quads[2 * c + 1] = pairs[c >> 4];
+    }
+    edgebin_lut_quads_table = table;
+  }
+  return edgebin_lut_quads;
 }
 
 /* (lo, hi): the low halves of two words; (hi, lo): their high halves (PKHBT, PKHTB). */
@@ -138,9 +159,9 @@ EDGEBIN_LUT_INLINE void edgebin_lut_row_words_c(const uint8_t* row, int32_t w0, 
 }
 
 /* b = 4 and b = 2, where a word's codes are whole bytes: one step per word in assembly, as edgebin_row_words:
- * two LDRB (b = 4: each byte a pair of codes) or one LDRB split in two (b = 2: each nibble a pair), the two pairs
- * from the pair table, then per column one LDRD of its spread pairs and two SMLAD: 4 + 3 P instructions per 4 P
- * MACs at b = 4 (the int8 kernel: 3 + 3 P). */
+ * b = 4, two LDRB (each byte a pair of codes) and two LDR from the pair table; b = 2, one LDRB (the word's 4 codes)
+ * and one LDRD of its two pairs from the quad table; then per column one LDRD of its spread pairs and two SMLAD:
+ * 4 + 3 P instructions per 4 P MACs at b = 4, 3 + 3 P at b = 2 (the int8 kernel: 3 + 3 P). */
 #define EDGEBIN_LUT_CODES4_AT(CP)           \
   "ldrb   %[a], [" CP "], #1\n\t"           \
   "ldrb   %[b], [" CP "], #1\n\t"           \
@@ -148,10 +169,8 @@ EDGEBIN_LUT_INLINE void edgebin_lut_row_words_c(const uint8_t* row, int32_t w0, 
   "ldr    %[b], [%[tb], %[b], lsl #2]\n\t"
 #define EDGEBIN_LUT_CODES2_AT(CP)           \
   "ldrb   %[a], [" CP "], #1\n\t"           \
-  "lsr    %[b], %[a], #4\n\t"               \
-  "and    %[a], %[a], #15\n\t"              \
-  "ldr    %[a], [%[tb], %[a], lsl #2]\n\t"  \
-  "ldr    %[b], [%[tb], %[b], lsl #2]\n\t"
+  "add    %[a], %[tb], %[a], lsl #3\n\t"    \
+  "ldrd   %[a], %[b], [%[a]]\n\t"
 #define EDGEBIN_LUT_CODES4 EDGEBIN_LUT_CODES4_AT("%[cp]")
 #define EDGEBIN_LUT_CODES2 EDGEBIN_LUT_CODES2_AT("%[cp]")
 #define EDGEBIN_LUT_COLUMN(S)                    \
@@ -264,7 +283,8 @@ EDGEBIN_LUT_INLINE void edgebin_lut_matvecp(const void* x, const uint8_t* codes,
                                             int32_t n, int32_t* acc, const int P, const int u, const int b) {
   const uint8_t* xb = (const uint8_t*)x;
   const int32_t words = k >> 2, r = k & 3, row_bytes = (k * b + 7) >> 3, pass = EDGEBIN_LUT_SPREAD_WORDS / (2 * P);
-  const uint32_t* pairs = b <= 4 ? edgebin_lut_pairs_of(table, b) : (const uint32_t*)0;
+  const uint32_t* pairs = b == 2 ? edgebin_lut_quads_of(table) /* b = 2: the pairs of a byte's 4 codes */
+                          : b <= 4 ? edgebin_lut_pairs_of(table, b) : (const uint32_t*)0;
   uint32_t xe[EDGEBIN_LUT_SPREAD_WORDS];
   int32_t xl[3 * 4]; /* the r = k % 4 last inputs of each column */
   for (int p = 0; p < P; ++p)
