@@ -32,8 +32,8 @@ from edgebin.atomic import atomic_write_bytes
 from edgebin.data import Dataset, Normalization, load_dataset
 from edgebin.train import evaluate, param_groups, random_shift_flip, warmup_cosine_lr
 
-ARCHS = ("lenet5", "resnet8")
-DEFAULT_EPOCHS = {"lenet5": 30, "resnet8": 15}
+ARCHS = ("lenet5", "resnet8", "tiny_vit")
+DEFAULT_EPOCHS = {"lenet5": 30, "resnet8": 15, "tiny_vit": 12}
 DATASET = "fashion-mnist"
 BATCH_SIZE = 128
 LR = 2e-3

@@ -6,15 +6,16 @@
     .venv/bin/python tools/bench/qat.py --trained w2a2-statsq-torchrun=out/r8_w2a2.pt   # a `python -m edgebin.train`
                                                                        # checkpoint (torchrun), measured the same way
 
-Each run starts from the same FP32 model (ResNet-8: models/resnet8_fashion.pt; tiny ViT: trained here from fresh
-weights for `--fp32-epochs`, the "fp32" run) and trains with `edgebin.train_qat` at the same seed, epochs, batch,
-learning rate and training subset, distilling from the FP32 model. The first and last layers stay at 8 bits
-(LSQ W8A8) as in OFQ. Per run: the fake-quant model's top-1 on the whole test split after the last epoch, the
-exported ONNX model's top-1 in onnxruntime and its argmax agreement with PyTorch, wall time, and weight-level
-flips and oscillations of the low-bit layers (`OscillationTracker`, counted from the second optimizer step on;
-8-bit layers are left out so that W2 runs compare W2 weights). Results go to `--results` (one JSON object per
-run, kept between invocations, so runs can be added) and are rendered into `--doc`. Not a test: nothing is
-asserted. The schedule is far shorter than the papers' (hundreds of epochs on GPUs); the doc says so.
+Each run starts from the same FP32 model (models/resnet8_fashion.pt, models/tiny_vit_fashion.pt; a model without
+a checkpoint is trained here from fresh weights for `--fp32-epochs`, the "fp32" run) and trains with
+`edgebin.train_qat` at the same seed, epochs, batch, learning rate and training subset, distilling from the FP32
+model. The first and last layers stay at 8 bits (LSQ W8A8) as in OFQ. Per run: the fake-quant model's top-1 on
+the whole test split after the last epoch, the exported ONNX model's top-1 in onnxruntime and its argmax
+agreement with PyTorch, wall time, and weight-level flips and oscillations of the low-bit layers
+(`OscillationTracker`, counted from the second optimizer step on; 8-bit layers are left out so that W2 runs compare
+W2 weights). Results go to `--results` (one JSON object per run, kept between invocations, so runs can be added)
+and are rendered into `--doc`. Not a test: nothing is asserted. The schedule is far shorter than the papers'
+(hundreds of epochs on GPUs); the doc says so.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ RUNS = {  # name: (method, weight bits, activation bits, estimator)
     "w2a2-tbt": ("tbt", 2, 2, None),
 }
 NOTES_MARKER = "<!-- findings: kept by --render -->"
-CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt")}
+CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt"), "tiny_vit": Path("models/tiny_vit_fashion.pt")}
 
 
 def main() -> int:
@@ -67,7 +68,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=6, help="QAT epochs per run (BiPer: split 2:1 over its stages)")
     p.add_argument("--cga-epochs", type=int, default=1, help="CGA epochs after StatsQ runs")
     p.add_argument("--train-samples", type=int, default=20000, help="class-stratified training subset")
-    p.add_argument("--fp32-epochs", type=int, default=10, help="tiny ViT: FP32 training from fresh weights")
+    p.add_argument("--fp32-epochs", type=int, default=10,
+                   help="FP32 training from fresh weights, for a model without a checkpoint")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
