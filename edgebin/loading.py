@@ -35,6 +35,9 @@ Every shape is checked with one forward pass before `load_model` returns.
     torch.export.save(program, "model.pt2", extra_files={"edgebin.json": ...})   # same keys
 
 `input_shape`, `normalization` and `arch` (informational here) are read as such; other keys become metadata.
+
+A model made smaller by `edgebin.sparsity.shrink` records its narrower layers in `arch_kwargs["layer_widths"]`;
+`resolve_arch` builds the architecture and then resizes those layers, so it loads like any checkpoint.
 """
 
 from __future__ import annotations
@@ -77,6 +80,7 @@ ACCEPTED = (
     "(torch.jit.save) or a torch.export program (.pt2, torch.export.save)"
 )
 _CHECKPOINT_KEYS = ("edgebin_checkpoint", "arch", "arch_kwargs", "state_dict", "input_shape", "normalization")
+LAYER_WIDTHS = "layer_widths"  # the arch_kwargs entry a shrunk model's checkpoint records (see resolve_arch)
 _NESTED_STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")
 
 
@@ -199,7 +203,69 @@ def resolve_arch(arch: str, **kwargs: Any) -> nn.Module:
 
     The second form imports that file, which runs its code; pass it only for a file you trust. Its directory is
     on `sys.path` while it is imported, so it can import modules that sit beside it.
+
+    One option is edgebin's, not the architecture's: `layer_widths` ({layer name: {"out_channels": 8, ...}}, what
+    `edgebin.sparsity.shrink` records in `arch_kwargs`) rebuilds those conv, linear and BatchNorm layers with
+    the given widths after the architecture is built, so a shrunk model loads back from its checkpoint.
     """
+    layer_widths = kwargs.pop(LAYER_WIDTHS, None)
+    module = _build_arch(arch, **kwargs)
+    if layer_widths is not None:
+        resize_layers(module, layer_widths, what=f"--arch {arch}")
+    return module
+
+
+def resize_layers(model: nn.Module, layer_widths: Any, *, what: str = "the model") -> None:
+    """Replace each named conv, linear or BatchNorm layer of `model` by a fresh one with the given widths."""
+    if not isinstance(layer_widths, dict) or not all(isinstance(v, dict) for v in layer_widths.values()):
+        raise ModelLoadError(f"{LAYER_WIDTHS} must map layer names to {{option: width}}, got {layer_widths!r}")
+    modules = dict(model.named_modules())
+    missing = sorted(name for name in layer_widths if name not in modules or not name)
+    if missing:
+        raise ModelLoadError(f"{LAYER_WIDTHS} names layers that {what} does not have: {_few(missing)}")
+    for name, widths in layer_widths.items():
+        parent, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, child, resized_layer(modules[name], **widths))
+
+
+def resized_layer(module: nn.Module, **widths: int) -> nn.Module:
+    """A fresh layer like `module` (same type, kernel, stride, bias, ...) with other channel counts.
+
+    resized_layer(nn.Conv2d(16, 32, 3, padding=1), out_channels=8)   # Conv2d(16, 8, 3, padding=1)
+    """
+    kind = type(module)
+    if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
+        args = {"in_channels": module.in_channels, "out_channels": module.out_channels,
+                "kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
+                "dilation": module.dilation, "groups": module.groups, "bias": module.bias is not None,
+                "padding_mode": module.padding_mode}
+        sizes = ("in_channels", "out_channels", "groups")
+    elif kind is nn.Linear:
+        args = {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+        sizes = ("in_features", "out_features")
+    elif kind in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        args = {"num_features": module.num_features, "eps": module.eps, "momentum": module.momentum,
+                "affine": module.affine, "track_running_stats": module.track_running_stats}
+        sizes = ("num_features",)
+    else:
+        raise ModelLoadError(f"cannot resize a {kind.__name__}: {LAYER_WIDTHS} covers Conv1d/2d/3d, Linear and "
+                             "BatchNorm1d/2d/3d")
+    bad = sorted(k for k, v in widths.items() if k not in sizes or not isinstance(v, int) or v < 1)
+    if bad:
+        raise ModelLoadError(f"cannot resize a {kind.__name__} with {widths}; its widths are {', '.join(sizes)} "
+                             "(positive ints)")
+    try:
+        new = kind(**{**args, **widths})
+    except ValueError as err:  # e.g. channels not divisible by groups
+        raise ModelLoadError(f"cannot resize a {kind.__name__} with {widths}: {err}") from None
+    param = next(module.parameters(), None)
+    if param is not None:
+        new = new.to(device=param.device, dtype=param.dtype)
+    return new.train(module.training)
+
+
+def _build_arch(arch: str, **kwargs: Any) -> nn.Module:
     if ":" in arch:
         factory = _import_from_file(arch)
     else:
