@@ -2,8 +2,8 @@
 
     report = pipeline.compress("models/resnet8_fashion.pt", target="x86", data="fashion-mnist", out_dir="out")
 
-`compress` = `export` (load, INT8 PTQ, ONNX) + `compile` (TVM) + `validate` (accuracy, agreement, latency) +
-report. Every stage writes into `out_dir` through a staging folder, so a failure leaves nothing half-written.
+`compress` = `export` (load, PTQ (int8, nupes) or QAT, ONNX) + `compile` (TVM) + `validate` (accuracy, agreement,
+latency) + report. Every stage writes into `out_dir` through a staging folder, so a failure leaves nothing half-written.
 
 Output folder:
     model.onnx        the compressed model in QDQ form (onnxruntime runs it; metadata says how it was made)
@@ -94,25 +94,41 @@ class Timings:
         self.seconds[stage] = round(time.perf_counter() - start, 3)
 
 
-def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_samples: int = 512,
+def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_samples: int | None = None,
                 percentile: float = 99.99, recipe_file: Path | None = None, *, bits: int | None = None,
                 act_bits: int | None = None, estimator: str | None = None,
-                first_last_bits: int | None = 8) -> Recipe:
+                first_last_bits: int | None = 8, data_free: bool = False,
+                iterations: int | None = None) -> Recipe:
     """The recipe from CLI flags, or from a recipe file (which then wins).
 
-    int8 is post-training quantization (calibration flags apply); the QAT methods take `bits`, `act_bits`,
-    `estimator` (binary) and `first_last_bits` (None: the first and last layers follow the method too).
+    int8 and nupes are post-training quantization (calibration flags apply; `calibration_samples` defaults to
+    512, for nupes to 1,024, its maximum); nupes takes `bits` (default 4), `data_free` and `iterations` (Adam steps
+    per block). The QAT methods take `bits`, `act_bits`, `estimator` (binary) and `first_last_bits` (None: the
+    first and last layers follow the method too).
     """
     from edgebin.quant import CalibrationConfig
+    from edgebin.quant.recipe import NUPES_MAX_SAMPLES, NupesConfig
 
     if recipe_file is not None:
         return Recipe.from_file(recipe_file)
-    calib = CalibrationConfig(method=calibration, samples=calibration_samples, percentile=percentile)
+    if (data_free or iterations is not None) and method != "nupes":
+        raise UsageError(f"--data-free and --iterations apply to --method nupes, not {method!r}")
+    samples = calibration_samples or (NUPES_MAX_SAMPLES if method == "nupes" else 512)
+    calib = CalibrationConfig(method=calibration, samples=samples, percentile=percentile)
     if method == "int8":
         if bits not in (None, 8) or act_bits not in (None, 8) or estimator is not None:
             raise UsageError("--method int8 is W8A8 post-training quantization: --bits/--act-bits must be 8 and "
-                             "--estimator applies to --method binary; for other widths use --method statsq or lsq")
+                             "--estimator applies to --method binary; for other widths use --method nupes, statsq "
+                             "or lsq")
         return Recipe(method=method, calibration=calib)
+    if method == "nupes":
+        if act_bits not in (None, 8) or estimator is not None:
+            raise UsageError("--method nupes quantizes weights to --bits 2-8 and activations to 8 bits: drop "
+                             "--act-bits and --estimator (they are for the QAT methods)")
+        steps = {} if iterations is None else {"iterations": iterations}
+        config = NupesConfig(weight_bits=4 if bits is None else bits, mode="data-free" if data_free else "data-driven",
+                             **steps)
+        return Recipe(method=method, default=config, calibration=calib, first_last_bits=None)
     return Recipe.for_method(method, weight_bits=bits, activation_bits=act_bits, estimator=estimator,
                              calibration=calib, first_last_bits=first_last_bits)
 
@@ -121,8 +137,9 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
            input_shape: tuple[int, ...] | None = None, trust_pickle: bool = False,
            progress: Progress | None = None, training: TrainingOptions | None = None,
            eval_samples: int | None = None) -> ExportResult:
-    """Load the model, quantize it (int8: PTQ on calibration data; the other methods: QAT with `training`, see
-    `edgebin.pipeline_qat`) and write both ONNX files and the recipe."""
+    """Load the model, quantize it (int8: PTQ on calibration data; nupes: the same, then b-bit weight codes and
+    exponents fitted on that data; the other methods: QAT with `training`, see `edgebin.pipeline_qat`) and write
+    both ONNX files and the recipe."""
     from edgebin import capture
     from edgebin import data as datasets
     from edgebin.export import export_onnx
@@ -154,17 +171,35 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
     with progress.stage(f"Calibrating on {len(x_calib)} samples", total=len(x_calib)) as advance:
         calibrate(quant_graph, x_calib, batch_size=min(64, batch), progress=advance)
         freeze(quant_graph)
-    run_info = run_info_for(model_path, data, loaded, dataset, norm, recipe, [r.to_dict() for r in summary.layers])
+    layers, quant_bytes = [r.to_dict() for r in summary.layers], weights_bytes(quant_graph)
+    if recipe.method == "nupes":
+        layers, quant_bytes = _fit_nupes(quant_graph, recipe, x_calib, min(64, batch), layers, progress)
+    run_info = run_info_for(model_path, data, loaded, dataset, norm, recipe, layers)
     meta = {"edgebin.method": recipe.method, "edgebin.recipe": json.dumps(recipe.to_dict()),
             "edgebin.normalization": json.dumps(norm.to_dict())}
     with progress.stage("Exporting ONNX"), staged_dir(Path(out_dir)) as stage:
         export_onnx(fp32_graph, loaded.input_shape, stage / FP32_ONNX, metadata={"edgebin.method": "fp32"})
-        export_onnx(quant_graph, loaded.input_shape, stage / MODEL_ONNX, metadata=meta,
-                    layers=[r.to_dict() for r in summary.layers])
+        export_onnx(quant_graph, loaded.input_shape, stage / MODEL_ONNX, metadata=meta, layers=layers)
+        if recipe.method == "nupes":
+            from edgebin.export.lut import lut_layers, rewrite_lut_onnx
+
+            rewrite_lut_onnx(stage / MODEL_ONNX, lut_layers(quant_graph))
         atomic_write_text(stage / RECIPE_JSON, json.dumps(run_info, indent=2) + "\n")
     fp32_bytes = sum(p.numel() * 4 for p in fp32_graph.parameters())
     return ExportResult(Path(out_dir), loaded, fp32_graph, quant_graph, summary, recipe, run_info,
-                        weights_bytes(quant_graph), fp32_bytes, time.perf_counter() - start, batch)
+                        quant_bytes, fp32_bytes, time.perf_counter() - start, batch)
+
+
+def _fit_nupes(quant_graph, recipe: Recipe, x_calib: np.ndarray, batch: int, layers: list[dict],
+               progress: Progress) -> tuple[list[dict], int]:
+    """The NUPES weight step on a calibrated int8 graph: (per-layer records with exponents, weight bytes)."""
+    from edgebin.quant import nupes
+
+    steps = nupes.total_steps(quant_graph, recipe)
+    title = "Fitting NUPES exponents and codes" if steps else "Searching power exponents (data-free)"
+    with progress.stage(title, total=steps or None) as advance:
+        nupes.quantize_nupes(quant_graph, recipe, x_calib, batch_size=batch, progress=advance)
+    return nupes.layer_dicts(quant_graph, layers), nupes.weights_bytes(quant_graph)
 
 
 def load_for_export(model_path: Path, data: str, *, arch: str | None, input_shape: tuple[int, ...] | None,
@@ -556,7 +591,7 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
         notes.append(f"only {100 * exact:.2f}% of the samples give outputs bit-identical to onnxruntime's; the rest "
                      "differ in the last bits where the integer requantization rounds a tie differently")
     recipe = run_info.get("recipe", {})
-    calibration = recipe.get("calibration", {}) if recipe.get("method", "int8") == "int8" else {}
+    calibration = recipe.get("calibration", {}) if recipe.get("method", "int8") in ("int8", "nupes") else {}
     training = {k: v for k, v in run_info.get("training", {}).items() if k in _TRAINING_KEYS}
     if training.get("seconds") is not None:
         timings.seconds["train"] = training["seconds"]

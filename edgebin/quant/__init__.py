@@ -5,6 +5,10 @@
     calibrate(gm, x_calibration)
     freeze(gm)                                  # gm is the fake-quant model; export it with edgebin.export
 
+NUPES (b-bit power-exponent weight codes read through an int8 table) continues that flow on the frozen graph:
+
+    nupes.quantize_nupes(gm, Recipe.for_method("nupes", weight_bits=4), x_calibration)   # edgebin.quant.nupes
+
 Quantization-aware training (StatsQ, LSQ, TBT, binary, ternary) lives in `edgebin.quant.qat`:
 
     model = qat.prepare(model, Recipe.for_method("statsq", weight_bits=2, activation_bits=2))
@@ -18,6 +22,7 @@ from edgebin.quant.recipe import (
     FloatConfig,
     Int8Config,
     LsqConfig,
+    NupesConfig,
     Recipe,
     StatsQConfig,
     TbtConfig,
@@ -32,6 +37,7 @@ __all__ = [
     "Int8Config",
     "LayerRecord",
     "LsqConfig",
+    "NupesConfig",
     "QuantSummary",
     "Recipe",
     "StatsQConfig",

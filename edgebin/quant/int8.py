@@ -25,7 +25,7 @@ from torch import fx
 from edgebin.quant import graph as g
 from edgebin.quant.modules import ActQuant, QuantConv2d, QuantLinear, _QuantWeighted
 from edgebin.quant.observers import make_observer
-from edgebin.quant.recipe import Int8Config, Recipe
+from edgebin.quant.recipe import Int8Config, NupesConfig, Recipe
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def _swap_weighted_layers(gm: fx.GraphModule, recipe: Recipe, summary: QuantSumm
             )
         else:
             module = QuantLinear(weight, bias)
-        module.mode_wanted = "int8" if isinstance(config, Int8Config) else "float"
+        # NUPES layers compute as int8 layers; their int8 weights come from a table later (quant.nupes)
+        module.mode_wanted = "int8" if isinstance(config, (Int8Config, NupesConfig)) else "float"
         module_name = _unique_name(gm, "q_" + name.replace(".", "_"))
         gm.add_submodule(module_name, module)
         with graph.inserting_before(node):

@@ -3,10 +3,12 @@
     recipe = Recipe(method="int8", default=Int8Config(), overrides={"fc": FloatConfig()})
     recipe.config_for("layer1.0.conv1")      # -> Int8Config(...)
     recipe = Recipe.for_method("binary", estimator="biper")   # QAT: --method binary --estimator biper
+    recipe = Recipe.for_method("nupes", weight_bits=4)        # PTQ: W4A8 power-exponent codes (NUPES)
 
-`int8` is post-training quantization (`edgebin.quant.quantize_graph`); the other methods are quantization-aware
-training (`edgebin.quant.qat.prepare`), whose recipes keep the first and last quantizable layers at
-`first_last_bits` (8: LSQ W8A8, as OFQ keeps patch embedding and head) unless an override names them.
+`int8` and `nupes` are post-training quantization (`edgebin.quant.quantize_graph`, then for nupes
+`edgebin.quant.nupes.quantize_nupes`); the other methods are quantization-aware training
+(`edgebin.quant.qat.prepare`), whose recipes keep the first and last quantizable layers at `first_last_bits`
+(8: LSQ W8A8, as OFQ keeps patch embedding and head) unless an override names them.
 
 Overrides match layer names (module paths such as 'layer1.0.conv1') with shell patterns ('stem.*'); the
 first matching pattern wins. The recipe is saved as `recipe.json` in the output folder, so any run can be
@@ -24,8 +26,9 @@ from typing import Any
 from edgebin.errors import RecipeError, closest, unknown_name
 from edgebin.quant.observers import CALIBRATION_METHODS
 
-METHODS = ("int8", "statsq", "lsq", "tbt", "binary", "ternary")
-QAT_METHODS = METHODS[1:]
+PTQ_METHODS = ("int8", "nupes")
+QAT_METHODS = ("statsq", "lsq", "tbt", "binary", "ternary")
+METHODS = PTQ_METHODS + QAT_METHODS
 ESTIMATORS = ("ste", "reste", "biper")
 WEIGHT_SCALES = ("auto", "channel", "tensor", "learned", "none")
 FLOAT_BITS = 32  # activation_bits=32: the layer's input stays float (weight-only quantization, e.g. ReSTE W1A32)
@@ -173,6 +176,43 @@ class TernaryConfig(LayerConfig):
         _check_bits(self, "activation_bits", (2, 8, FLOAT_BITS))
 
 
+NUPES_MODES = ("data-driven", "data-free")
+EXPONENT_SCOPES = ("layer", "network")
+NUPES_MAX_SAMPLES = 1024  # NUPES reconstructs block outputs on at most this many calibration samples
+
+
+@dataclass(frozen=True, kw_only=True)
+class NupesConfig(LayerConfig):
+    """NUPES / PowerQuant: b-bit power-exponent weight codes (2-8 bits) read through an int8 table, uniform
+    8-bit activations as int8 PTQ (see `edgebin.quant.nupes`).
+
+    `mode="data-driven"` (NUPES) learns codes and exponents by block-wise output reconstruction for `iterations`
+    Adam steps per block; `"data-free"` (PowerQuant) only searches the exponent on the weights. `exponent_scope`
+    is the search's: one exponent per `layer`, or one for the whole `network` (PowerQuant's setting); the
+    data-driven mode starts from it and then learns one exponent per layer. Mode, scope and iterations are read
+    from the recipe's default config; an override changes a layer's bits only.
+    """
+
+    kind: str = "nupes"
+    weight_bits: int = 4
+    activation_bits: int = 8
+    mode: str = "data-driven"
+    exponent_scope: str = "layer"
+    iterations: int = 400
+
+    def __post_init__(self) -> None:
+        _check_bits(self, "weight_bits", _MULTI_BIT)
+        _check_bits(self, "activation_bits", (8,))
+        if self.mode not in NUPES_MODES:
+            raise RecipeError(f"nupes: mode must be one of {', '.join(NUPES_MODES)}, got {self.mode!r}"
+                              f"{closest(str(self.mode), NUPES_MODES)}")
+        if self.exponent_scope not in EXPONENT_SCOPES:
+            raise RecipeError(f"nupes: exponent_scope must be one of {', '.join(EXPONENT_SCOPES)}, got "
+                              f"{self.exponent_scope!r}")
+        if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or self.iterations < 0:
+            raise RecipeError(f"nupes: iterations must be an integer >= 0, got {self.iterations!r}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class CalibrationConfig:
     """How activation ranges are found: `minmax`, or `percentile` (clips the outer 100 - p percent)."""
@@ -192,6 +232,7 @@ class CalibrationConfig:
 
 _CONFIGS: dict[str, type[LayerConfig]] = {
     "int8": Int8Config,
+    "nupes": NupesConfig,
     "float": FloatConfig,
     "statsq": StatsQConfig,
     "lsq": LsqConfig,
@@ -218,11 +259,18 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise unknown_name("method", self.method, list(METHODS))
-        if self.method in QAT_METHODS and self.default.kind != self.method:
+        if self.method != "int8" and self.default.kind != self.method:
             raise RecipeError(f"method {self.method!r} needs a {_CONFIGS[self.method].__name__} default, got "
                               f"{type(self.default).__name__}; try Recipe.for_method({self.method!r})")
         if self.first_last_bits is not None and self.first_last_bits not in _MULTI_BIT:
             raise RecipeError(f"first_last_bits must be None or in 2..8, got {self.first_last_bits!r}")
+        stray = [k for k, v in self.overrides.items() if isinstance(v, NupesConfig) and self.method != "nupes"]
+        if stray:
+            raise RecipeError(f"overrides {', '.join(stray)} are nupes layers, which only method 'nupes' fits; "
+                              f"set \"method\": \"nupes\" or give them another kind")
+        if self.method == "nupes" and self.calibration.samples > NUPES_MAX_SAMPLES:
+            raise RecipeError(f"nupes reconstructs on at most {NUPES_MAX_SAMPLES} calibration samples, got "
+                              f"{self.calibration.samples}; pass --calibration-samples {NUPES_MAX_SAMPLES}")
 
     @classmethod
     def for_method(cls, method: str, *, weight_bits: int | None = None, activation_bits: int | None = None,
@@ -231,6 +279,7 @@ class Recipe:
 
         Recipe.for_method("statsq", weight_bits=2, activation_bits=2)
         Recipe.for_method("binary", estimator="reste", first_last_bits=None)
+        Recipe.for_method("nupes", weight_bits=3)    # calibrates on 1,024 samples unless `calibration` is given
         Other keyword arguments (`overrides`, `calibration`, `first_last_bits`) go to the Recipe.
         """
         if method not in METHODS:
@@ -244,6 +293,9 @@ class Recipe:
             layer["activation_bits"] = activation_bits
         if estimator is not None:
             layer["estimator"] = estimator
+        if method == "nupes":  # PTQ: first and last layers follow the method (first_last_bits is for QAT)
+            fields.setdefault("calibration", CalibrationConfig(samples=NUPES_MAX_SAMPLES))
+            fields.setdefault("first_last_bits", None)
         return cls(method=method, default=_CONFIGS[method](**layer), **fields)
 
     def config_for(self, layer: str) -> LayerConfig:
