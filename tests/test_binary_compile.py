@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import randomize_batch_norms  # pytest puts tests/ on sys.path (no __init__.py)
 
 from edgebin import zoo
 from edgebin.compile import host, importer
@@ -112,3 +113,36 @@ def test_mst_compression_gives_the_same_outputs_and_reports_the_work_it_saves(bi
     assert sum("MST-compression" in r.message and "skipped" in r.message for r in caplog.records) == BINARY_CONVS
     outputs = [runner.run(runner.build(b, tmp_path / f"fw-{b.name}"), x).outputs for b in (plain, tree)]
     np.testing.assert_array_equal(outputs[0], outputs[1])  # bit-exact: the same integer sums
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+def test_w1a1_resnet8_at_28x28_fits_cortex_m4(tmp_path):
+    # The headline model: its float residual tensors are 16x28x28x4 = 50,176 B each. Three of them were live at
+    # once (150,528 B of arena); with the BatchNorm-ReLU epilogue fused into the stem and the residual add + ReLU
+    # written over its conv input (in_place.py), two are, and the firmware fits the board's 128 KiB.
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import compile_bundle
+    from edgebin.runners import QemuRunner, check_fits
+
+    shape = (1, 1, 28, 28)
+    torch.manual_seed(0)
+    model = qat.prepare(randomize_batch_norms(zoo.create("resnet8", input_size=28)),
+                        Recipe.for_method("binary", estimator="ste"))
+    qat.init_quantizers(model, torch.randn(16, *shape[1:]))
+    export_qat(model.eval(), shape, tmp_path / "model.onnx")
+    target = targets.load("cortex-m4")
+    bundle = compile_bundle(tmp_path / "model.onnx", target, tmp_path / "bundle")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["arena_bytes"] <= 2 * 50_176 + 4_096  # the skip tensor and one conv output, plus bits
+    assert sum("in_place_of" in t for t in manifest["tensors"]) == 3  # one residual add per stack
+    runner = QemuRunner(target, timeout_s=300)
+    elf = runner.build(bundle, tmp_path / "fw")
+    x = np.random.default_rng(3).standard_normal((2, *shape[1:])).astype(np.float32)
+    result = runner.run(elf, x)
+    footprint = runner.footprint(elf, stack_bytes=result.stack_bytes)
+    check_fits(footprint, target)  # DoesNotFitError otherwise; the stack high-water mark counted
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    want = np.concatenate([session.run(None, {"input": x[i : i + 1]})[0] for i in range(len(x))])
+    assert (result.outputs.argmax(1) == want.argmax(1)).all()
+    assert np.median(np.abs(result.outputs - want)) < 1e-3

@@ -160,10 +160,22 @@ def test_arena_is_planned_near_the_lower_bound(bundles):
         manifest = json.loads((bundle / "bundle.json").read_text())
         assert manifest["arena_bytes"] <= 1.25 * manifest["arena_lower_bound_bytes"]
         spans = manifest["tensors"]
-        for a in spans:  # tensors live at the same call never share bytes
+        for a in spans:  # tensors live at the same call never share bytes, but for an output written in place
             for b in spans:
-                if a is not b and a["first_call"] <= b["last_call"] and b["first_call"] <= a["last_call"]:
+                if a.get("in_place_of") == b["name"]:  # over an input that dies at the call writing it
+                    assert a["offset"] == b["offset"] and a["first_call"] == b["last_call"]
+                elif a is not b and b.get("in_place_of") != a["name"] and a["first_call"] <= b["last_call"] \
+                        and b["first_call"] <= a["last_call"]:
                     assert a["offset"] + a["bytes"] <= b["offset"] or b["offset"] + b["bytes"] <= a["offset"]
+
+
+def test_fp32_residual_add_and_relu_write_over_an_input(bundles):
+    # The FP32 TinyResNet's residual add (+ ReLU) reads its two float inputs element by element, and both die
+    # there: its output takes the bytes of one of them (in_place.py). test_fp32_bundle_matches_onnxruntime runs it.
+    manifest = json.loads((bundles["fp32"] / "bundle.json").read_text())
+    writers = [manifest["kernels"][t["first_call"]] for t in manifest["tensors"] if "in_place_of" in t]
+    assert any("add" in k["ops"] and "relu" in k["ops"] for k in writers), [k["name"] for k in writers]
+    assert "restrict" not in (bundles["fp32"] / "kernels.c").read_text()  # aliased pointers are plain C
 
 
 def test_weights_are_int8_with_int32_bias_and_requant_params(models, bundles):

@@ -79,6 +79,7 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
     mod = tvm_api.tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # drop the float subgraphs the rewrite orphaned
         relax.transform.DecomposeOpsForInference(),  # batch_norm & co. into arithmetic, if export left any
+        relax.transform.CanonicalizeBindings(),  # its (y, mean, var)[0] -> y: a tuple stops FuseOps at the BatchNorm
         relax.transform.LegalizeOps(),  # Relax ops -> TIR PrimFuncs
         relax.transform.AnnotateTIROpPattern(),  # op patterns FuseOps needs
         relax.transform.FoldConstant(),  # weight-side arithmetic left by the import (transposes, reshapes)

@@ -6,9 +6,10 @@
     # out/cortex-m4/: model.h model.c kernels.c runtime.c include/ Makefile README.md bundle.json
 
 The steps: `mcu_lower` (QDQ -> int8 with fixed-point requant, fuse, MCU schedule, static memory), `mcu_graph`
-(the strict read of `main`), `memory_plan` (offsets in one arena), then the C below. model.c calls each kernel
-through TVM's packed convention, `__tvm_ffi_<name>(NULL, args, n, NULL)`, with `args` a static const array of
-pointers to static DLTensors: a call costs a few register moves, not a setup loop.
+(the strict read of `main`), `in_place` (outputs written over dying inputs) and `memory_plan` (offsets in one
+arena), then the C below. model.c calls each kernel through TVM's packed convention,
+`__tvm_ffi_<name>(NULL, args, n, NULL)`, with `args` a static const array of pointers to static DLTensors: a call
+costs a few register moves, not a setup loop.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import numpy as np
 from edgebin.atomic import staged_dir
 from edgebin.compile import binary, importer, mcu_lut, mcu_manifest
 from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.in_place import in_place_outputs
 from edgebin.compile.mcu_graph import ARENA, CONST, INPUT, OUTPUT, Graph, View, read_graph
 from edgebin.compile.mcu_lower import build_kernels_c, lower_for_mcu
 from edgebin.compile.memory_plan import Plan, plan_memory
@@ -64,7 +66,8 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
     lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec, lut_kernels=lut_kernels,
                             palette=palette)  # QDQ -> int8
     graph = read_graph(lowered.mod)  # strict: UnsupportedOpsError naming every binding C cannot express
-    plan = plan_memory(graph.buffers())  # arena offsets from tensor lifetimes
+    reuses = in_place_outputs(graph, lowered.mod)  # outputs a kernel may write over an input dying at its call
+    plan = plan_memory(graph.buffers(reuses))  # arena offsets from tensor lifetimes
     called = sorted({call.kernel for call in graph.calls})  # not the PrimFuncs the reshape views replaced
     kernels_c = clean_kernels_source(build_kernels_c(lowered.mod, called, target_spec))  # + micro-kernel include
     workspace = workspace_bytes(kernels_c)  # 0 unless a kernel kept a TVMBackendAllocWorkspace

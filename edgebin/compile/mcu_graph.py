@@ -2,7 +2,7 @@
 
     graph = read_graph(lowered.mod)          # UnsupportedOpsError listing every binding it cannot translate
     graph.calls[0].symbol                    # "__tvm_ffi_fused_quantize_pad"
-    plan = plan_memory(graph.buffers())      # activation lifetimes from the binding order
+    plan = plan_memory(graph.buffers(in_place_outputs(graph, lowered.mod)))  # lifetimes; outputs written in place
 
 Understood bindings (the whole of what mcu_lower's pipeline produces for a static-shape model):
 
@@ -82,9 +82,12 @@ class Graph:
             spans[self.output.base] = (first, len(self.calls))
         return spans
 
-    def buffers(self) -> list[Buffer]:
-        """The arena tensors as planner buffers (a tensor no call touches is not allocated at all)."""
-        return [Buffer(name, self.tensor_bytes[name], first, last) for name, (first, last) in self.lifetimes().items()]
+    def buffers(self, reuses: dict[str, str] | None = None) -> list[Buffer]:
+        """The arena tensors as planner buffers (a tensor no call touches is not allocated at all); `reuses`
+        (in_place.in_place_outputs) names the outputs written over an input that dies at their call."""
+        reuses = reuses or {}
+        return [Buffer(name, self.tensor_bytes[name], first, last, reuses=reuses.get(name))
+                for name, (first, last) in self.lifetimes().items()]
 
     def weights_bytes(self) -> int:
         return sum(int(array.nbytes) for array in self.constants.values())

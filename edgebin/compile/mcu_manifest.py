@@ -63,7 +63,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
             "layer": layer,
             "output_bytes": sum(call.args[i].nbytes for i in call.outputs),
             "live_bytes": sum(graph.tensor_bytes[name] for name, (first, last) in lifetimes.items()
-                              if first <= step <= last),
+                              if first <= step <= last and not (name in plan.reuses and first == step)),
             **({"weights": record["weights"]} if "weights" in record else {}),
         })
     graph_input, graph_output = _real_inputs(model)[0], model.graph.output[0]
@@ -81,7 +81,9 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         "macs": sum(k["macs"] for k in kernels),
         "kernels": kernels,
         "tensors": [{"name": name, "offset": plan.offsets[name], "bytes": graph.tensor_bytes[name],
-                     "first_call": first, "last_call": last} for name, (first, last) in lifetimes.items()],
+                     "first_call": first, "last_call": last,
+                     **({"in_place_of": plan.reuses[name]} if name in plan.reuses else {})}
+                    for name, (first, last) in lifetimes.items()],
         "sources": list(sources),
         **({"lut_weights": _named(lowered.lut_layers, kernels)} if getattr(lowered, "lut_layers", None) else {}),
     }

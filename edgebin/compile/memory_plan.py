@@ -9,12 +9,19 @@ Lifetimes are inclusive step ranges: a kernel's inputs and its output are live a
 overlap. The planner is TFLite Micro's greedy one (largest buffer first, at the lowest offset clear of every
 already placed buffer whose lifetime overlaps); edgebin runs it with a few placement orders and keeps the
 smallest arena. The optimum can exceed the lower bound (packing is NP-hard), so the bound is a yardstick only.
+
+In place: a buffer that `reuses` another is written by the kernel at whose step the other dies, over it (the caller
+has proven the kernel reads each element before it writes that element, `in_place.py`). The two get one offset:
+
+    plan = plan_memory([Buffer("a", 6272, 0, 1), Buffer("b", 6272, 1, 2, reuses="a")])
+    plan.offsets        # {"a": 0, "b": 0}
+    plan.arena_bytes    # 6272, against 12544 without `reuses`
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -26,6 +33,7 @@ class Buffer:
     first_use: int
     last_use: int
     alignment: int = 16
+    reuses: str | None = None  # a buffer whose last use is this one's first: this one is written over it
 
     def overlaps(self, other: Buffer) -> bool:
         """True when both are live at some step."""
@@ -38,20 +46,27 @@ class Plan:
 
     offsets: dict[str, int]
     arena_bytes: int
-    lower_bound_bytes: int  # max over steps of the bytes live at that step
+    lower_bound_bytes: int  # max over steps of the bytes live at that step (a buffer and its reuser counted once)
+    reuses: dict[str, str] = field(default_factory=dict)  # buffer -> the buffer it is written over (Buffer.reuses)
 
 
 def plan_memory(buffers: list[Buffer]) -> Plan:
-    """Offsets that keep every two simultaneously live buffers apart, in as small an arena as the greedy finds."""
+    """Offsets that keep every two simultaneously live buffers apart, in as small an arena as the greedy finds;
+    a buffer that `reuses` another gets that one's offset."""
     _check(buffers)
+    groups = _in_place_groups(buffers)  # each chain of reuses becomes one buffer, named after its first member
+    merged = [_merge(members) for members in groups.values()]
     best: dict[str, int] | None = None
     best_size = 0
     for order in _ORDERS:
-        offsets = _greedy(sorted(buffers, key=order))
-        size = _arena_bytes(buffers, offsets)
+        offsets = _greedy(sorted(merged, key=order))
+        size = _arena_bytes(merged, offsets)
         if best is None or size < best_size:
             best, best_size = offsets, size
-    return Plan(offsets=best or {}, arena_bytes=best_size, lower_bound_bytes=lower_bound_bytes(buffers))
+    placed = best or {}
+    offsets = {b.name: placed[root] for root, members in groups.items() for b in members}
+    return Plan(offsets=offsets, arena_bytes=best_size, lower_bound_bytes=lower_bound_bytes(merged),
+                reuses={b.name: b.reuses for b in buffers if b.reuses is not None})
 
 
 def lower_bound_bytes(buffers: list[Buffer]) -> int:
@@ -70,6 +85,25 @@ _ORDERS: tuple[Callable[[Buffer], tuple], ...] = (
     lambda b: (-b.size_bytes * (b.last_use - b.first_use + 1), b.name),  # largest area (bytes x steps) first
     lambda b: (-b.last_use, -b.size_bytes, b.name),  # reverse execution order
 )
+
+
+def _in_place_groups(buffers: list[Buffer]) -> dict[str, list[Buffer]]:
+    """Chains of buffers written over one another, by the name of the first one."""
+    by_name = {b.name: b for b in buffers}
+    groups: dict[str, list[Buffer]] = {}
+    for b in buffers:
+        root = b
+        while root.reuses is not None:  # _check has ruled out cycles
+            root = by_name[root.reuses]
+        groups.setdefault(root.name, []).append(b)
+    return groups
+
+
+def _merge(members: list[Buffer]) -> Buffer:
+    """One buffer for a chain: live from its first use to its last, as large as its largest member."""
+    root = next(b for b in members if b.reuses is None)
+    return Buffer(root.name, max(b.size_bytes for b in members), min(b.first_use for b in members),
+                  max(b.last_use for b in members), max(b.alignment for b in members))
 
 
 def _greedy(ordered: list[Buffer]) -> dict[str, int]:
@@ -105,6 +139,23 @@ def _check(buffers: list[Buffer]) -> None:
     for b in buffers:
         if b.size_bytes < 0 or b.first_use > b.last_use or b.alignment < 1 or b.alignment & (b.alignment - 1):
             raise ValueError(f"plan_memory: bad buffer {b} (size >= 0, first_use <= last_use, power-of-2 alignment)")
+    by_name = {b.name: b for b in buffers}
+    reused = [b.reuses for b in buffers if b.reuses is not None]
+    for b in buffers:
+        if b.reuses is None:
+            continue
+        other = by_name.get(b.reuses)
+        if other is None or other is b or other.last_use != b.first_use:
+            raise ValueError(f"plan_memory: {b.name} reuses {b.reuses!r}, which must be another buffer whose last use "
+                             f"is {b.name}'s first ({b.first_use}), got {other}")
+        if reused.count(b.reuses) > 1:
+            raise ValueError(f"plan_memory: several buffers reuse {b.reuses!r}; one buffer can be written over once")
+        seen, link = {b.name}, other
+        while link is not None and link.reuses is not None:
+            if link.name in seen:
+                raise ValueError(f"plan_memory: buffers reuse one another in a cycle through {b.name!r}")
+            seen.add(link.name)
+            link = by_name.get(link.reuses)
 
 
 __all__ = ["Buffer", "Plan", "lower_bound_bytes", "plan_memory"]

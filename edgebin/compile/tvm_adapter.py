@@ -61,6 +61,7 @@ __all__ = [
     "to_tensor",
     "tirx",
     "tvm",
+    "tvm_ffi",
 ]
 
 function_pass = relax.transform.function_pass

@@ -11,7 +11,8 @@ test split (random normal inputs for an ONNX file) on QEMU with edgebin's instru
 is printed per model: every kernel call in execution order with its layer, MACs, instructions per inference,
 instructions per MAC and weight bytes in flash (int8: one a weight; packed low-bit weights: their codes and table,
 docs/lut-weights.md), then totals, the conv or gemm layer with the most instructions per MAC, and per bundle its
-weights, firmware flash and static RAM (`QemuRunner.footprint`). Instructions are
+weights, firmware flash, static RAM with the activation arena in it, and RAM with the measured stack
+(`QemuRunner.footprint`: what the target's fit check compares with its RAM). Instructions are
 those of the kernel's function, so a conv's row includes its im2col gather (and padding), its micro-kernel calls
 (inlined) and its requant epilogue; a kernel called several times has its count shared equally between its calls.
 `--baseline` also builds the bundle with plain C loops (`mcu_schedule.plain_loops`, the schedule before the
@@ -169,9 +170,16 @@ def render(title: str, runs: dict) -> str:
         forms = ", ".join(f"{r['layer'] or r['kernel']} {r['form']}" for r in packed) or "none"
         lines.append(f"- {name}: {result.instructions:,} instructions ({result.instructions / macs:.2f} per MAC), "
                      f"weights {m['weights_bytes']:,} B, firmware flash {footprint.flash_bytes:,} B "
-                     f"(code {footprint.code_bytes:,} B), static RAM {footprint.static_ram_bytes:,} B; "
+                     f"(code {footprint.code_bytes:,} B), static RAM {footprint.static_ram_bytes:,} B (arena "
+                     f"{m['arena_bytes']:,} B{_in_place(m)}), RAM with the stack {footprint.ram_bytes:,} B; "
                      f"packed low-bit weights: {forms}.")
     return "\n".join(lines) + "\n"
+
+
+def _in_place(manifest: dict) -> str:
+    """", 3 outputs written over an input" when the planner wrote outputs in place (bundle.json `in_place_of`)."""
+    count = sum("in_place_of" in t for t in manifest["tensors"])
+    return f", {count} output{'s' if count != 1 else ''} written over an input" if count else ""
 
 
 def _worst_layer(manifest: dict, per_call: list[float]) -> tuple[float, str | None, str]:
