@@ -148,7 +148,7 @@ def fold_lut_weights(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[LutW
         return model, []
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
-    names = _layer_names(model)
+    names = layer_names(model)
     consumers = _consumers(graph)
     weights, dropped = [], set()
     for gather_at, _, codes, levels in found:
@@ -228,7 +228,7 @@ def _layer_of(tensor: str, consumers: dict, names: dict[str, str]) -> str | None
     return None
 
 
-def _layer_names(model: onnx.ModelProto) -> dict[str, str]:
+def layer_names(model: onnx.ModelProto) -> dict[str, str]:
     """ONNX node name -> edgebin layer name, from the export metadata (empty for other exporters)."""
     meta = {prop.key: prop.value for prop in model.metadata_props}
     try:
@@ -303,5 +303,5 @@ def expanded_layers(mod, census: list[dict], tables: list[LutTable], reason: str
 
 
 __all__ = ["LutTable", "LutWeight", "MODULE_ATTR", "bits_for", "codes_for", "expanded_layers", "fingerprint",
-           "fold_lut_weights", "match_table", "pack_codes", "row_bytes", "tables_of", "unpack_codes", "weight_kernels",
-           "with_tables"]
+           "fold_lut_weights", "layer_names", "match_table", "pack_codes", "row_bytes", "tables_of", "unpack_codes",
+           "weight_kernels", "with_tables"]

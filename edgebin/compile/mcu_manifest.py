@@ -16,7 +16,6 @@ a matvec kernel reads (mcu_lut) with the form it runs in, packed b-bit codes ("l
 
 from __future__ import annotations
 
-import json
 import math
 from typing import Any
 
@@ -24,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgebin.compile.lut_weights import layer_names
 from edgebin.compile.mcu_graph import CONST, Graph
 from edgebin.compile.memory_plan import Plan
 
@@ -166,7 +166,7 @@ def _onnx_linear_layers(model: onnx.ModelProto) -> list[tuple[str, tuple[int, in
             shapes[value.name] = [int(d.dim_value) for d in dims]
     shapes.update({init.name: list(init.dims) for init in model.graph.initializer})
     producers = {out: node for node in model.graph.node for out in node.output}
-    names = _layer_names(model)
+    names = layer_names(model)
     found = []
     for node in model.graph.node:
         if node.op_type not in ("Conv", "Gemm", "MatMul") or node.output[0] not in shapes:
@@ -207,16 +207,6 @@ def _is_constant(name: str, producers: dict, shapes: dict, model: onnx.ModelProt
             return False
         name = node.input[0]
     return True
-
-
-def _layer_names(model: onnx.ModelProto) -> dict[str, str]:
-    """ONNX node name -> edgebin layer name, from the export metadata (empty for other exporters)."""
-    meta = {prop.key: prop.value for prop in model.metadata_props}
-    try:
-        layers = json.loads(meta.get("edgebin.layers", "[]"))
-    except ValueError:
-        return {}
-    return {node: layer["layer"] for layer in layers for node in layer.get("onnx_nodes", []) if "layer" in layer}
 
 
 def _constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
