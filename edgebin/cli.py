@@ -74,20 +74,45 @@ EstimatorOpt = Annotated[str | None, typer.Option("--estimator", rich_help_panel
                                                   "schedule) or biper (BiPer's sine, two training stages).")]
 FirstLastOpt = Annotated[int, typer.Option("--first-last-bits", min=0, max=8, rich_help_panel=_QAT, help="Bits of "
                                            "the first and last layers (0: they follow --method too).")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=_QAT, help="QAT epochs (BiPer: split 2:1 "
-                                        "between its stages). ResNet-8 takes about 30 s per 30,000 Fashion-MNIST "
+_TRAIN = "Training (QAT methods and --sparsity)"
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, rich_help_panel=_TRAIN, help="Training epochs. QAT: all "
+                                        "of them (BiPer: split 2:1 between its stages). --sparsity: WGSEF's, half "
+                                        "with the proximal step and half of masked fine-tuning (6: 3 + 3; an odd "
+                                        "count gives the extra one to the proximal steps); with a QAT method too, "
+                                        "each trains this many. ResNet-8 takes about 30 s per 30,000 Fashion-MNIST "
                                         "images on 2 CPU cores (epoch times: tools/bench/qat_results.jsonl).")]
 CgaOpt = Annotated[int | None, typer.Option("--cga-epochs", min=0, rich_help_panel=_QAT, help="CGA epochs after QAT "
                                             "(statsq only; default 1 for statsq).")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=_QAT, help="Training batch.")]
-LrOpt = Annotated[float, typer.Option("--lr", min=0.0, rich_help_panel=_QAT, help="Peak AdamW learning rate "
-                                      "(warm-up, then cosine decay).")]
-TrainNOpt = Annotated[int | None, typer.Option("--train-samples", min=1, rich_help_panel=_QAT, help="Train on a "
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, rich_help_panel=_TRAIN, help="Training batch.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", min=0.0, rich_help_panel=_TRAIN, help="Peak AdamW learning "
+                                             "rate, warm-up then cosine decay (default 5e-4 for QAT, 1e-3 for "
+                                             "--sparsity).", show_default=False)]
+TrainNOpt = Annotated[int | None, typer.Option("--train-samples", min=1, rich_help_panel=_TRAIN, help="Train on a "
                                                "class-stratified subset of the training split (default: all).")]
-DistillOpt = Annotated[bool, typer.Option("--distill/--no-distill", rich_help_panel=_QAT, help="Distil from the "
+DistillOpt = Annotated[bool, typer.Option("--distill/--no-distill", rich_help_panel=_TRAIN, help="Distil from the "
                                           "FP32 model.")]
-SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=_QAT, help="Seed of the shuffling and of the "
+SeedOpt = Annotated[int, typer.Option("--seed", rich_help_panel=_TRAIN, help="Seed of the shuffling and of the "
                                       "quantizers' initialisation.")]
+_SPARSE = "Structured sparsity (--sparsity FRACTION or --keep K)"
+SparsityOpt = Annotated[float | None, typer.Option("--sparsity", rich_help_panel=_SPARSE, help="Before quantizing, "
+                                                   "remove this fraction of the groups of every layer (0.5: half of "
+                                                   "each layer's filters) with WGSEF, the weighted group sparse "
+                                                   "envelope (arXiv:2212.12921): the FP32 model trains for --epochs "
+                                                   "(minutes, like QAT), a proximal step after each optimizer step "
+                                                   "pulling the weakest groups to exactly zero, then an exact step to "
+                                                   "the target and a masked fine-tune, distilling from the FP32 "
+                                                   "model. Filters and "
+                                                   "channels are then physically removed, so the model gets smaller "
+                                                   "and faster; the other --groups only become zeros. The pruned "
+                                                   "FP32 model is written to OUT/model_sparse.pt.", show_default=False)]
+KeepOpt = Annotated[int | None, typer.Option("--keep", min=1, rich_help_panel=_SPARSE, help="Instead of --sparsity: "
+                                             "keep K groups of every layer (of every set of --groups).",
+                                             show_default=False)]
+GroupsOpt = Annotated[str | None, typer.Option("--groups", rich_help_panel=_SPARSE, help="What one group is: "
+                                               "filters (output channels; default), channels (input channels): "
+                                               "both removed; shapes (also filter-shapes: one kernel position "
+                                               "across a conv's filters), weights (single weights), layers (whole "
+                                               "layers): zeroed in place.", show_default=False)]
 ResumeOpt = Annotated[bool, typer.Option("--resume", rich_help_panel=_QAT, help="Continue an interrupted training "
                                          "run from OUT/train-state*.pt.")]
 ArchOpt = Annotated[str | None, typer.Option(help="Architecture for a plain state_dict: a zoo name (lenet5, resnet8, "
@@ -144,11 +169,19 @@ def _shape(text: str | None) -> tuple[int, ...] | None:
     return parse_input_shape(text)
 
 
-def _training(epochs: int, cga_epochs: int | None, batch_size: int, lr: float, train_samples: int | None,
+def _training(epochs: int, cga_epochs: int | None, batch_size: int, lr: float | None, train_samples: int | None,
               distill: bool, seed: int, resume: bool) -> pipeline.TrainingOptions:
     """The QAT flags that `compress` and `export` share."""
-    return pipeline.TrainingOptions(epochs=epochs, cga_epochs=cga_epochs, batch_size=batch_size, lr=lr,
+    return pipeline.TrainingOptions(epochs=epochs, cga_epochs=cga_epochs, batch_size=batch_size,
+                                    lr=pipeline.TrainingOptions.lr if lr is None else lr,
                                     train_samples=train_samples, distill=distill, seed=seed, resume=resume)
+
+
+def _sparsity(sparsity: float | None, keep: int | None, groups: str | None, epochs: int, batch_size: int,
+              lr: float | None, train_samples: int | None, distill: bool, seed: int):
+    """The --sparsity/--keep/--groups flags with the shared training flags (None: no sparsity stage)."""
+    return pipeline.make_sparsity(sparsity, keep, groups, epochs=epochs, lr=lr, batch_size=batch_size,
+                                  train_samples=train_samples, distill=distill, seed=seed)
 
 
 def _command_line() -> str:
@@ -204,21 +237,30 @@ def compress(
     epochs: EpochsOpt = 6,
     cga_epochs: CgaOpt = None,
     batch_size: BatchOpt = 128,
-    lr: LrOpt = 5e-4,
+    lr: LrOpt = None,
     train_samples: TrainNOpt = None,
     distill: DistillOpt = True,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
     data_free: DataFreeOpt = False,
     iterations: IterationsOpt = None,
+    sparsity: SparsityOpt = None,
+    keep: KeepOpt = None,
+    groups: GroupsOpt = None,
 ) -> None:
     """Compress MODEL, compile it for TARGET, validate it on DATA and write a report to OUT.
+
+    With --sparsity or --keep, WGSEF first trains whole filters (or other groups) of the FP32 model to zero and
+    removes them, then the smaller model is quantized by --method.
 
     Examples: `edgebin compress models/resnet8_fashion.pt --target x86 --method int8 --data fashion-mnist -o out/` ·
     `edgebin compress models/resnet8_fashion.pt --method binary --estimator biper --epochs 9 -o out/` ·
     `edgebin compress models/resnet8_fashion.pt --method statsq --bits 2 --act-bits 2 --target cortex-m4 -o out/` ·
-    `edgebin compress models/resnet8_fashion.pt --method nupes --bits 4 -o out/`
+    `edgebin compress models/resnet8_fashion.pt --method nupes --bits 4 -o out/` ·
+    `edgebin compress models/resnet8_fashion.pt --sparsity 0.5 --groups filters --method int8 --target cortex-m4
+    -o out/`
     """
+    sparse = _sparsity(sparsity, keep, groups, epochs, batch_size, lr, train_samples, distill, seed)
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None,
                                data_free=data_free, iterations=iterations)
@@ -226,7 +268,8 @@ def compress(
     report = pipeline.compress(model, target=target, method=method, data=data, out_dir=out, arch=arch,
                                input_shape=_shape(input_shape), trust_pickle=trust_pickle, recipe=rec,
                                eval_samples=eval_samples, latency_repeat=repeat, progress=_progress(),
-                               command=_command_line(), tune=tune, tune_device=tune_device, training=training)
+                               command=_command_line(), tune=tune, tune_device=tune_device, training=training,
+                               sparsity=sparse)
     _print_report(report, out)
 
 
@@ -250,27 +293,37 @@ def export(
     epochs: EpochsOpt = 6,
     cga_epochs: CgaOpt = None,
     batch_size: BatchOpt = 128,
-    lr: LrOpt = 5e-4,
+    lr: LrOpt = None,
     train_samples: TrainNOpt = None,
     distill: DistillOpt = True,
     seed: SeedOpt = 0,
     resume: ResumeOpt = False,
     data_free: DataFreeOpt = False,
     iterations: IterationsOpt = None,
+    sparsity: SparsityOpt = None,
+    keep: KeepOpt = None,
+    groups: GroupsOpt = None,
 ) -> None:
     """Quantize MODEL (int8 and nupes: calibrating on DATA; QAT methods: training on DATA) and export
-    OUT/model.onnx and OUT/model_fp32.onnx.
+    OUT/model.onnx and OUT/model_fp32.onnx (with --sparsity or --keep: of the model WGSEF pruned first).
 
     Examples: `edgebin export models/lenet5_fashion.pt --data fashion-mnist -o out/` ·
     `edgebin export models/resnet8_fashion.pt --method nupes --bits 4 -o out/` ·
-    `edgebin export models/resnet8_fashion.pt --method statsq --bits 2 --act-bits 2 -o out/`
+    `edgebin export models/resnet8_fashion.pt --method statsq --bits 2 --act-bits 2 -o out/` ·
+    `edgebin export models/resnet8_fashion.pt --sparsity 0.5 --groups filters -o out/`
     """
+    sparse = _sparsity(sparsity, keep, groups, epochs, batch_size, lr, train_samples, distill, seed)
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None,
                                data_free=data_free, iterations=iterations)
     training = _training(epochs, cga_epochs, batch_size, lr, train_samples, distill, seed, resume)
     result = pipeline.export(model, data=data, out_dir=out, recipe=rec, arch=arch, input_shape=_shape(input_shape),
-                             trust_pickle=trust_pickle, progress=_progress(), training=training)
+                             trust_pickle=trust_pickle, progress=_progress(), training=training, sparsity=sparse)
+    pruned = result.run_info.get("sparsity")
+    if pruned:
+        console.print(f"Pruned {pruned['groups']} with WGSEF: FP32 top-1 {100 * pruned['dense_accuracy']:.2f}% -> "
+                      f"{100 * pruned['accuracy']:.2f}%, MACs {pruned['dense_macs']:,} -> {pruned['macs']:,}; wrote "
+                      f"{out / pipeline.SPARSE_CHECKPOINT}")
     training_info = result.run_info.get("training")
     if training_info:
         last = training_info["history"][-1]["eval_accuracy"] if training_info["history"] else None

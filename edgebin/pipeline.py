@@ -2,13 +2,15 @@
 
     report = pipeline.compress("models/resnet8_fashion.pt", target="x86", data="fashion-mnist", out_dir="out")
 
-`compress` = `export` (load, PTQ (int8, nupes) or QAT, ONNX) + `compile` (TVM) + `validate` (accuracy, agreement,
-latency) + report. Every stage writes into `out_dir` through a staging folder, so a failure leaves nothing half-written.
+`compress` = `export` (load, [WGSEF structured sparsity], PTQ (int8, nupes) or QAT, ONNX) + `compile` (TVM) +
+`validate` (accuracy, agreement, latency) + report. Every stage writes into `out_dir` through a staging folder, so
+a failure leaves nothing half-written.
 
 Output folder:
     model.onnx        the compressed model in QDQ form (onnxruntime runs it; metadata says how it was made)
     model_fp32.onnx   the FP32 original, the reference for every comparison
     recipe.json       recipe, normalisation, input shape, data set: enough to reproduce or validate the run
+    model_sparse.pt   with `sparsity=`: the pruned FP32 checkpoint that was quantized (smaller for filters, channels)
     <target>/         the compiled artefact (model.so + artefact.json for the host)
     report.json, report.md
 """
@@ -29,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -40,11 +42,15 @@ from edgebin.errors import ToolchainMissingError, UsageError
 from edgebin.pipeline_qat import TrainingOptions
 from edgebin.quant import Recipe
 
+if TYPE_CHECKING:
+    from edgebin.pipeline_sparsity import SparsityConfig
+
 log = logging.getLogger(__name__)
 
 FP32_ONNX = "model_fp32.onnx"
 MODEL_ONNX = "model.onnx"
 RECIPE_JSON = "recipe.json"
+SPARSE_CHECKPOINT = "model_sparse.pt"
 
 
 class Progress(Protocol):
@@ -133,13 +139,43 @@ def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_s
                              calibration=calib, first_last_bits=first_last_bits)
 
 
+def make_sparsity(sparsity: float | None = None, keep: int | None = None, groups: str | None = None, *,
+                  epochs: int = 6, lr: float | None = None, batch_size: int = 128, train_samples: int | None = None,
+                  distill: bool = True, seed: int = 0) -> SparsityConfig | None:
+    """The sparsity stage from CLI flags (None when neither `sparsity` nor `keep` is given).
+
+    `epochs` are split between the WGSEF proximal steps and the masked fine-tune after the exact step, half and half
+    (6: 3 + 3, `SparsityConfig`'s defaults; an odd count gives the extra epoch to the proximal steps); `lr` None:
+    SparsityConfig's 1e-3. `groups` defaults to filters; "filter-shapes" is accepted for "shapes".
+    """
+    from edgebin.pipeline_sparsity import SparsityConfig
+    from edgebin.sparsity.groups import GROUP_KINDS
+
+    if sparsity is None and keep is None:
+        if groups is not None:
+            raise UsageError(f"--groups {groups} says what to prune but not how much: add --sparsity FRACTION "
+                             "(e.g. --sparsity 0.5, half of each layer's groups removed) or --keep K")
+        return None
+    if sparsity is not None and keep is not None:
+        raise UsageError(f"--sparsity {sparsity} and --keep {keep} both set the groups kept per set: give one")
+    if sparsity is not None and not 0 <= sparsity < 1:
+        hint = f" (a percentage? use {sparsity / 100:g})" if 1 <= sparsity < 100 else ""
+        raise UsageError(f"--sparsity {sparsity}: the fraction of groups removed must be in [0, 1){hint}")
+    kind = {"filter-shapes": "shapes"}.get(groups or "filters", groups or "filters")
+    if kind not in GROUP_KINDS:
+        raise UsageError(f"--groups {groups}: expected one of {', '.join(GROUP_KINDS)}")
+    return SparsityConfig(groups=kind, sparsity=sparsity, keep=keep, epochs=(epochs + 1) // 2,
+                          finetune_epochs=epochs // 2, batch_size=batch_size, train_samples=train_samples,
+                          distill=distill, seed=seed, **({} if lr is None else {"lr": lr}))
+
+
 def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None = None, arch: str | None = None,
            input_shape: tuple[int, ...] | None = None, trust_pickle: bool = False,
            progress: Progress | None = None, training: TrainingOptions | None = None,
-           eval_samples: int | None = None) -> ExportResult:
+           eval_samples: int | None = None, sparsity: SparsityConfig | None = None) -> ExportResult:
     """Load the model, quantize it (int8: PTQ on calibration data; nupes: the same, then b-bit weight codes and
     exponents fitted on that data; the other methods: QAT with `training`, see `edgebin.pipeline_qat`) and write
-    both ONNX files and the recipe."""
+    both ONNX files and the recipe. With `sparsity`, WGSEF prunes the FP32 model first (`_export_sparse`)."""
     from edgebin import capture
     from edgebin import data as datasets
     from edgebin.export import export_onnx
@@ -148,6 +184,10 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
 
     progress = progress or SilentProgress()
     recipe = recipe or Recipe()
+    if sparsity is not None:
+        return _export_sparse(model_path, sparsity, data=data, out_dir=out_dir, recipe=recipe, arch=arch,
+                              input_shape=input_shape, trust_pickle=trust_pickle, progress=progress,
+                              training=training, eval_samples=eval_samples)
     if recipe.method in QAT_METHODS:
         from edgebin.pipeline_qat import export_trained
 
@@ -188,6 +228,33 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
     fp32_bytes = sum(p.numel() * 4 for p in fp32_graph.parameters())
     return ExportResult(Path(out_dir), loaded, fp32_graph, quant_graph, summary, recipe, run_info,
                         quant_bytes, fp32_bytes, time.perf_counter() - start, batch)
+
+
+def _export_sparse(model_path: Path, config: SparsityConfig, *, out_dir: Path, eval_samples: int | None,
+                   progress: Progress, **export_args) -> ExportResult:
+    """WGSEF before quantization: prune (and for filters or channels shrink) the FP32 model in a scratch folder,
+    export the result as usual, then move the checkpoint into `out_dir` with recipe.json's `sparsity` record.
+    The model that went in stays `model.path`; `model_fp32.onnx` and the FP32 baseline are the pruned model."""
+    from edgebin.pipeline_sparsity import sparsify, stage_record
+
+    input_shape, trust_pickle = export_args.pop("input_shape"), export_args.pop("trust_pickle")
+    with tempfile.TemporaryDirectory(prefix="edgebin-sparse-") as tmp:
+        sparse = sparsify(model_path, data=export_args["data"], out=Path(tmp) / SPARSE_CHECKPOINT, config=config,
+                          arch=export_args["arch"], input_shape=input_shape, trust_pickle=trust_pickle,
+                          eval_samples=eval_samples, progress=progress)
+        log.info("sparsity: FP32 top-1 %.4f -> %.4f, MACs %d -> %d", sparse.dense_accuracy, sparse.accuracy,
+                 sparse.dense_macs, sparse.macs)
+        # the checkpoint records its arch and shape; `arch` again, because a file.py:Class one is read only when
+        # the user names it
+        result = export(sparse.path, out_dir=out_dir, eval_samples=eval_samples, progress=progress, **export_args)
+        run_info = {**result.run_info, "model": {**result.run_info["model"], "path": str(model_path)},
+                    "sparsity": stage_record(sparse, config, source=model_path, checkpoint=SPARSE_CHECKPOINT)}
+        with staged_dir(Path(out_dir)) as stage:
+            shutil.copy2(sparse.path, stage / SPARSE_CHECKPOINT)
+            atomic_write_text(stage / RECIPE_JSON, json.dumps(run_info, indent=2) + "\n")
+    result.run_info = run_info
+    result.seconds += sparse.seconds
+    return result
 
 
 def _fit_nupes(quant_graph, recipe: Recipe, x_calib: np.ndarray, batch: int, layers: list[dict],
@@ -337,10 +404,8 @@ def validate(out_dir: Path, *, data: str | None = None, target: str | None = Non
         raise UsageError(f"no compiled artefact in {out_dir / tgt.name}: run `edgebin compile "
                          f"{out_dir / MODEL_ONNX} --target {tgt.name} -o {out_dir}` first")
     scheme = device.split("://", 1)[0] if device and "://" in device else None
-    if eval_samples is None and tgt.kind == "cortex-m":
-        eval_samples = MCU_EVAL_SAMPLES
-    elif eval_samples is None and (tgt.kind == "cortex-a" or scheme in REMOTE_DEVICES):
-        eval_samples = REMOTE_EVAL_SAMPLES
+    if eval_samples is None:
+        eval_samples = _default_eval_samples(tgt, scheme)
     with timings.measure("validate"):
         ev = _evaluate_references(out_dir, run_info, data, eval_samples, exported, progress)
         if scheme in REMOTE_DEVICES:
@@ -376,6 +441,16 @@ def validate(out_dir: Path, *, data: str | None = None, target: str | None = Non
 MCU_EVAL_SAMPLES = 1000  # QEMU runs ~100 inferences a second: 1,000 samples keep validation near a minute
 REMOTE_DEVICES = ("ssh", "rpc", "rpc-tracker")  # boards over the network, measured by edgebin.measure
 REMOTE_EVAL_SAMPLES = 500  # Raspberry Pi bundles: qemu-user runs ResNet-8 at ~11 inferences a second
+
+
+def _default_eval_samples(tgt, scheme: str | None = None) -> int | None:
+    """Evaluation samples when none are asked for: the whole test split (None) on the host, fewer on emulators
+    and boards."""
+    if tgt.kind == "cortex-m":
+        return MCU_EVAL_SAMPLES
+    if tgt.kind == "cortex-a" or scheme in REMOTE_DEVICES:
+        return REMOTE_EVAL_SAMPLES
+    return None
 
 
 def _compiled_target(out_dir: Path) -> str:
@@ -493,7 +568,8 @@ def _kernel_sections(kernels: list[dict[str, Any]], manifest: dict[str, Any]) ->
     counts: dict[str, int] = {}
     for k in kernels:
         counts[k.get("kind", "other")] = counts.get(k.get("kind", "other"), 0) + 1
-    detail = [{"name": k.get("name", k["symbol"]), "kind": k.get("kind", "other"), "ops": list(k.get("ops", []))}
+    detail = [{"name": k.get("name", k["symbol"]), "kind": k.get("kind", "other"), "ops": list(k.get("ops", [])),
+               **({"weights": k["weights"]} if "weights" in k else {})}  # table-coded weights: packed or expanded
               for k in kernels]
     return {"kernels": counts, "kernels_detail": detail, "ops": manifest.get("ops")}
 
@@ -595,6 +671,9 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
     training = {k: v for k, v in run_info.get("training", {}).items() if k in _TRAINING_KEYS}
     if training.get("seconds") is not None:
         timings.seconds["train"] = training["seconds"]
+    sparsity = run_info.get("sparsity", {})
+    if sparsity.get("seconds") is not None:
+        timings.seconds["sparsify"] = sparsity["seconds"]
     fp32_bytes = exported.fp32_weights_bytes if exported else _onnx_weight_bytes(out_dir / FP32_ONNX)
     footprint = {**sections["footprint"], "fp32_weights_bytes": int(fp32_bytes)}
     report_dict = {
@@ -609,12 +688,13 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
             "estimator": recipe.get("default", {}).get("estimator"),
             "calibration": {"method": calibration.get("method"), "samples": calibration.get("samples")},
             "per_layer": [{k: r.get(k) for k in ("layer", "op", "weight_bits", "activation_bits", "method", "kind",
-                                                     "estimator")}
+                                                     "estimator", "exponent")}
                           for r in run_info.get("layers", [])],
         },
         "dataset": {"name": ev.data, "eval_samples": int(len(y)),
                     "calibration_samples": None if training else calibration.get("samples")},
         "training": training,
+        "sparsity": sparsity,
         "accuracy": accuracy,
         "agreement": agreement,
         "latency": sections.get("latency", {}),
@@ -642,16 +722,21 @@ def compress(model_path: Path, *, target: str = "x86", method: str = "int8", dat
              out_dir: Path = Path("out"), arch: str | None = None, input_shape: tuple[int, ...] | None = None,
              trust_pickle: bool = False, recipe: Recipe | None = None, eval_samples: int | None = None,
              latency_repeat: int = 50, progress: Progress | None = None, command: str = "", tune: int = 0,
-             tune_device: str | None = None, training: TrainingOptions | None = None):
-    """The whole job: export (QAT methods: train first, with `training`), compile (with `tune` MetaSchedule
-    trials), validate, report. Returns the report."""
+             tune_device: str | None = None, training: TrainingOptions | None = None,
+             sparsity: SparsityConfig | None = None):
+    """The whole job: export (with `sparsity`: WGSEF prunes the FP32 model first; QAT methods: train, with
+    `training`), compile (with `tune` MetaSchedule trials), validate, report. Returns the report.
+
+    Training (QAT, sparsity) evaluates on the samples validation uses, so the report's accuracies compare."""
     tgt = targets.load(target)  # fail on a bad target before any heavy work
     recipe = recipe or make_recipe(method)
+    eval_samples = eval_samples if eval_samples is not None else _default_eval_samples(tgt)
     timings = Timings()
     start = time.perf_counter()
     with timings.measure("export"):
         exported = export(model_path, data=data, out_dir=out_dir, recipe=recipe, arch=arch, input_shape=input_shape,
-                          trust_pickle=trust_pickle, progress=progress, training=training, eval_samples=eval_samples)
+                          trust_pickle=trust_pickle, progress=progress, training=training, eval_samples=eval_samples,
+                          sparsity=sparsity)
     with timings.measure("compile"):
         compile(Path(out_dir) / MODEL_ONNX, target=tgt.name, out_dir=out_dir, progress=progress, tune=tune,
                 tune_device=tune_device)

@@ -6,6 +6,9 @@ to an exact number of groups per layer, remove what was pruned, and write the sm
     result.accuracy, result.dense_accuracy, result.macs, result.dense_macs
     pipeline.compress(result.path, method="int8", target="cortex-m4", data="fashion-mnist", out_dir=Path("out"))
 
+`pipeline.compress(..., sparsity=config)` and `edgebin compress --sparsity 0.5` run exactly this before quantizing,
+keep the checkpoint as `out/model_sparse.pt` and put `stage_record`'s summary into recipe.json and the report.
+
 Training (`edgebin.sparsity.proximal`): `epochs` of AdamW with the WGSEF proximal step after every optimizer step,
 then the exact step (exactly `keep` groups per set), then `finetune_epochs` with the pruned groups held at zero;
 one warm-up and cosine schedule over both, distilling from the FP32 model unless `distill` is off. With
@@ -106,12 +109,15 @@ class SparsityResult:
     masked_accuracy: float  # before shrinking (equal to `accuracy` up to float rounding)
     parameters: int
     dense_parameters: int
+    nonzero_parameters: int  # of the written model: below `parameters` where groups stay as zeros
     macs: int
     dense_macs: int
     sets: dict[str, dict]  # per group set: groups, keep, nonzero (== keep: the target met exactly), ...
     layer_widths: dict[str, dict[str, int]]  # layers the shrink narrowed
     history: list[dict]
     seconds: float
+    train_samples: int
+    eval_samples: int  # behind the accuracies and the history
 
     @property
     def exact(self) -> bool:
@@ -185,8 +191,25 @@ def sparsify(model_path: Path, *, data: str, out: Path, config: SparsityConfig,
     return SparsityResult(
         path=Path(out), lam=lam, dense_accuracy=dense_accuracy, accuracy=accuracy, masked_accuracy=masked_accuracy,
         parameters=_parameters(final), dense_parameters=_parameters(fp32),
+        nonzero_parameters=int(sum(int(p.count_nonzero()) for p in final.parameters())),
         macs=count_macs(final, loaded.input_shape), dense_macs=count_macs(fp32, loaded.input_shape), sets=set_info,
-        layer_widths=widths, history=history, seconds=time.perf_counter() - start)
+        layer_widths=widths, history=history, seconds=time.perf_counter() - start, train_samples=int(len(y)),
+        eval_samples=int(len(y_eval)))
+
+
+def stage_record(result: SparsityResult, config: SparsityConfig, *, source: Path, checkpoint: str) -> dict[str, Any]:
+    """What recipe.json and the report keep of a sparsity stage before quantization (report.json's `sparsity`)."""
+    return {
+        "groups": config.groups, "selection": config.selection, "sparsity": config.sparsity, "keep": config.keep,
+        "shrunk": config.groups in SHRINKABLE, "epochs": config.epochs, "finetune_epochs": config.finetune_epochs,
+        "lam": result.lam, "train_samples": result.train_samples, "dense_accuracy": result.dense_accuracy,
+        "accuracy": result.accuracy, "eval_samples": result.eval_samples, "dense_parameters": result.dense_parameters,
+        "parameters": result.parameters, "nonzero_parameters": result.nonzero_parameters,
+        "dense_macs": result.dense_macs, "macs": result.macs, "seconds": round(result.seconds, 3),
+        "source": str(source), "checkpoint": checkpoint,
+        "sets": [{"name": name, "groups": s["groups"], "kept": s["nonzero"]} for name, s in result.sets.items()],
+        "history": result.history,
+    }
 
 
 @torch.no_grad()

@@ -293,6 +293,18 @@ def test_cli_exports_nupes_weights(tmp_path, capsys):
     assert len(json.loads(meta[LUT_KEY])) == 4 and json.loads(meta["edgebin.recipe"])["method"] == "nupes"
     x = np.random.default_rng(0).standard_normal((4, 1, 8, 8), dtype=np.float32)
     ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x[:1]})
+    # the report's per-layer precision carries each layer's exponent from recipe.json
+    from edgebin import targets
+    from edgebin.pipeline import Timings, _assemble_report, _Evaluation
+    from edgebin.report import render_markdown
+
+    logits = np.eye(4, 10, dtype=np.float32)
+    ev = _Evaluation("digits", x, np.arange(4), {"onnxruntime-fp32": logits, "onnxruntime": logits})
+    sections = {"compiled": logits, "footprint": {}, "kernels": {}, "kernels_detail": [], "ops": None, "library": ""}
+    report = _assemble_report(out, run_info, targets.load("x86"), ev, sections, None, Timings(), "")
+    shown = {p.layer: p.exponent for p in report.method.per_layer if p.exponent is not None}
+    assert shown == {r["layer"]: pytest.approx(r["exponent"]) for r in weighted} and len(shown) == 4
+    assert "| Kind | Exponent |" in render_markdown(report)
 
 
 def test_weights_bytes_count_b_bits_per_weight_and_the_table(tiny_resnet):

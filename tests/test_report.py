@@ -26,8 +26,11 @@ from edgebin.report import (
     MethodInfo,
     ModelInfo,
     Report,
+    Sparsity,
+    SparsitySet,
     TargetInfo,
     Timings,
+    TrainingEpoch,
     read_report,
     render_markdown,
     summary_table,
@@ -63,6 +66,66 @@ def full_report(**changes) -> Report:
     return dataclasses.replace(report, **changes)
 
 
+def sparse_nupes_report() -> Report:
+    """A run with WGSEF before NUPES: the sparsity section, per-layer exponents and a kernel with LUT weights."""
+    sparsity = Sparsity(groups="filters", selection="wgsef", sparsity=0.5, shrunk=True, epochs=3, finetune_epochs=3,
+                        lam=5.7, train_samples=30000, dense_accuracy=0.924, accuracy=0.9126, eval_samples=10000,
+                        dense_parameters=78042, parameters=19762, nonzero_parameters=19762, dense_macs=9345920,
+                        macs=2364864, seconds=300.0, source="models/resnet8_fashion.pt", checkpoint="model_sparse.pt",
+                        sets=(SparsitySet("stem.conv+stack1.conv2", 16, 8), SparsitySet("stack3.conv1", 64, 32)),
+                        history=(TrainingEpoch(1, phase="qat", eval_accuracy=0.9),))
+    per_layer = (LayerPrecision("stem.conv", "conv2d", 8, 8, "int8", "int8"),
+                 LayerPrecision("stack1.conv1", "conv2d", 4, 8, "nupes", "int8", exponent=0.625))
+    return full_report(sparsity=sparsity, accuracy=Accuracy(fp32=0.9126, compiled=0.91, samples=10000),
+                       method=MethodInfo(name="nupes", weight_bits=4, activation_bits=8, per_layer=per_layer),
+                       kernels_detail=(KernelInfo("conv0", "lut4", ("conv2d",), weights="lut4"),
+                                       KernelInfo("conv1", "int8", ("conv2d",), weights="int8 (lut4)")))
+
+
+def test_sparsity_exponents_and_lut_weights_reach_json_and_markdown():
+    report = sparse_nupes_report()
+    data = report.to_dict()
+    assert Report.from_dict(json.loads(json.dumps(data))) == report
+    assert data["sparsity"]["sets"][1] == {"name": "stack3.conv1", "groups": 64, "kept": 32, "removed": 32}
+    assert data["method"]["per_layer"][1]["exponent"] == 0.625 and data["method"]["per_layer"][0]["exponent"] is None
+    assert data["kernels_detail"][1]["weights"] == "int8 (lut4)"
+    text = render_markdown(report)
+    assert "## Structured sparsity" in text and "50.00% of the filters removed in every set" in text
+    assert "| Dense (`models/resnet8_fashion.pt`) | 92.40% | 78,042 | 9,345,920 |" in text
+    # by hand: 91.26 - 92.40 = -1.14 pts; 78,042 / 19,762 = 3.95; 9,345,920 / 2,364,864 = 3.95
+    assert "| Pruned | 91.26% (-1.14 pts) | 19,762 (3.95× fewer) | 2,364,864 (3.95× fewer) |" in text
+    assert "| `stack3.conv1` | 64 | 32 | 32 |" in text and "were removed: `model_sparse.pt`" in text
+    assert "| FP32 (PyTorch), dense: before pruning | 92.40% | +1.14 pts |" in text
+    assert "| Layer | Op | Weight bits | Activation bits | Method | Kind | Exponent |" in text
+    assert "| `stack1.conv1` | conv2d | 4 | 8 | nupes | int8 | 0.625 |" in text
+    assert "| `stem.conv` | conv2d | 8 | 8 | int8 | int8 | — |" in text
+    assert "1 run them expanded to int8 (`conv1`)" in text
+    zeroed = dataclasses.replace(report.sparsity, groups="shapes", shrunk=False, parameters=78042,
+                                 nonzero_parameters=40000, macs=9345920)
+    text = render_markdown(dataclasses.replace(report, sparsity=zeroed))
+    assert "stay in place as zeros" in text
+    assert "| Pruned | 91.26% (-1.14 pts) | 78,042 (40,000 nonzero) | 9,345,920 |" in text
+    with pytest.raises(ValueError, match=r"sparsity\.sparsity: expected a fraction in \[0, 1\], got 50.0"):
+        Report.from_dict({"schema_version": 1, "sparsity": {"sparsity": 50}})
+    console = Console(record=True, width=120)
+    console.print(summary_table(report))
+    shown = console.export_text()
+    assert "3.95× fewer" in shown and "-1.14 pts vs dense" in shown
+
+
+def test_kernel_sections_copy_the_weights_form_of_table_coded_layers():
+    from edgebin.pipeline import _kernel_sections
+
+    kernels = [{"symbol": "k0", "name": "conv0", "kind": "lut4", "ops": ["conv2d"], "weights": "lut4"},
+               {"symbol": "k1", "name": "conv1", "kind": "int8", "ops": ["conv2d"], "weights": "int8 (lut4)"},
+               {"symbol": "k2", "kind": "int8"}]
+    detail = _kernel_sections(kernels, {"ops": None})["kernels_detail"]
+    assert [d.get("weights") for d in detail] == ["lut4", "int8 (lut4)", None]
+    assert "weights" not in detail[2] and detail[2]["name"] == "k2"
+    report = Report.from_dict({"schema_version": 1, "kernels_detail": detail})
+    assert report.kernels_detail[1].weights == "int8 (lut4)"
+
+
 def test_round_trip_through_json():
     report = full_report()
     assert Report.from_dict(json.loads(json.dumps(report.to_dict()))) == report
@@ -91,7 +154,8 @@ def test_report_json_has_the_documented_keys(tmp_path):
     assert {"kernels", "kernels_detail", "ops", "fallbacks", "warnings", "command"} <= set(data)
     assert data["method"]["calibration"] == {"method": "minmax", "samples": 512}
     assert set(data["method"]["per_layer"][0]) == {"layer", "op", "weight_bits", "activation_bits", "method", "kind",
-                                                   "estimator"}
+                                                   "estimator", "exponent"}
+    assert data["sparsity"]["groups"] is None and data["sparsity"]["sets"] == []  # no sparsity stage: all null
     assert data["latency"]["unit"] == "ms" and data["latency"]["threads"] == 1
     assert set(data["latency"]["engines"]["edgebin-int8"]) >= {"median_ms", "p10_ms", "p90_ms", "runs"}
     # by hand: baseline median / engine median = 0.8 / 0.2 and 0.8 / 1.6
@@ -118,7 +182,8 @@ def test_every_key_is_documented():
             for item in value:
                 yield from keys(item, name)
 
-    missing = sorted({k for k in keys(full_report().to_dict()) if f"`{k}`" not in docs})
+    found = {k for report in (full_report(), sparse_nupes_report()) for k in keys(report.to_dict())}
+    missing = sorted(k for k in found if f"`{k}`" not in docs)
     assert not missing, f"keys missing from docs/report.md: {missing}"
 
 

@@ -19,9 +19,9 @@ the table with Cast -> Gather before the weight's DequantizeLinear (`edgebin.exp
 Data-free (PowerQuant): a is found by a bounded 1-D search (Brent / golden section) minimising the weight
 reconstruction error, per layer or one for the network. Data-driven (NUPES): starting there, a latent z per
 weight (code units, free to cross the whole grid) and a per-layer exponent are learned with Adam to reconstruct
-each block's FP32 output from the already-quantized previous blocks (BRECQ-style; `find_blocks` says where the
-graph is cut). What is optimised is the deployed form: the level is rounded to the int8 grid
-with a straight-through estimator. Gradients:
+each block's FP32 output from the already-quantized previous blocks (BRECQ-style; `edgebin.quant.blocks` says
+where the graph is cut). What is optimised is the deployed form: the level is rounded to the int8 grid with a
+straight-through estimator. Gradients:
     a: exact given the codes (through 127·f_{1/a}(q/N); `power` keeps ln|x| out of x = 0), with
        a = a_min + (1 - a_min)·sigmoid(θ) in (a_min, 1) so it never leaves the valid range;
     z: straight-through with the float table's local slope (L[q+1] - L[q-1]) / 2 at the hard code q, which,
@@ -30,10 +30,9 @@ with a straight-through estimator. Gradients:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,8 +42,8 @@ from scipy.optimize import minimize_scalar
 from torch import Tensor, fx
 
 from edgebin.errors import RecipeError, UsageError
-from edgebin.quant.modules import ActQuant, QuantConv2d, _QuantWeighted
-from edgebin.quant.qdq import dequantize_codes
+from edgebin.quant.blocks import BlockRunner, find_blocks, float_mode
+from edgebin.quant.modules import _QuantWeighted
 from edgebin.quant.recipe import NUPES_MAX_SAMPLES, NupesConfig, Recipe
 from edgebin.quant.uniform import WEIGHT_QMAX
 
@@ -165,100 +164,6 @@ def layer_exponents(layers: dict[str, tuple[_QuantWeighted, int]], scope: str) -
     return {name: search_exponent(lambda a, m=m, b=bits: weight_error(m, a, b)) for name, (m, bits) in layers.items()}
 
 
-@dataclass(frozen=True)
-class Block:
-    """A run of graph nodes between two points where a single activation is live: `start` holds the block's
-    input, `nodes[-1]` its output; `layers` are the NUPES modules inside."""
-
-    start: fx.Node
-    nodes: tuple[fx.Node, ...]
-    layers: tuple[str, ...]
-
-
-def find_blocks(gm: fx.GraphModule, layers: set[str]) -> list[Block]:
-    """Cut the graph where exactly one activation value is live (ResNet: the output of each residual block; ViT:
-    the residual stream after each sub-block; a plain chain: after each layer), and merge cuts so every block
-    holds at least one of `layers` and the ops after a block's last layer (ReLU, pooling, quantizers) join it.
-
-    Sizes (`x.shape[0]` in a reshape) are not activations: `_BlockRunner` supplies them for its batch size.
-    """
-    nodes = [n for n in gm.graph.nodes if n.op not in ("get_attr", "output")]
-    index = {n: i for i, n in enumerate(nodes)}
-    last_use = {n: max((index.get(u, len(nodes)) for u in n.users), default=-1) for n in nodes}
-    live: set[fx.Node] = set()
-    bounds = []
-    for i, node in enumerate(nodes):
-        live = {m for m in (*live, node) if last_use[m] > i and _is_activation(m)}
-        if live == {node}:
-            bounds.append(i)
-    is_layer = [n.op == "call_module" and n.target in layers for n in nodes]
-    cuts = bounds[:1]
-    for j, b in enumerate(bounds[1:], start=2):
-        nxt = bounds[j] if j < len(bounds) else None
-        if any(is_layer[cuts[-1] + 1 : b + 1]) and (nxt is None or any(is_layer[b + 1 : nxt + 1])):
-            cuts.append(b)
-    blocks = [Block(nodes[lo], tuple(nodes[lo + 1 : hi + 1]),
-                    tuple(n.target for n in nodes[lo + 1 : hi + 1] if n.op == "call_module" and n.target in layers))
-              for lo, hi in zip(cuts, cuts[1:], strict=False)]
-    left = layers - {name for block in blocks for name in block.layers}
-    if left:
-        log.warning("NUPES: %s sit where several activations are live to the end; they keep data-free codes",
-                    ", ".join(sorted(left)))
-    return blocks
-
-
-def _is_activation(node: fx.Node) -> bool:
-    """A tensor value (nodes without a recorded value count as tensors: fewer cuts, never a wrong one)."""
-    return "val" not in node.meta or isinstance(node.meta["val"], Tensor)
-
-
-class _BlockRunner(fx.Interpreter):
-    """Runs one block's nodes on `batch` samples at a time, its input preloaded; `weights` maps a module to a
-    weight to use instead of its own.
-
-    Blocks run at one fixed batch size (the last chunk zero-padded): the sizes that the graph computes from its
-    input (a batch dimension read for a reshape) are then those of one whole-graph run at that size, recorded
-    here, whichever block reads them.
-    """
-
-    def __init__(self, gm: fx.GraphModule, example: Tensor) -> None:
-        super().__init__(gm, garbage_collect_values=False)
-        self.batch = len(example)
-        self.weights: dict[str, Callable[[], Tensor]] = {}
-        self.env = {}
-        with torch.no_grad(), _float_mode(gm):
-            self.run(example)
-        self.constants = {n: self.fetch_attr(n.target) if n.op == "get_attr" else self.env[n]
-                          for n in gm.graph.nodes if n.op == "get_attr" or n in self.env and not _is_activation(n)}
-        self.env = {}
-
-    def call_module(self, target, args, kwargs):
-        weight = self.weights.get(target)
-        if weight is None:
-            return super().call_module(target, args, kwargs)
-        module = self.fetch_attr(target)
-        bias = dequantize_codes(module.bias_codes, module.bias_scale, module.bias_zero_point, 0)
-        if isinstance(module, QuantConv2d):
-            return F.conv2d(args[0], weight(), bias, module.stride, module.padding, module.dilation, module.groups)
-        return F.linear(args[0], weight(), bias)
-
-    def run_block(self, block: Block, x: Tensor) -> Tensor:
-        self.env = {**self.constants, block.start: x}
-        for node in block.nodes:
-            self.env[node] = self.run_node(node)
-        out, self.env = self.env[block.nodes[-1]], {}
-        return out
-
-    @torch.no_grad()
-    def run_all(self, block: Block, x: Tensor) -> Tensor:
-        out = []
-        for i in range(0, len(x), self.batch):
-            part = x[i : i + self.batch]
-            padded = torch.cat([part, part.new_zeros(self.batch - len(part), *part.shape[1:])])
-            out.append(self.run_block(block, padded)[: len(part)])
-        return torch.cat(out)
-
-
 class _LearnedWeight(torch.nn.Module):
     """Latent codes z and exponent logit θ of one layer; forward() is the deployed weight, with NUPES' gradients.
 
@@ -330,7 +235,7 @@ def quantize_nupes(gm: fx.GraphModule, recipe: Recipe, x: np.ndarray | None = No
     if not isinstance(config, NupesConfig):
         raise RecipeError(f"quantize_nupes needs a nupes recipe, got method {recipe.method!r}; try "
                           "Recipe.for_method('nupes')")
-    layers = _nupes_layers(gm, recipe)
+    layers = nupes_layers(gm, recipe)
     exponents = layer_exponents(layers, config.exponent_scope)
     luts = {name: make_lut_weight(m, exponents[name], bits) for name, (m, bits) in layers.items()}
     for name, (module, _) in layers.items():
@@ -355,10 +260,10 @@ def total_steps(gm: fx.GraphModule, recipe: Recipe) -> int:
     config = recipe.default
     if not isinstance(config, NupesConfig) or config.mode == "data-free":
         return 0
-    return config.iterations * len(find_blocks(gm, set(_nupes_layers(gm, recipe))))
+    return config.iterations * len(find_blocks(gm, set(nupes_layers(gm, recipe))))
 
 
-def _nupes_layers(gm: fx.GraphModule, recipe: Recipe) -> dict[str, tuple[_QuantWeighted, int]]:
+def nupes_layers(gm: fx.GraphModule, recipe: Recipe) -> dict[str, tuple[_QuantWeighted, int]]:
     """Module name -> (module, bits) of the layers whose recipe config is NUPES, in graph order."""
     out = {}
     for node in gm.graph.nodes:
@@ -376,11 +281,11 @@ def _nupes_layers(gm: fx.GraphModule, recipe: Recipe) -> dict[str, tuple[_QuantW
 def _reconstruct_blocks(gm: fx.GraphModule, layers: dict[str, tuple[_QuantWeighted, int]], x: Tensor,
                         iterations: int, batch: int, progress: Callable[[int], None]) -> list[BlockFit]:
     """BRECQ order: each block learns to map the quantized previous blocks' output onto its FP32 output."""
-    runner = _BlockRunner(gm, x[: min(BATCH, batch, len(x))])
+    runner = BlockRunner(gm, x[: min(BATCH, batch, len(x))])
     x_q, x_fp, fits, done = x, x, [], 0
     generator = torch.Generator().manual_seed(0)
     for block in find_blocks(gm, set(layers)):
-        with _float_mode(gm):
+        with float_mode(gm):
             y_fp = runner.run_all(block, x_fp)
         best = start = {name: lut_weight_of(layers[name][0]) for name in block.layers}
         before = float(F.mse_loss(runner.run_all(block, x_q), y_fp))
@@ -418,20 +323,6 @@ def _reconstruct_blocks(gm: fx.GraphModule, layers: dict[str, tuple[_QuantWeight
         fits.append(BlockFit(block.layers, before, after))
         x_q, x_fp = out, y_fp
     return fits
-
-
-@contextlib.contextmanager
-def _float_mode(gm: fx.GraphModule) -> Iterator[None]:
-    """Run `gm` as the FP32 model (BatchNorm folded): quantizers and quantized layers in float mode."""
-    modules = [m for m in gm.modules() if isinstance(m, (ActQuant, _QuantWeighted))]
-    modes = [m.mode for m in modules]
-    for m in modules:
-        m.mode = "float"
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.mode = mode
 
 
 def layer_dicts(gm: fx.GraphModule, records: list[dict]) -> list[dict]:

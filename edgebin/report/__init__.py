@@ -35,6 +35,8 @@ from edgebin.report.schema import (
     MethodInfo,
     ModelInfo,
     Report,
+    Sparsity,
+    SparsitySet,
     TargetInfo,
     Timings,
     Training,
@@ -88,6 +90,6 @@ def read_report(out_dir: str | Path) -> Report:
 __all__ = [
     "BASELINE_ENGINE", "REPORT_JSON", "REPORT_MD", "SCHEMA_VERSION", "Accuracy", "Agreement", "Artefacts",
     "Calibration", "DatasetInfo", "EngineLatency", "Environment", "Fallback", "Footprint", "KernelInfo",
-    "Latency", "LayerPrecision", "MethodInfo", "ModelInfo", "Report", "TargetInfo", "Timings",
-    "Training", "TrainingEpoch", "read_report", "render_markdown", "summary_table", "write_report",
+    "Latency", "LayerPrecision", "MethodInfo", "ModelInfo", "Report", "Sparsity", "SparsitySet", "TargetInfo",
+    "Timings", "Training", "TrainingEpoch", "read_report", "render_markdown", "summary_table", "write_report",
 ]

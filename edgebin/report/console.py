@@ -41,6 +41,13 @@ def summary_table(report: Report) -> Table:
         table.add_row("", "compiled FP32", percent(a.compiled_fp32), points(a.compiled_fp32, a.fp32),
                       end_section=True)
 
+    sp = report.sparsity
+    if sp.groups is not None:
+        table.add_row("sparsity", f"{sp.groups}: pruned FP32", percent(sp.accuracy),
+                      f"{points(sp.accuracy, sp.dense_accuracy)} vs dense")
+        fewer = times(sp.dense_macs / sp.macs) + " fewer" if sp.dense_macs and sp.macs else DASH
+        table.add_row("", "MACs", number(sp.macs), fewer, end_section=True)
+
     g = report.agreement
     table.add_row("agreement", f"top-1 vs {g.reference or DASH}", percent(g.top1), "")
     table.add_row("", "max abs", number(g.max_abs), "", end_section=True)

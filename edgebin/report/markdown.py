@@ -72,6 +72,7 @@ def render_markdown(report: Report) -> str:
         f"# edgebin report: {title(report)}",
         _overview(report),
         _accuracy(report),
+        _sparsity(report),
         _training(report),
         _agreement(report),
         _latency(report),
@@ -110,16 +111,61 @@ def _overview(r: Report) -> str:
 def _accuracy(r: Report) -> str:
     a = r.accuracy
     target = r.target.name or "target"
+    sp = r.sparsity
     rows = [
-        ("FP32 (PyTorch)", percent(a.fp32), "baseline" if a.fp32 is not None else DASH),
+        ("FP32 (PyTorch)" + (", pruned" if sp.groups else ""), percent(a.fp32),
+         "baseline" if a.fp32 is not None else DASH),
         ("Compressed (PyTorch, fake-quant)", percent(a.compressed), points(a.compressed, a.fp32)),
         ("ONNX Runtime (exported ONNX)", percent(a.onnxruntime), points(a.onnxruntime, a.fp32)),
         (f"Compiled ({target})", percent(a.compiled), points(a.compiled, a.fp32)),
     ]
     if a.compiled_fp32 is not None:
         rows.append((f"FP32 compiled ({target})", percent(a.compiled_fp32), points(a.compiled_fp32, a.fp32)))
+    if sp.dense_accuracy is not None and sp.eval_samples == a.samples:
+        rows.insert(0, ("FP32 (PyTorch), dense: before pruning", percent(sp.dense_accuracy),
+                        points(sp.dense_accuracy, a.fp32)))
     note = f"Top-1 on {number(a.samples)} evaluation samples."
     return "## Accuracy\n\n" + note + "\n\n" + _table(("Model", "Top-1", "Δ vs FP32"), rows, align="lrr")
+
+
+SPARSITY_GROUPS = {"filters": "filters", "channels": "input channels", "shapes": "filter shapes",
+                   "weights": "single weights", "layers": "layers"}
+
+
+def _sparsity(r: Report) -> str:
+    """The WGSEF stage: what was pruned, the FP32 model before and after, and each set's groups kept."""
+    sp = r.sparsity
+    if sp.groups is None:
+        return ""
+    what = SPARSITY_GROUPS.get(sp.groups, sp.groups)
+    amount = f"{percent(sp.sparsity)} of the {what}" if sp.sparsity is not None else f"all but {sp.keep} {what}"
+    how = _join(sp.selection == "l1" and "magnitude (L1) selection", _count(sp.epochs, "epochs with the proximal step"),
+                sp.finetune_epochs and _count(sp.finetune_epochs, "masked fine-tune epochs"),
+                sp.lam is not None and f"λ {number(sp.lam)}",
+                _count(sp.train_samples, "training samples"), sp.seconds is not None and f"{sp.seconds:.0f} s")
+    kept = (f"The pruned {what} were removed: {_code(sp.checkpoint)} is the smaller FP32 model that was quantized."
+            if sp.shrunk else f"The pruned {what} stay in place as zeros ({_code(sp.checkpoint)}): the model keeps "
+            "its size and its dense kernels.")
+    note = (f"WGSEF structured sparsity before quantization: {amount} removed in every set ({how}). {kept} "
+            f"Top-1 on {number(sp.eval_samples)} evaluation samples.")
+
+    def params(total: int | None, nonzero: int | None) -> str:
+        return number(total) + (f" ({number(nonzero)} nonzero)" if nonzero not in (None, total) else "")
+
+    def fewer(before: int | None, after: int | None) -> str:
+        return "" if not before or not after or before == after else f" ({times(before / after)} fewer)"
+
+    rows = [(f"Dense ({_code(sp.source)})", percent(sp.dense_accuracy), number(sp.dense_parameters),
+             number(sp.dense_macs)),
+            ("Pruned", f"{percent(sp.accuracy)} ({points(sp.accuracy, sp.dense_accuracy)})",
+             params(sp.parameters, sp.nonzero_parameters) + fewer(sp.dense_parameters, sp.parameters),
+             number(sp.macs) + fewer(sp.dense_macs, sp.macs))]
+    text = "## Structured sparsity\n\n" + note + "\n\n" + _table(("FP32 model", "Top-1", "Parameters", "MACs"), rows,
+                                                                 align="lrrr")
+    if sp.sets:
+        set_rows = [(_code(x.name), number(x.groups), number(x.kept), number(x.removed)) for x in sp.sets]
+        text += "\n\n" + _table(("Group set", "Groups", "Kept", "Removed"), set_rows, align="lrrr")
+    return text
 
 
 def _training(r: Report) -> str:
@@ -311,7 +357,10 @@ def _per_layer(r: Report) -> str:
     rows = [(_code(p.layer), number(p.op), number(p.weight_bits), number(p.activation_bits), number(p.method),
              number(p.kind)) for p in r.method.per_layer]
     header = ("Layer", "Op", "Weight bits", "Activation bits", "Method", "Kind")
-    return "## Per layer\n\n" + _table(header, rows, align="llrrll")
+    if any(p.exponent is not None for p in r.method.per_layer):  # NUPES: the power of each layer's grid
+        rows = [(*row, number(p.exponent, 3)) for row, p in zip(rows, r.method.per_layer, strict=True)]
+        header = (*header, "Exponent")
+    return "## Per layer\n\n" + _table(header, rows, align="llrrllr")
 
 
 def _warnings(r: Report) -> str:

@@ -87,6 +87,7 @@ class LayerPrecision(_Section):
     method: str | None = None
     kind: str | None = None
     estimator: str | None = None
+    exponent: float | None = None  # NUPES: the power of the layer's weight grid (1: uniform)
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,51 @@ class Training(_Section):
     world_size: int | None = None  # training processes (torchrun)
     seconds: float | None = None
     checkpoint: str | None = None  # the trained QAT model, relative to the output directory
+    history: tuple[TrainingEpoch, ...] = ()
+
+
+@dataclass(frozen=True)
+class SparsitySet(_Section):
+    """One set WGSEF pruned to an exact count: the filters (or channels) of the layers in `name`, joined by "+"
+    where residual adds tie them; one layer's filter shapes or weights; or "layers", the model's layers."""
+
+    name: str
+    groups: int
+    kept: int
+
+    @property
+    def removed(self) -> int:
+        return self.groups - self.kept
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "removed": self.removed}
+
+
+@dataclass(frozen=True)
+class Sparsity(_Section):
+    """Structured sparsity (WGSEF) trained into the FP32 model before quantization; all null without it."""
+
+    groups: str | None = None  # filters, channels, shapes, weights or layers
+    selection: str | None = None  # "wgsef", or "l1" (magnitude pruning, Python API only)
+    sparsity: float | None = None  # fraction of each set's groups removed (or `keep`)
+    keep: int | None = None
+    shrunk: bool | None = None  # the pruned filters or channels were removed; else they stay zeros in place
+    epochs: int | None = None  # with the proximal step, ending with the exact step
+    finetune_epochs: int | None = None  # masked, after it
+    lam: float | None = None
+    train_samples: int | None = None
+    dense_accuracy: float | None = None  # the FP32 model that went in, on `eval_samples`
+    accuracy: float | None = None  # the pruned FP32 model, on the same samples
+    eval_samples: int | None = None
+    dense_parameters: int | None = None
+    parameters: int | None = None
+    nonzero_parameters: int | None = None
+    dense_macs: int | None = None
+    macs: int | None = None
+    seconds: float | None = None
+    source: str | None = None  # the dense model file
+    checkpoint: str | None = None  # the pruned FP32 checkpoint, relative to the output directory
+    sets: tuple[SparsitySet, ...] = ()
     history: tuple[TrainingEpoch, ...] = ()
 
 
@@ -342,8 +388,9 @@ class Timings(_Section):
     """Wall time per pipeline stage in seconds."""
 
     compress: float | None = None
-    export: float | None = None  # QAT methods: training included
+    export: float | None = None  # QAT methods and sparsity: training included
     train: float | None = None
+    sparsify: float | None = None  # WGSEF training and shrinking, part of `export`
     compile: float | None = None
     validate: float | None = None
 
@@ -372,6 +419,7 @@ class Report(_Section):
     method: MethodInfo = field(default_factory=MethodInfo)
     dataset: DatasetInfo = field(default_factory=DatasetInfo)
     training: Training = field(default_factory=Training)
+    sparsity: Sparsity = field(default_factory=Sparsity)
     accuracy: Accuracy = field(default_factory=Accuracy)
     agreement: Agreement = field(default_factory=Agreement)
     latency: Latency = field(default_factory=Latency)
@@ -496,6 +544,7 @@ _HINTS: dict[type, dict[str, Any]] = {}
 _FRACTIONS: dict[type, tuple[str, ...]] = {  # fields checked to lie in [0, 1]
     Accuracy: ("fp32", "compressed", "onnxruntime", "compiled", "compiled_fp32"),
     Agreement: ("top1", "fp32_top1"),
+    Sparsity: ("sparsity", "dense_accuracy", "accuracy"),
 }
 
 
