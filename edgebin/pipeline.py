@@ -21,7 +21,6 @@ import contextlib
 import copy
 import json
 import logging
-import platform
 import shutil
 import sys
 import tempfile
@@ -831,20 +830,15 @@ def _environment() -> dict[str, Any]:
     import onnxruntime
     import tvm
 
+    from edgebin.report.schema import cpu_name
+
     return {
         "edgebin": __version__,
         "torch": torch.__version__,
         "tvm": tvm.__version__,
         "onnxruntime": onnxruntime.__version__,
         "python": sys.version.split()[0],
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
-
-def _cpu_name() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()

@@ -380,7 +380,7 @@ class Environment(_Section):
         now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
         return cls(edgebin=__version__, torch=_dist_version("torch"), tvm=_dist_version("apache-tvm"),
                    onnxruntime=_dist_version("onnxruntime"), python=platform.python_version(),
-                   cpu=_cpu_name(), date=now)
+                   cpu=cpu_name(), date=now)
 
 
 @dataclass(frozen=True)
@@ -566,7 +566,8 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _cpu_name() -> str | None:
+def cpu_name() -> str | None:
+    """The CPU's model name from /proc/cpuinfo (x86 'model name', Arm boards 'Model'), else the platform's guess."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith(("model name", "Model")):

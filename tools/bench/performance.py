@@ -42,6 +42,7 @@ from edgebin.compile import host  # noqa: E402
 from edgebin.compile.mcu_emit import compile_bundle  # noqa: E402
 from edgebin.pipeline_qat import TrainingOptions  # noqa: E402
 from edgebin.quant import Recipe  # noqa: E402
+from edgebin.report.schema import cpu_name  # noqa: E402
 from edgebin.runners import QemuRunner  # noqa: E402
 
 CHECKPOINT = Path("models/resnet8_fashion.pt")
@@ -131,7 +132,8 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
 def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
     base = latency["onnxruntime FP32"]
     lines = ["# Performance: ResNet-8 in FP32, INT8 and W1A1", "",
-             f"Made by `{command}` on {platform.machine()} ({_cpu()}), one run. Host: 1 thread, batch 1, ms per "
+             f"Made by `{command}` on {platform.machine()} ({cpu_name()}), one run. Host: 1 thread, batch 1, "
+             "ms per "
              f"inference, the lowest of {ROUNDS} medians of {args.repeat} runs (engines taking turns); speed-up = "
              "onnxruntime FP32 / engine. "
              f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds.", "",
@@ -156,16 +158,6 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
         cell = f"{other['instructions'] / other['macs']:.2f}" if other else ""
         lines.append(f"| {r['layer']} | {cell} | {r['instructions'] / r['macs']:.2f} | {r['kind']} |")
     return "\n".join(lines) + "\n"
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":

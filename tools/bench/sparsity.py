@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import platform
 import shlex
 import sys
 import tempfile
@@ -42,6 +41,7 @@ from edgebin.compile import host
 from edgebin.compile.mcu_emit import compile_bundle
 from edgebin.loading import load_model
 from edgebin.pipeline_sparsity import SparsityConfig, count_macs, sparsify
+from edgebin.report.schema import cpu_name
 from edgebin.runners import QemuRunner
 from edgebin.sparsity import sef_prox_factors
 
@@ -79,7 +79,7 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     if args.scaling:
-        _save(args.results, {"run": "scaling", "rows": prox_scaling(), "command": command, "cpu": _cpu()})
+        _save(args.results, {"run": "scaling", "rows": prox_scaling(), "command": command, "cpu": cpu_name()})
     elif not args.render:
         torch.set_num_threads(args.threads)
         host.set_threads(1)
@@ -117,7 +117,7 @@ def _measure_all(args, work: Path) -> list[dict]:
         m = measured[name]
         mcu = _mcu(m["onnx"], target, args.samples, work / f"mcu-{name.replace(' ', '_')}")
         records.append({**info, **{k: v for k, v in m.items() if k not in ("artefact", "onnx")}, **mcu,
-                        "host_ms": latency[name], "target": target.name, "cpu": _cpu()})
+                        "host_ms": latency[name], "target": target.name, "cpu": cpu_name()})
     dense = records[0]
     for r in records:
         r["host_speedup"] = dense["host_ms"] / r["host_ms"]
@@ -254,16 +254,6 @@ def markdown(latest: dict[str, dict]) -> str:
     commands = sorted({r["command"] for r in latest.values() if r.get("command")})
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands], ""]
     return "\n".join(lines)
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 if __name__ == "__main__":
