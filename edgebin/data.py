@@ -155,6 +155,14 @@ def calibration_split(ds: Dataset, n: int = 512, seed: int = 0) -> np.ndarray:
     return ds.x_train[idx]
 
 
+def training_split(ds: Dataset, n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The whole training set, or (for `n`) a class-stratified subset of `n` images chosen with `seed`."""
+    if not n:
+        return ds.x_train, ds.y_train
+    idx = stratified_indices(ds.y_train, n, seed)
+    return ds.x_train[idx], ds.y_train[idx]
+
+
 def evaluation_split(ds: Dataset, n: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """The whole test set, or a class-stratified subset of `n` images chosen with `seed`."""
     if n is None or n >= len(ds.y_test):

@@ -72,10 +72,7 @@ def export_trained(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe
     loaded, dataset, norm = load_for_export(model_path, data, arch=arch, input_shape=input_shape,
                                             trust_pickle=trust_pickle, progress=progress)
     _check_trainable(loaded, model_path)
-    x, y = dataset.x_train, dataset.y_train
-    if options.train_samples is not None:
-        idx = datasets.stratified_indices(y, options.train_samples, options.seed)
-        x, y = x[idx], y[idx]
+    x, y = datasets.training_split(dataset, options.train_samples, options.seed)
     x_eval, y_eval = datasets.evaluation_split(dataset, eval_samples)
     fp32 = loaded.module.float().eval()
     model = copy.deepcopy(fp32)

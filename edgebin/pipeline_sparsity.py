@@ -141,10 +141,7 @@ def sparsify(model_path: Path, *, data: str, out: Path, config: SparsityConfig,
     loaded, dataset, norm = load_for_export(model_path, data, arch=arch, input_shape=input_shape,
                                             trust_pickle=trust_pickle, progress=progress)
     _check_trainable(loaded, model_path)
-    x, y = dataset.x_train, dataset.y_train
-    if config.train_samples is not None:
-        idx = datasets.stratified_indices(y, config.train_samples, config.seed)
-        x, y = x[idx], y[idx]
+    x, y = datasets.training_split(dataset, config.train_samples, config.seed)
     x_eval, y_eval = datasets.evaluation_split(dataset, eval_samples)
     x_eval_t, y_eval_t = torch.from_numpy(norm.apply(x_eval)), torch.from_numpy(y_eval).long()
     fp32 = loaded.module.float().eval()

@@ -725,7 +725,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _main(args: argparse.Namespace, rank: int, argv: list[str]) -> int:
-    from edgebin.data import Normalization, check_shape, evaluation_split, load_dataset, stratified_indices
+    from edgebin.data import Normalization, check_shape, evaluation_split, load_dataset, training_split
     from edgebin.loading import save_checkpoint
 
     if args.threads:
@@ -736,10 +736,7 @@ def _main(args: argparse.Namespace, rank: int, argv: list[str]) -> int:
     c, h, w = ds.image_shape
     check_shape(ds, (1, c, h, w))
     norm = Normalization.from_dict(norm_dict) if norm_dict else ds.normalization()
-    x, y = ds.x_train, ds.y_train
-    if args.train_samples:
-        idx = stratified_indices(y, args.train_samples, args.seed)
-        x, y = x[idx], y[idx]
+    x, y = training_split(ds, args.train_samples, args.seed)
     x_eval, y_eval = evaluation_split(ds, args.eval_samples)
     distill = args.checkpoint is not None and args.method is not None and not args.no_distill
     teacher = copy.deepcopy(model).eval() if distill else None

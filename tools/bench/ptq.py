@@ -23,7 +23,7 @@ shared calibration is timed once per model and bit width), and the weight flash 
 object per run, kept between invocations; a later record of the same model, method and bits replaces the earlier
 one) and are rendered between this script's markers in `--doc`, appended at the end of the file if absent, so
 tools/bench/qat.py's re-render (which keeps everything after its findings marker) leaves the section alone;
-hand-written findings below FINDINGS_MARKER in the section survive a re-render. Not a test: nothing is asserted.
+hand-written findings below its findings marker in the section survive a re-render. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from doc_section import write_section  # noqa: E402  (same directory)
+
 from edgebin import capture, metrics
 from edgebin import data as datasets
-from edgebin.atomic import atomic_write_text
 from edgebin.export import export_onnx
 from edgebin.export.lut import lut_layers, rewrite_lut_onnx
 from edgebin.loading import load_model
@@ -55,9 +57,6 @@ from edgebin.quant import calibrate, freeze, nupes, quantize_graph
 
 CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt"), "tiny_vit": Path("models/tiny_vit_fashion.pt")}
 METHODS = ("uniform", "powerquant", "nupes")
-BEGIN = "<!-- ptq: begin, rendered by tools/bench/ptq.py -->"
-FINDINGS_MARKER = "<!-- ptq findings: kept by tools/bench/ptq.py -->"
-END = "<!-- ptq: end -->"
 
 
 def main() -> int:
@@ -160,23 +159,13 @@ def _save(results: Path, record: dict) -> None:
 
 
 def render(results: Path, doc: Path) -> None:
-    """Write the section between BEGIN and END of `doc` (appended if absent), keeping its findings."""
+    """Write this benchmark's section of `doc` (doc_section.write_section), keeping its findings."""
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] \
         if results.is_file() else []
     latest: dict[tuple, dict] = {}
     for r in records:  # a later record of the same run replaces the earlier one
         latest[(r["model"], r["method"], r["weight_bits"])] = r
-    text = doc.read_text() if doc.is_file() else ""
-    findings = f"{FINDINGS_MARKER}\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        old, after = rest.split(END, 1)
-        if FINDINGS_MARKER in old:
-            findings = FINDINGS_MARKER + old.split(FINDINGS_MARKER, 1)[1]
-    else:
-        before, after = text.rstrip("\n") + "\n\n" if text else "", "\n"
-    section = f"{BEGIN}\n{markdown(list(latest.values()))}\n{findings}{END}"
-    atomic_write_text(doc, before + section + after)
+    write_section(doc, "ptq", "tools/bench/ptq.py", markdown(list(latest.values())))
     print(f"wrote {doc} ({len(latest)} records)")
 
 

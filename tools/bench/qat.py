@@ -147,8 +147,7 @@ def _fp32_model(name: str, ds, args) -> tuple[torch.nn.Module, datasets.Normaliz
 
 
 def _subset(ds, args) -> tuple[np.ndarray, np.ndarray]:
-    idx = datasets.stratified_indices(ds.y_train, args.train_samples, args.seed)
-    return ds.x_train[idx], ds.y_train[idx]
+    return datasets.training_split(ds, args.train_samples, args.seed)
 
 
 def _run(model_name: str, run: str, fp32: torch.nn.Module, norm, ds, args) -> dict:

@@ -16,7 +16,7 @@ top-1 on the whole test split, parameters, MACs, host latency of the INT8 model 
 batch 1, the lowest of 5 medians of `--repeat` runs, the models taking turns), and on cortex-m4 (QEMU) the
 instructions per inference, weights (flash) and arena (RAM) bytes. Speed-ups are against the dense model of the
 same invocation. Records go to `--results` (one JSON object per run, kept between invocations) and are rendered
-between this script's markers in `--doc`; hand-written findings below FINDINGS_MARKER in that section survive a
+between this script's markers in `--doc`; hand-written findings below its findings marker in that section survive a
 re-render, and nothing outside the section is touched. Not a test: nothing is asserted.
 """
 
@@ -34,9 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from doc_section import write_section  # noqa: E402  (same directory)
+
 from edgebin import data as datasets
 from edgebin import metrics, pipeline, targets
-from edgebin.atomic import atomic_write_text
 from edgebin.compile import host
 from edgebin.compile.mcu_emit import compile_bundle
 from edgebin.loading import load_model
@@ -48,9 +50,6 @@ from edgebin.sparsity import sef_prox_factors
 CHECKPOINT = Path("models/resnet8_fashion.pt")
 HOST = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
 ROUNDS = 5  # host latency: the lowest of this many medians, the models taking turns
-BEGIN = "<!-- sparsity: begin, rendered by tools/bench/sparsity.py -->"
-FINDINGS_MARKER = "<!-- sparsity findings: kept by tools/bench/sparsity.py -->"
-END = "<!-- sparsity: end -->"
 
 
 def main() -> int:
@@ -182,23 +181,13 @@ def _save(results: Path, record: dict) -> None:
 
 
 def render(results: Path, doc: Path) -> None:
-    """Write the section between BEGIN and END of `doc` (appended if absent), keeping its findings."""
+    """Write this benchmark's section of `doc` (doc_section.write_section), keeping its findings."""
     records = [json.loads(line) for line in results.read_text().splitlines() if line.strip()] \
         if results.is_file() else []
     latest: dict[str, dict] = {}
     for r in records:  # a later record of the same run replaces the earlier one
         latest[r["run"]] = r
-    text = doc.read_text() if doc.is_file() else ""
-    findings = f"{FINDINGS_MARKER}\n"
-    if BEGIN in text and END in text:
-        before, rest = text.split(BEGIN, 1)
-        old, after = rest.split(END, 1)
-        if FINDINGS_MARKER in old:
-            findings = FINDINGS_MARKER + old.split(FINDINGS_MARKER, 1)[1]
-    else:
-        before, after = text.rstrip("\n") + "\n\n" if text else "", "\n"
-    section = f"{BEGIN}\n{markdown(latest)}\n{findings}{END}"
-    atomic_write_text(doc, before + section + after)
+    write_section(doc, "sparsity", "tools/bench/sparsity.py", markdown(latest))
     print(f"wrote {doc} ({len(latest)} records)")
 
 
