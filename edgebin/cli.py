@@ -67,8 +67,14 @@ DataFreeOpt = Annotated[bool, typer.Option("--data-free", rich_help_panel=_NUPES
 IterationsOpt = Annotated[int | None, typer.Option("--iterations", min=0, rich_help_panel=_NUPES, help="Adam steps "
                                                    "per block of the reconstruction (default 400; fewer: faster, "
                                                    "usually less accurate).", show_default=False)]
+PowerActOpt = Annotated[bool, typer.Option("--power-activations", rich_help_panel=_NUPES, help="Put the input of "
+                                            "each NUPES layer (not the network input) on a power grid whose "
+                                            "exponent is searched on the calibration activations, at --act-bits; "
+                                            "it runs as one integer table lookup per value.")]
 ActBitsOpt = Annotated[int | None, typer.Option("--act-bits", min=1, max=32, rich_help_panel=_QAT, help="Activation "
-                                                "bits (default 2; binary 1; 32 keeps layer inputs float).")]
+                                                "bits: QAT default 2 (binary 1; 32 keeps layer inputs float); nupes "
+                                                "2-8, default 8 (below 8: the inputs of its layers, not the "
+                                                "network input).")]
 EstimatorOpt = Annotated[str | None, typer.Option("--estimator", rich_help_panel=_QAT, help="Gradient of sign() for "
                                                   "--method binary: ste (clipped, default), reste (ReSTE's power "
                                                   "schedule) or biper (BiPer's sine, two training stages).")]
@@ -244,6 +250,7 @@ def compress(
     resume: ResumeOpt = False,
     data_free: DataFreeOpt = False,
     iterations: IterationsOpt = None,
+    power_activations: PowerActOpt = False,
     sparsity: SparsityOpt = None,
     keep: KeepOpt = None,
     groups: GroupsOpt = None,
@@ -257,13 +264,14 @@ def compress(
     `edgebin compress models/resnet8_fashion.pt --method binary --estimator biper --epochs 9 -o out/` ·
     `edgebin compress models/resnet8_fashion.pt --method statsq --bits 2 --act-bits 2 --target cortex-m4 -o out/` ·
     `edgebin compress models/resnet8_fashion.pt --method nupes --bits 4 -o out/` ·
+    `edgebin compress models/resnet8_fashion.pt --method nupes --bits 4 --act-bits 4 --power-activations -o out/` ·
     `edgebin compress models/resnet8_fashion.pt --sparsity 0.5 --groups filters --method int8 --target cortex-m4
     -o out/`
     """
     sparse = _sparsity(sparsity, keep, groups, epochs, batch_size, lr, train_samples, distill, seed)
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None,
-                               data_free=data_free, iterations=iterations)
+                               data_free=data_free, iterations=iterations, power_activations=power_activations)
     training = _training(epochs, cga_epochs, batch_size, lr, train_samples, distill, seed, resume)
     report = pipeline.compress(model, target=target, method=method, data=data, out_dir=out, arch=arch,
                                input_shape=_shape(input_shape), trust_pickle=trust_pickle, recipe=rec,
@@ -300,6 +308,7 @@ def export(
     resume: ResumeOpt = False,
     data_free: DataFreeOpt = False,
     iterations: IterationsOpt = None,
+    power_activations: PowerActOpt = False,
     sparsity: SparsityOpt = None,
     keep: KeepOpt = None,
     groups: GroupsOpt = None,
@@ -315,7 +324,7 @@ def export(
     sparse = _sparsity(sparsity, keep, groups, epochs, batch_size, lr, train_samples, distill, seed)
     rec = pipeline.make_recipe(method, calibration, calibration_samples, percentile, recipe, bits=bits,
                                act_bits=act_bits, estimator=estimator, first_last_bits=first_last_bits or None,
-                               data_free=data_free, iterations=iterations)
+                               data_free=data_free, iterations=iterations, power_activations=power_activations)
     training = _training(epochs, cga_epochs, batch_size, lr, train_samples, distill, seed, resume)
     result = pipeline.export(model, data=data, out_dir=out, recipe=rec, arch=arch, input_shape=_shape(input_shape),
                              trust_pickle=trust_pickle, progress=_progress(), training=training, sparsity=sparse)

@@ -103,21 +103,22 @@ def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_s
                 percentile: float = 99.99, recipe_file: Path | None = None, *, bits: int | None = None,
                 act_bits: int | None = None, estimator: str | None = None,
                 first_last_bits: int | None = 8, data_free: bool = False,
-                iterations: int | None = None) -> Recipe:
+                iterations: int | None = None, power_activations: bool = False) -> Recipe:
     """The recipe from CLI flags, or from a recipe file (which then wins).
 
     int8 and nupes are post-training quantization (calibration flags apply; `calibration_samples` defaults to
-    512, for nupes to 1,024, its maximum); nupes takes `bits` (default 4), `data_free` and `iterations` (Adam steps
-    per block). The QAT methods take `bits`, `act_bits`, `estimator` (binary) and `first_last_bits` (None: the
-    first and last layers follow the method too).
+    512, for nupes to 1,024, its maximum); nupes takes `bits` (default 4), `data_free`, `iterations` (Adam steps
+    per block), `act_bits` (default 8) and `power_activations`. The QAT methods take `bits`, `act_bits`,
+    `estimator` (binary) and `first_last_bits` (None: the first and last layers follow the method too).
     """
     from edgebin.quant import CalibrationConfig
     from edgebin.quant.recipe import NUPES_MAX_SAMPLES, NupesConfig
 
     if recipe_file is not None:
         return Recipe.from_file(recipe_file)
-    if (data_free or iterations is not None) and method != "nupes":
-        raise UsageError(f"--data-free and --iterations apply to --method nupes, not {method!r}")
+    if (data_free or iterations is not None or power_activations) and method != "nupes":
+        raise UsageError(f"--data-free, --iterations and --power-activations apply to --method nupes, not "
+                         f"{method!r}")
     samples = calibration_samples or (NUPES_MAX_SAMPLES if method == "nupes" else 512)
     calib = CalibrationConfig(method=calibration, samples=samples, percentile=percentile)
     if method == "int8":
@@ -127,12 +128,13 @@ def make_recipe(method: str = "int8", calibration: str = "minmax", calibration_s
                              "or lsq")
         return Recipe(method=method, calibration=calib)
     if method == "nupes":
-        if act_bits not in (None, 8) or estimator is not None:
-            raise UsageError("--method nupes quantizes weights to --bits 2-8 and activations to 8 bits: drop "
-                             "--act-bits and --estimator (they are for the QAT methods)")
+        if act_bits not in (None, 2, 3, 4, 5, 6, 7, 8) or estimator is not None:
+            raise UsageError("--method nupes quantizes weights to --bits 2-8 and activations to --act-bits 2-8 "
+                             "(default 8); --estimator is for --method binary")
         steps = {} if iterations is None else {"iterations": iterations}
         config = NupesConfig(weight_bits=4 if bits is None else bits, mode="data-free" if data_free else "data-driven",
-                             **steps)
+                             activation_bits=8 if act_bits is None else act_bits,
+                             power_activations=power_activations, **steps)
         return Recipe(method=method, default=config, calibration=calib, first_last_bits=None)
     return Recipe.for_method(method, weight_bits=bits, activation_bits=act_bits, estimator=estimator,
                              calibration=calib, first_last_bits=first_last_bits)
@@ -212,6 +214,7 @@ def export(model_path: Path, *, data: str, out_dir: Path, recipe: Recipe | None 
         freeze(quant_graph)
     layers, quant_bytes = [r.to_dict() for r in summary.layers], weights_bytes(quant_graph)
     if recipe.method == "nupes":
+        layers = _fit_activation_tables(quant_graph, recipe, x_calib, min(64, batch), layers, progress)
         layers, quant_bytes = _fit_nupes(quant_graph, recipe, x_calib, min(64, batch), layers, progress)
     run_info = run_info_for(model_path, data, loaded, dataset, norm, recipe, layers)
     meta = {"edgebin.method": recipe.method, "edgebin.recipe": json.dumps(recipe.to_dict()),
@@ -254,6 +257,29 @@ def _export_sparse(model_path: Path, config: SparsityConfig, *, out_dir: Path, e
     result.run_info = run_info
     result.seconds += sparse.seconds
     return result
+
+
+def _fit_activation_tables(quant_graph, recipe: Recipe, x_calib: np.ndarray, batch: int, layers: list[dict],
+                           progress: Progress) -> list[dict]:
+    """NUPES inputs below 8 bits or on a power grid (`edgebin.quant.power_act`), before the weights are fitted to
+    them: each layer record gains its input's bits, exponent and level count."""
+    from edgebin.quant import power_act
+
+    count = power_act.count_inputs(quant_graph, recipe)
+    if not count:
+        return layers
+    with progress.stage("Searching activation exponents", total=count) as advance:
+        tables = power_act.quantize_activations(quant_graph, recipe, x_calib, batch_size=batch, progress=advance)
+    by_layer = {layer: t for t in tables for layer in t.layers}
+    out = []
+    for r in layers:
+        t = by_layer.get(r["layer"])
+        if t is not None:
+            r = {**r, "activation_bits": t.bits, "activation_exponent": t.exponent, "activation_levels": t.levels}
+        elif r.get("weight_bits") is not None:
+            r = {**r, "activation_bits": 8}  # the network input (or a layer kept at int8) reads 8-bit codes
+        out.append(r)
+    return out
 
 
 def _fit_nupes(quant_graph, recipe: Recipe, x_calib: np.ndarray, batch: int, layers: list[dict],
@@ -687,7 +713,7 @@ def _assemble_report(out_dir: Path, run_info: dict[str, Any], tgt, ev: _Evaluati
             "estimator": recipe.get("default", {}).get("estimator"),
             "calibration": {"method": calibration.get("method"), "samples": calibration.get("samples")},
             "per_layer": [{k: r.get(k) for k in ("layer", "op", "weight_bits", "activation_bits", "method", "kind",
-                                                     "estimator", "exponent")}
+                                                     "estimator", "exponent", "activation_exponent")}
                           for r in run_info.get("layers", [])],
         },
         "dataset": {"name": ev.data, "eval_samples": int(len(y)),

@@ -248,8 +248,8 @@ def test_recipe_round_trips_and_rejects_bad_values():
     assert Recipe.from_dict(json.loads(json.dumps(recipe.to_dict()))) == recipe
     free = Recipe(method="nupes", default=NupesConfig(mode="data-free", exponent_scope="network"))
     assert Recipe.from_dict(free.to_dict()) == free
-    for bad in ({"weight_bits": 9}, {"weight_bits": 1}, {"activation_bits": 4}, {"mode": "data-fre"},
-                {"exponent_scope": "channel"}, {"iterations": -1}):
+    for bad in ({"weight_bits": 9}, {"weight_bits": 1}, {"activation_bits": 1}, {"mode": "data-fre"},
+                {"exponent_scope": "channel"}, {"iterations": -1}, {"power_activations": "yes"}):
         with pytest.raises(RecipeError, match="nupes"):
             NupesConfig(**bad)
     with pytest.raises(RecipeError, match="1024"):
@@ -265,8 +265,10 @@ def test_cli_flags_make_the_nupes_recipe():
     assert recipe.default == NupesConfig(weight_bits=3, mode="data-free") and recipe.calibration.samples == 1024
     assert make_recipe("nupes", calibration_samples=256, iterations=50).default.iterations == 50
     assert make_recipe("int8").calibration.samples == 512
-    for method, flags in (("nupes", {"act_bits": 4}), ("nupes", {"estimator": "ste"}), ("int8", {"data_free": True}),
-                          ("statsq", {"iterations": 10})):
+    assert make_recipe("nupes", act_bits=4, power_activations=True).default == NupesConfig(activation_bits=4,
+                                                                                           power_activations=True)
+    for method, flags in (("nupes", {"act_bits": 1}), ("nupes", {"estimator": "ste"}), ("int8", {"data_free": True}),
+                          ("statsq", {"iterations": 10}), ("int8", {"power_activations": True})):
         with pytest.raises(UsageError, match="nupes"):
             make_recipe(method, **flags)
 

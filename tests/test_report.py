@@ -154,7 +154,7 @@ def test_report_json_has_the_documented_keys(tmp_path):
     assert {"kernels", "kernels_detail", "ops", "fallbacks", "warnings", "command"} <= set(data)
     assert data["method"]["calibration"] == {"method": "minmax", "samples": 512}
     assert set(data["method"]["per_layer"][0]) == {"layer", "op", "weight_bits", "activation_bits", "method", "kind",
-                                                   "estimator", "exponent"}
+                                                   "estimator", "exponent", "activation_exponent"}
     assert data["sparsity"]["groups"] is None and data["sparsity"]["sets"] == []  # no sparsity stage: all null
     assert data["latency"]["unit"] == "ms" and data["latency"]["threads"] == 1
     assert set(data["latency"]["engines"]["edgebin-int8"]) >= {"median_ms", "p10_ms", "p90_ms", "runs"}

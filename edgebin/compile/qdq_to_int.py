@@ -223,10 +223,29 @@ class _Rewriter(PyExprMutator):
     # --- anchors ---------------------------------------------------------------------------------------------
 
     def visit_call_(self, call):
+        if self._is_table_lookup(call):
+            # a lookup in a constant table (NUPES activation tables, indexed by uint8 codes): "clip" instead of
+            # the importer's "fast" mode, equal for the in-range indices it has, and TOPI does not warn about it
+            self.rewritten["table_lookup"] += 1
+            index = self._unsigned_index(call.args[1])
+            return relax.op.take(self.visit_expr(call.args[0]), self.visit_expr(index), call.attrs.axis, "clip")
         new = self._rewrite_quantize(call) if self.stage == "quantized" else self._rewrite_float_output(call)
         if new is None:
             return super().visit_call_(call)
         return new
+
+    def _unsigned_index(self, index):
+        """The uint8 codes u themselves for the importer's `where(i < 0, i + n, i)` with i = astype(u, int32): u is
+        never negative, and indexing with it directly keeps a 4-byte index tensor out of memory."""
+        fixup = self.graph.value(index)
+        cast = self.graph.value(fixup.args[2]) if call_op_name(fixup) == "relax.where" else fixup
+        if call_op_name(cast) == "relax.astype" and tensor_dtype(cast.args[0]) == "uint8":
+            return cast.args[0]
+        return index
+
+    def _is_table_lookup(self, call) -> bool:
+        return (call_op_name(call) == "relax.take" and call.attrs.mode == "fast"
+                and const_array(self.graph.value(call.args[0])) is not None)
 
     def _rewrite_quantize(self, call):
         if call_op_name(call) != "relax.quantize":

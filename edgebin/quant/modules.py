@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from edgebin.quant.observers import MinMaxObserver
-from edgebin.quant.qdq import dequantize_codes, quantize_dequantize
+from edgebin.quant.qdq import dequantize_codes, quantize_dequantize, quantize_lookup_dequantize
 from edgebin.quant.uniform import (
     ACT_QMAX,
     ACT_QMIN,
@@ -39,6 +39,9 @@ class ActQuant(nn.Module):
 
     With `shared_with`, it reuses another quantizer's scale and zero point: used after max-pool, reshape and
     ReLU on already-quantized values, where requantizing would only lose precision.
+
+    `table` (None, or 256 uint8 entries set by `edgebin.quant.power_act`) maps each code before dequantizing:
+    NUPES's low-bit and power-grid activations on the same uint8 scale.
     """
 
     bits = 8
@@ -50,6 +53,7 @@ class ActQuant(nn.Module):
         object.__setattr__(self, "shared_with", shared_with)  # a reference, not a submodule
         self.register_buffer("scale", torch.tensor(1.0))
         self.register_buffer("zero_point", torch.tensor(0, dtype=torch.uint8))
+        self.register_buffer("table", None)
 
     def source(self) -> ActQuant:
         """The quantizer whose parameters this one uses."""
@@ -76,6 +80,8 @@ class ActQuant(nn.Module):
             self.observer.update(x.detach())
         if self.mode != "quantize":
             return x
+        if self.table is not None:
+            return quantize_lookup_dequantize(x, self.scale, self.zero_point, self.table)
         return quantize_dequantize(x, self.scale, self.zero_point)
 
     def extra_repr(self) -> str:

@@ -43,6 +43,34 @@ class QuantizeDequantize(torch.autograd.Function):
         return g.op("DequantizeLinear", q, scale, zero_point)
 
 
+class QuantizeLookupDequantize(torch.autograd.Function):
+    """Per-tensor uint8 fake quantization whose codes pass through a 256-entry uint8 table before dequantizing
+    (NUPES low-bit and power-grid activations, `edgebin.quant.power_act`); exports as
+    QuantizeLinear -> Cast(int32) -> Gather(table) -> DequantizeLinear.
+
+    Gradient: straight-through inside [0, 255], zero outside, as QuantizeDequantize.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: Tensor, zero_point: Tensor, table: Tensor) -> Tensor:
+        zp = zero_point.float()
+        q = torch.round(x / scale) + zp
+        ctx.save_for_backward((q >= ACT_QMIN) & (q <= ACT_QMAX))
+        codes = table[torch.clamp(q, ACT_QMIN, ACT_QMAX).long()]
+        return (codes.float() - zp) * scale
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (inside,) = ctx.saved_tensors
+        return grad * inside, None, None, None
+
+    @staticmethod
+    def symbolic(g, x, scale, zero_point, table):
+        q = g.op("QuantizeLinear", x, scale, zero_point)
+        index = g.op("Cast", q, to_i=6)  # TensorProto.INT32
+        return g.op("DequantizeLinear", g.op("Gather", table, index, axis_i=0), scale, zero_point)
+
+
 class DequantizeCodes(torch.autograd.Function):
     """Integer codes (int8 weights, int32 biases) to float along `axis`; exports as DequantizeLinear."""
 
@@ -63,6 +91,11 @@ class DequantizeCodes(torch.autograd.Function):
 def quantize_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor) -> Tensor:
     """Fake-quantize `x` (per tensor); `zero_point` is a uint8 (or int8) 0-d tensor."""
     return QuantizeDequantize.apply(x, scale, zero_point)
+
+
+def quantize_lookup_dequantize(x: Tensor, scale: Tensor, zero_point: Tensor, table: Tensor) -> Tensor:
+    """Fake-quantize `x` to uint8 codes u, then to the codes table[u] (a uint8 tensor of 256 entries)."""
+    return QuantizeLookupDequantize.apply(x, scale, zero_point, table)
 
 
 def dequantize_codes(codes: Tensor, scale: Tensor, zero_point: Tensor, axis: int = 0) -> Tensor:

@@ -184,7 +184,8 @@ NUPES_MAX_SAMPLES = 1024  # NUPES reconstructs block outputs on at most this man
 @dataclass(frozen=True, kw_only=True)
 class NupesConfig(LayerConfig):
     """NUPES / PowerQuant: b-bit power-exponent weight codes (2-8 bits) read through an int8 table, uniform
-    8-bit activations as int8 PTQ (see `edgebin.quant.nupes`).
+    8-bit activations as int8 PTQ (see `edgebin.quant.nupes`). `activation_bits` below 8 and/or
+    `power_activations` give the layer's input a b-bit uniform or power grid instead (`edgebin.quant.power_act`).
 
     `mode="data-driven"` (NUPES) learns codes and exponents by block-wise output reconstruction for `iterations`
     Adam steps per block; `"data-free"` (PowerQuant) only searches the exponent on the weights. `exponent_scope`
@@ -199,10 +200,13 @@ class NupesConfig(LayerConfig):
     mode: str = "data-driven"
     exponent_scope: str = "layer"
     iterations: int = 400
+    power_activations: bool = False
 
     def __post_init__(self) -> None:
         _check_bits(self, "weight_bits", _MULTI_BIT)
-        _check_bits(self, "activation_bits", (8,))
+        _check_bits(self, "activation_bits", _MULTI_BIT)
+        if not isinstance(self.power_activations, bool):
+            raise RecipeError(f"nupes: power_activations must be true or false, got {self.power_activations!r}")
         if self.mode not in NUPES_MODES:
             raise RecipeError(f"nupes: mode must be one of {', '.join(NUPES_MODES)}, got {self.mode!r}"
                               f"{closest(str(self.mode), NUPES_MODES)}")

@@ -360,7 +360,10 @@ def _per_layer(r: Report) -> str:
     if any(p.exponent is not None for p in r.method.per_layer):  # NUPES: the power of each layer's grid
         rows = [(*row, number(p.exponent, 3)) for row, p in zip(rows, r.method.per_layer, strict=True)]
         header = (*header, "Exponent")
-    return "## Per layer\n\n" + _table(header, rows, align="llrrllr")
+    if any(p.activation_exponent is not None for p in r.method.per_layer):  # and of its input's grid
+        rows = [(*row, number(p.activation_exponent, 3)) for row, p in zip(rows, r.method.per_layer, strict=True)]
+        header = (*header, "Input exponent")
+    return "## Per layer\n\n" + _table(header, rows, align="llrrllrr")
 
 
 def _warnings(r: Report) -> str:

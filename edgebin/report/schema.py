@@ -88,6 +88,7 @@ class LayerPrecision(_Section):
     kind: str | None = None
     estimator: str | None = None
     exponent: float | None = None  # NUPES: the power of the layer's weight grid (1: uniform)
+    activation_exponent: float | None = None  # NUPES --act-bits/--power-activations: its input's grid (1: uniform)
 
 
 @dataclass(frozen=True)
