@@ -38,11 +38,13 @@ needs_qemu = pytest.mark.skipif(
     reason="qemu-system-arm or arm-none-eabi-gcc not installed; run make setup")
 
 # (k, n, x offset, w offset): every k % 4 and n % 4, rows that start at every alignment, the layers' shapes
-# (stem 9 x 16, LeNet 25 x 6, 1x1 16 x 32, 3x3 144 x 16, gemm 64 x 10, 576 x 8: several passes of the spread buffer).
+# (stem 9 x 16, LeNet 25 x 6, 1x1 16 x 32, 3x3 144 x 16, gemm 64 x 10; 576 x 8 and 1000 x 4: several passes of the
+# spread buffer).
 CASES = [(1, 1, 0, 0), (2, 3, 1, 2), (3, 5, 3, 1), (4, 4, 0, 0), (5, 2, 2, 3), (7, 7, 1, 1), (9, 16, 3, 2),
-         (16, 32, 2, 1), (25, 6, 1, 0), (36, 13, 0, 3), (64, 10, 3, 3), (144, 16, 1, 2), (576, 8, 2, 0)]
+         (16, 32, 2, 1), (25, 6, 1, 0), (36, 13, 0, 3), (64, 10, 3, 3), (144, 16, 1, 2), (576, 8, 2, 0),
+         (1000, 4, 1, 1)]
 COLUMNS = (1, 2, 4)  # edgebin_matvec_*, edgebin_matvec2_*, edgebin_matvec4_*
-X_BYTES, W_BYTES, ACC = 2400, 4700, 32  # int8 inputs (4 columns of 576 at most), int8 weights, junk accumulators
+X_BYTES, W_BYTES, ACC = 4004, 4700, 32  # int8 inputs (4 columns of 1000 at most), int8 weights, junk accumulators
 IN_ELEMS = X_BYTES + W_BYTES + ACC
 OUT_ELEMS = 2 * sum(COLUMNS) * sum(n for _, n, _, _ in CASES)  # int8 x, then the same bytes as uint8 x
 

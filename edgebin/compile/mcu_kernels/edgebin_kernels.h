@@ -13,13 +13,14 @@
  *
  * Cores with the DSP extension (Cortex-M4, M7, M33, M55: __ARM_FEATURE_SIMD32) multiply two int8 pairs per
  * SMLAD: one 32-bit load brings 4 int8, SXTB16 and SXTB16-with-ROR-8 spread them into two pairs of int16, and
- * each pair meets the matching pair of the input in one SMLAD. One column: four weight rows share each input word,
- * 51 instructions per 32 MACs in the inner loop. P columns: the columns are spread into int16 pairs once per call
- * (a 512-byte stack buffer, EDGEBIN_SPREAD_WORDS), then each weight word costs one load and two SXTB16 for P
- * columns, and each column one LDRD and two SMLAD: 33 instructions per 32 MACs with P = 4, 21 per 16 with P = 2,
- * which is what layers with a short reduction (a 3x3 conv of one channel: 9 MACs per output) need. Words may be
- * unaligned (LDR allows it on these cores). Weights stay int8 in flash. Other cores and the host run the plain C
- * loops; define EDGEBIN_NO_SIMD to force them.
+ * each pair meets the matching pair of the input in one SMLAD. Every path first spreads its columns into int16
+ * pairs, once per call (a 1,152-byte stack buffer, EDGEBIN_SPREAD_WORDS; longer reductions take several passes),
+ * because a weight word is then spread once for all P columns. P = 4 or 2 columns: per weight word one load and
+ * two SXTB16, then per two columns one LDM of their four spread words and four SMLAD: 13 instructions per 16 MACs
+ * with P = 4, 8 per 8 with P = 2. One column: four weight rows share each spread input word (one LDRD), each row
+ * a load, two SXTB16 and two SMLAD: 21 instructions per 16 MACs. Words may be unaligned (LDR allows it on these
+ * cores). Weights stay int8 in flash. Other cores and the host run the plain C loops; define EDGEBIN_NO_SIMD to
+ * force them.
  */
 #ifndef EDGEBIN_KERNELS_H
 #define EDGEBIN_KERNELS_H
@@ -85,121 +86,19 @@ static inline int32_t edgebin_smlad(uint32_t a, uint32_t b, int32_t acc) {
   return r;
 }
 
-/* Two rows: acc[0] = x . w0, acc[1] = x . w1 (the rows left over by the four-row loop). */
-EDGEBIN_INLINE void edgebin_dot2_x8(const void* x, const int8_t* w0, const int8_t* w1, int32_t k, int32_t* acc,
-                                    const int u) {
-  int32_t s0 = 0, s1 = 0, i = 0;
-  for (; i + 4 <= k; i += 4) {
-    uint32_t xv = edgebin_load_s8x4((const int8_t*)x + i);
-    uint32_t a = edgebin_load_s8x4(w0 + i), b = edgebin_load_s8x4(w1 + i);
-    uint32_t x02 = EDGEBIN_X02(xv, u), x13 = EDGEBIN_X13(xv, u);
-    s0 = edgebin_smlad(edgebin_sxtb16(a), x02, s0);
-    s0 = edgebin_smlad(edgebin_sxtb16_ror8(a), x13, s0);
-    s1 = edgebin_smlad(edgebin_sxtb16(b), x02, s1);
-    s1 = edgebin_smlad(edgebin_sxtb16_ror8(b), x13, s1);
-  }
-  for (; i < k; ++i) {
-    s0 += EDGEBIN_XI(x, i, u) * (int32_t)w0[i];
-    s1 += EDGEBIN_XI(x, i, u) * (int32_t)w1[i];
-  }
-  acc[0] = s0;
-  acc[1] = s1;
-}
+#define EDGEBIN_SPREAD_WORDS 288 /* stack for the spread columns: 1,152 bytes, 144 / P words of k a pass */
 
-/* One row: x . w. */
-EDGEBIN_INLINE int32_t edgebin_dot_x8(const void* x, const int8_t* w, int32_t k, const int u) {
-  int32_t acc = 0, i = 0;
-  for (; i + 4 <= k; i += 4) {
-    uint32_t xv = edgebin_load_s8x4((const int8_t*)x + i), wv = edgebin_load_s8x4(w + i);
-    acc = edgebin_smlad(edgebin_sxtb16(wv), EDGEBIN_X02(xv, u), acc);
-    acc = edgebin_smlad(edgebin_sxtb16_ror8(wv), EDGEBIN_X13(xv, u), acc);
-  }
-  for (; i < k; ++i) acc += EDGEBIN_XI(x, i, u) * (int32_t)w[i];
-  return acc;
-}
-
-/* One step of the four-row loop: 4 inputs x rows wa, wa + k, wa + 2k, wa + 3k; xp and wa move on by 4.
- * 4 + 5 loads, 10 SXTB16, 8 SMLAD, 1 address: 24 instructions for 16 MACs. XT extends the input bytes:
- * "sxtb16" for int8, "uxtb16" for uint8. */
-#define EDGEBIN_MATVEC_STEP(XT)             \
-  "ldr    %[x02], [%[xp]], #4\n\t"          \
-  XT "   %[x13], %[x02], ror #8\n\t"        \
-  XT "   %[x02], %[x02]\n\t"                \
-  "add    %[t], %[wa], %[k]\n\t"            \
-  "ldr    %[a], [%[t], %[k], lsl #1]\n\t"   \
-  "sxtb16 %[t], %[a]\n\t"                   \
-  "sxtb16 %[a], %[a], ror #8\n\t"           \
-  "smlad  %[s3], %[t], %[x02], %[s3]\n\t"   \
-  "smlad  %[s3], %[a], %[x13], %[s3]\n\t"   \
-  "ldr    %[a], [%[wa], %[k], lsl #1]\n\t"  \
-  "sxtb16 %[t], %[a]\n\t"                   \
-  "sxtb16 %[a], %[a], ror #8\n\t"           \
-  "smlad  %[s2], %[t], %[x02], %[s2]\n\t"   \
-  "smlad  %[s2], %[a], %[x13], %[s2]\n\t"   \
-  "ldr    %[a], [%[wa], %[k]]\n\t"          \
-  "sxtb16 %[t], %[a]\n\t"                   \
-  "sxtb16 %[a], %[a], ror #8\n\t"           \
-  "smlad  %[s1], %[t], %[x02], %[s1]\n\t"   \
-  "smlad  %[s1], %[a], %[x13], %[s1]\n\t"   \
-  "ldr    %[a], [%[wa]], #4\n\t"            \
-  "sxtb16 %[t], %[a]\n\t"                   \
-  "sxtb16 %[a], %[a], ror #8\n\t"           \
-  "smlad  %[s0], %[t], %[x02], %[s0]\n\t"   \
-  "smlad  %[s0], %[a], %[x13], %[s0]\n\t"
-
-/* Eleven registers. A twelfth or thirteenth (a second row pointer, a loop counter) would save an instruction,
- * but gcc then fails ("impossible constraints") inside kernels whose epilogue keeps many values live, or with a
- * frame pointer; so the loop end is compared with a value in memory, once per two steps. */
-#define EDGEBIN_MATVEC_OPERANDS                                                                          \
-  : [s0] "+r"(s0), [s1] "+r"(s1), [s2] "+r"(s2), [s3] "+r"(s3), [xp] "+r"(xp), [wa] "+r"(wa),          \
-    [x02] "=&r"(x02), [x13] "=&r"(x13), [a] "=&r"(a), [t] "=&r"(t)                                      \
-  : [k] "r"(k), [end] "m"(x_end)                                                                        \
-  : "cc", "memory"
-
-/* The one-column matvec for an int8 (u = 0) or uint8 (u = 1) input; `u` is a constant wherever this is inlined. */
-EDGEBIN_INLINE void edgebin_matvec_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
-                                      const int u) {
-  const int32_t words = k >> 2, rest = k & 3, n4 = n & ~3;
-  int32_t j = 0;
-  for (; j < n4; j += 4) { /* rows j..j+3 at wa, wa + k, wa + 2k, wa + 3k */
-    const int8_t* xp = (const int8_t*)x;
-    const int8_t* wa = w + j * k;
-    const int8_t* const x_end = xp + 4 * words;
-    int32_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    uint32_t x02, x13, a, t;
-    if (words & 1) {
-      if (u) __asm__ volatile(EDGEBIN_MATVEC_STEP("uxtb16") EDGEBIN_MATVEC_OPERANDS);
-      else __asm__ volatile(EDGEBIN_MATVEC_STEP("sxtb16") EDGEBIN_MATVEC_OPERANDS);
+/* Words c0 .. c0 + cw - 1 of P columns (column p: the k bytes at x + p k) as int16 pairs, word c of column p at
+ * xe[2 (c P + p)] (its bytes 0 and 2) and xe[2 (c P + p) + 1] (bytes 1 and 3). */
+EDGEBIN_INLINE void edgebin_spread(const uint8_t* x, int32_t k, int32_t c0, int32_t cw, uint32_t* xe, const int P,
+                                   const int u) {
+  for (int32_t c = 0; c < cw; ++c)
+    for (int p = 0; p < P; ++p) {
+      uint32_t v = edgebin_load_s8x4((const int8_t*)x + p * k + 4 * (c0 + c));
+      xe[2 * (c * P + p)] = EDGEBIN_X02(v, u);
+      xe[2 * (c * P + p) + 1] = EDGEBIN_X13(v, u);
     }
-    if (words > 1 && u) {  /* 51 instructions for 32 MACs */
-      __asm__ volatile("1:\n\t" EDGEBIN_MATVEC_STEP("uxtb16") EDGEBIN_MATVEC_STEP("uxtb16")
-                       "ldr    %[t], %[end]\n\t"
-                       "cmp    %[xp], %[t]\n\t"
-                       "bne    1b\n\t" EDGEBIN_MATVEC_OPERANDS);
-    } else if (words > 1) {
-      __asm__ volatile("1:\n\t" EDGEBIN_MATVEC_STEP("sxtb16") EDGEBIN_MATVEC_STEP("sxtb16")
-                       "ldr    %[t], %[end]\n\t"
-                       "cmp    %[xp], %[t]\n\t"
-                       "bne    1b\n\t" EDGEBIN_MATVEC_OPERANDS);
-    }
-    for (int32_t i = 0; i < rest; ++i) {
-      int32_t xi = EDGEBIN_XI(xp, i, u);
-      s0 += xi * wa[i];
-      s1 += xi * wa[k + i];
-      s2 += xi * wa[2 * k + i];
-      s3 += xi * wa[3 * k + i];
-    }
-    acc[j] = s0;
-    acc[j + 1] = s1;
-    acc[j + 2] = s2;
-    acc[j + 3] = s3;
-  }
-  for (; j + 2 <= n; j += 2) edgebin_dot2_x8(x, w + j * k, w + (j + 1) * k, k, acc + j, u);
-  if (j < n) acc[j] = edgebin_dot_x8(x, w + j * k, k, u);
 }
-
-#undef EDGEBIN_MATVEC_STEP
-#undef EDGEBIN_MATVEC_OPERANDS
 
 /* The last r = k % 4 (2 or 3) input bytes of each column, with the k - 4 .. k - r ones zeroed, spread like a word:
  * the weight word that ends the row meets them, and the bytes it shares with the last full word count zero. */
@@ -209,52 +108,69 @@ EDGEBIN_INLINE void edgebin_spread_tail(const uint8_t* x, int32_t k, int32_t r, 
   pair[1] = EDGEBIN_X13(v, u);
 }
 
-/* One weight word (at wp, which moves on by 4) against P spread columns (at ep: two words per column, moves on by
- * 8 P): a load, two SXTB16, then per column one LDRD and two SMLAD (SMUAD first when the sums start here). */
+/* P = 2 or 4 columns, one row: per weight word (at wp, on by 4) a load and two SXTB16, then per two columns (at ep,
+ * on by 16) one LDM of their four spread words and four SMLAD (SMUAD first when the sums start here): 13
+ * instructions for 16 MACs with P = 4, 8 for 8 with P = 2. LDM wants its registers in ascending order, so the
+ * column words are bound to r0-r3 (gcc moves whatever it kept there around the asm). */
 #define EDGEBIN_WORD                  \
   "ldr    %[a], [%[wp]], #4\n\t"      \
   "sxtb16 %[b], %[a], ror #8\n\t"     \
   "sxtb16 %[a], %[a]\n\t"
-#define EDGEBIN_COLUMN(S)                        \
-  "ldrd   %[x0], %[x1], [%[ep]], #8\n\t"         \
-  "smlad  " S ", %[a], %[x0], " S "\n\t"         \
-  "smlad  " S ", %[b], %[x1], " S "\n\t"
-#define EDGEBIN_FIRST_COLUMN(S)                  \
-  "ldrd   %[x0], %[x1], [%[ep]], #8\n\t"         \
-  "smuad  " S ", %[a], %[x0]\n\t"                \
-  "smlad  " S ", %[b], %[x1], " S "\n\t"
-#define EDGEBIN_WORD4(COLUMN) EDGEBIN_WORD COLUMN("%[s0]") COLUMN("%[s1]") COLUMN("%[s2]") COLUMN("%[s3]")
-#define EDGEBIN_WORD2(COLUMN) EDGEBIN_WORD COLUMN("%[s0]") COLUMN("%[s1]")
-/* Two words a pass; the loop end is compared with a value in memory: ten registers at most for P = 4 (see
- * EDGEBIN_MATVEC_OPERANDS on why not more). */
-#define EDGEBIN_LOOP(STEP) "1:\n\t" STEP STEP "ldr    %[a], %[end]\n\t" "cmp    %[wp], %[a]\n\t" "bne    1b\n\t"
+#define EDGEBIN_TWO_COLUMNS(S, T)                           \
+  "ldmia  %[ep]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"         \
+  "smlad  " S ", %[a], %[x0], " S "\n\t"                    \
+  "smlad  " S ", %[b], %[x1], " S "\n\t"                    \
+  "smlad  " T ", %[a], %[x2], " T "\n\t"                    \
+  "smlad  " T ", %[b], %[x3], " T "\n\t"
+#define EDGEBIN_TWO_FIRST(S, T)                             \
+  "ldmia  %[ep]!, {%[x0], %[x1], %[x2], %[x3]}\n\t"         \
+  "smuad  " S ", %[a], %[x0]\n\t"                           \
+  "smlad  " S ", %[b], %[x1], " S "\n\t"                    \
+  "smuad  " T ", %[a], %[x2]\n\t"                           \
+  "smlad  " T ", %[b], %[x3], " T "\n\t"
+#define EDGEBIN_STEP4(TWO) EDGEBIN_WORD TWO("%[s0]", "%[s1]") TWO("%[s2]", "%[s3]")
+#define EDGEBIN_STEP2(TWO) EDGEBIN_WORD TWO("%[s0]", "%[s1]")
+/* Four words a pass; the loop end is compared with a value in memory (no register left for it). */
+#define EDGEBIN_LOOP(STEP) "1:\n\t" STEP STEP STEP STEP "ldr    %[a], %[end]\n\t" "cmp    %[wp], %[a]\n\t" "bne    1b\n\t"
 #define EDGEBIN_SUMS4(C) [s0] C(s0), [s1] C(s1), [s2] C(s2), [s3] C(s3)
 #define EDGEBIN_SUMS2(C) [s0] C(s0), [s1] C(s1)
-#define EDGEBIN_TEMPS [wp] "+r"(wp), [ep] "+r"(ep), [a] "=&r"(a), [b] "=&r"(b), [x0] "=&r"(x0), [x1] "=&r"(x1)
+#define EDGEBIN_TEMPS                                                                                        \
+  [wp] "+r"(wp), [ep] "+r"(ep), [a] "=&r"(a), [b] "=&r"(b), [x0] "=&r"(x0), [x1] "=&r"(x1), [x2] "=&r"(x2), \
+      [x3] "=&r"(x3)
 
 /* Sums s[0..P-1] of one row over `words` weight words at wp and spread columns at ep; `first`: the sums start
- * with the first word (SMUAD) instead of adding to s. */
+ * with the first word (SMUAD) instead of adding to s. P = 1 is plain C (the rows left over by edgebin_rows4). */
 EDGEBIN_INLINE void edgebin_row_words(const int8_t* wp, const uint32_t* ep, int32_t words, int32_t* s,
                                       const int first, const int P) {
+  if (P == 1) {
+    int32_t s0 = first ? 0 : s[0];
+    for (int32_t c = 0; c < words; ++c) {
+      uint32_t v = edgebin_load_s8x4(wp + 4 * c);
+      s0 = edgebin_smlad(edgebin_sxtb16_ror8(v), ep[2 * c + 1], edgebin_smlad(edgebin_sxtb16(v), ep[2 * c], s0));
+    }
+    s[0] = s0;
+    return;
+  }
   int32_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
-  uint32_t a, b, x0, x1;
+  register uint32_t x0 __asm__("r0"), x1 __asm__("r1"), x2 __asm__("r2"), x3 __asm__("r3");
+  uint32_t a, b;
   if (first && words > 0) {
     if (P == 4)
-      __asm__ volatile(EDGEBIN_WORD4(EDGEBIN_FIRST_COLUMN) : EDGEBIN_SUMS4("=&r"), EDGEBIN_TEMPS : : "memory");
+      __asm__ volatile(EDGEBIN_STEP4(EDGEBIN_TWO_FIRST) : EDGEBIN_SUMS4("=&r"), EDGEBIN_TEMPS : : "memory");
     else
-      __asm__ volatile(EDGEBIN_WORD2(EDGEBIN_FIRST_COLUMN) : EDGEBIN_SUMS2("=&r"), EDGEBIN_TEMPS : : "memory");
+      __asm__ volatile(EDGEBIN_STEP2(EDGEBIN_TWO_FIRST) : EDGEBIN_SUMS2("=&r"), EDGEBIN_TEMPS : : "memory");
     --words;
   }
   const int8_t* const wend = wp + 4 * words;
-  if (words & 1) {
-    if (P == 4) __asm__ volatile(EDGEBIN_WORD4(EDGEBIN_COLUMN) : EDGEBIN_SUMS4("+r"), EDGEBIN_TEMPS : : "memory");
-    else __asm__ volatile(EDGEBIN_WORD2(EDGEBIN_COLUMN) : EDGEBIN_SUMS2("+r"), EDGEBIN_TEMPS : : "memory");
+  for (int32_t i = 0; i < (words & 3); ++i) {
+    if (P == 4) __asm__ volatile(EDGEBIN_STEP4(EDGEBIN_TWO_COLUMNS) : EDGEBIN_SUMS4("+r"), EDGEBIN_TEMPS : : "memory");
+    else __asm__ volatile(EDGEBIN_STEP2(EDGEBIN_TWO_COLUMNS) : EDGEBIN_SUMS2("+r"), EDGEBIN_TEMPS : : "memory");
   }
-  if (words > 1 && P == 4)
-    __asm__ volatile(EDGEBIN_LOOP(EDGEBIN_WORD4(EDGEBIN_COLUMN))
+  if (words >= 4 && P == 4)
+    __asm__ volatile(EDGEBIN_LOOP(EDGEBIN_STEP4(EDGEBIN_TWO_COLUMNS))
                      : EDGEBIN_SUMS4("+r"), EDGEBIN_TEMPS : [end] "m"(wend) : "cc", "memory");
-  else if (words > 1)
-    __asm__ volatile(EDGEBIN_LOOP(EDGEBIN_WORD2(EDGEBIN_COLUMN))
+  else if (words >= 4)
+    __asm__ volatile(EDGEBIN_LOOP(EDGEBIN_STEP2(EDGEBIN_TWO_COLUMNS))
                      : EDGEBIN_SUMS2("+r"), EDGEBIN_TEMPS : [end] "m"(wend) : "cc", "memory");
   s[0] = s0;
   s[1] = s1;
@@ -263,22 +179,62 @@ EDGEBIN_INLINE void edgebin_row_words(const int8_t* wp, const uint32_t* ep, int3
 }
 
 #undef EDGEBIN_WORD
-#undef EDGEBIN_COLUMN
-#undef EDGEBIN_FIRST_COLUMN
-#undef EDGEBIN_WORD4
-#undef EDGEBIN_WORD2
+#undef EDGEBIN_TWO_COLUMNS
+#undef EDGEBIN_TWO_FIRST
+#undef EDGEBIN_STEP4
+#undef EDGEBIN_STEP2
 #undef EDGEBIN_LOOP
 #undef EDGEBIN_SUMS4
 #undef EDGEBIN_SUMS2
 #undef EDGEBIN_TEMPS
 
-#define EDGEBIN_SPREAD_WORDS 128 /* the P-column matvec's stack buffer: 512 bytes, 128 / (2 P) words of k a pass */
+/* One column, four rows (at wa and wa + k, wb = wa + 2k and wb + k; wa and wb on by 4): per word of the spread
+ * column (at ep, on by 8) one LDRD, then per row a load, two SXTB16 and two SMLAD: 21 instructions for 16 MACs
+ * (spreading the column once per call saves the two SXTB16 per word and row group that a raw column costs). */
+#define EDGEBIN_ROW(W, S)               \
+  "ldr    %[a], " W "\n\t"              \
+  "sxtb16 %[b], %[a], ror #8\n\t"       \
+  "sxtb16 %[a], %[a]\n\t"               \
+  "smlad  " S ", %[a], %[x0], " S "\n\t" \
+  "smlad  " S ", %[b], %[x1], " S "\n\t"
+#define EDGEBIN_ROWS4_STEP                                                      \
+  "ldrd   %[x0], %[x1], [%[ep]], #8\n\t"                                        \
+  EDGEBIN_ROW("[%[wa], %[k]]", "%[s1]") EDGEBIN_ROW("[%[wa]], #4", "%[s0]")     \
+  EDGEBIN_ROW("[%[wb], %[k]]", "%[s3]") EDGEBIN_ROW("[%[wb]], #4", "%[s2]")
+#define EDGEBIN_ROWS4_OPERANDS                                                                               \
+  : [s0] "+r"(s0), [s1] "+r"(s1), [s2] "+r"(s2), [s3] "+r"(s3), [wa] "+r"(wa), [wb] "+r"(wb), [ep] "+r"(ep), \
+    [x0] "=&r"(x0), [x1] "=&r"(x1), [a] "=&r"(a), [b] "=&r"(b)                                               \
+  : [k] "r"(k), [end] "m"(wend)                                                                              \
+  : "cc", "memory"
 
-/* The P-column matvec (P = 2 or 4; P and k are constants wherever this is inlined). Per pass over up to
- * EDGEBIN_SPREAD_WORDS / (2 P) words of the reduction, the P columns are spread into int16 pairs (xe: word c of
- * column p at xe[2 * (c * P + p)]), then each row's weight words meet all P columns; a later pass adds to the
- * sums in acc. The r = k % 4 last bytes: one byte as a multiply-add per column; two or three as the word that
- * ends the row (edgebin_spread_tail) when k >= 4. */
+/* Sums s[0..3] of rows wa, wa + k, wa + 2k, wa + 3k over `words` weight words and the spread column at ep. */
+EDGEBIN_INLINE void edgebin_rows4_words(const int8_t* wa, int32_t k, const uint32_t* ep, int32_t words, int32_t* s) {
+  int32_t s0 = s[0], s1 = s[1], s2 = s[2], s3 = s[3];
+  const int8_t* wb = wa + 2 * k;
+  const int8_t* const wend = wa + 4 * words;  /* the loop runs while wa has not reached it */
+  uint32_t x0, x1, a, b;
+  for (int32_t i = 0; i < (words & 7); ++i) __asm__ volatile(EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_OPERANDS);
+  if (words >= 8) /* eight words a pass: 171 instructions for 128 MACs (the loop test is 3 of them) */
+    __asm__ volatile("1:\n\t" EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP
+                     EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP EDGEBIN_ROWS4_STEP
+                     "ldr    %[a], %[end]\n\t"
+                     "cmp    %[wa], %[a]\n\t"
+                     "bne    1b\n\t" EDGEBIN_ROWS4_OPERANDS);
+  s[0] = s0;
+  s[1] = s1;
+  s[2] = s2;
+  s[3] = s3;
+}
+
+#undef EDGEBIN_ROW
+#undef EDGEBIN_ROWS4_STEP
+#undef EDGEBIN_ROWS4_OPERANDS
+
+/* The P-column matvec (P = 1, 2 or 4; P and k are constants wherever this is inlined). Per pass over up to
+ * EDGEBIN_SPREAD_WORDS / (2 P) words of the reduction, the P columns are spread into int16 pairs (edgebin_spread),
+ * then the weight words meet them: one row against all P columns (P = 2, 4), or four rows against the one column
+ * (P = 1); a later pass adds to the sums in acc. The r = k % 4 last bytes: one byte as a multiply-add per column;
+ * two or three as the word that ends the row (edgebin_spread_tail) when k >= 4. */
 EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
                                        const int P, const int u) {
   const uint8_t* xb = (const uint8_t*)x;
@@ -293,13 +249,22 @@ EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k
   int32_t c0 = 0;
   do {
     const int32_t cw = words - c0 < pass ? words - c0 : pass, last = c0 + cw == words;
-    for (int32_t c = 0; c < cw; ++c)
-      for (int p = 0; p < P; ++p) {
-        uint32_t v = edgebin_load_s8x4((const int8_t*)xb + p * k + 4 * (c0 + c));
-        xe[2 * (c * P + p)] = EDGEBIN_X02(v, u);
-        xe[2 * (c * P + p) + 1] = EDGEBIN_X13(v, u);
+    edgebin_spread(xb, k, c0, cw, xe, P, u);
+    int32_t j = 0;
+    if (P == 1)
+      for (; j + 4 <= n; j += 4) {
+        const int8_t* row = w + j * k;
+        int32_t s[4] = {0, 0, 0, 0};
+        if (c0 > 0)
+          for (int q = 0; q < 4; ++q) s[q] = acc[j + q];
+        edgebin_rows4_words(row + 4 * c0, k, xe, cw, s);
+        if (last && tail_word) edgebin_rows4_words(row + k - 4, k, xt, 1, s);
+        else if (last)
+          for (int32_t i = 0; i < r; ++i)
+            for (int q = 0; q < 4; ++q) s[q] += (int32_t)row[q * k + 4 * words + i] * xl[i];
+        for (int q = 0; q < 4; ++q) acc[j + q] = s[q];
       }
-    for (int32_t j = 0; j < n; ++j) {
+    for (; j < n; ++j) {
       const int8_t* row = w + j * k;
       int32_t s[4] = {0, 0, 0, 0};
       if (c0 > 0)
@@ -313,6 +278,11 @@ EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k
     }
     c0 += cw;
   } while (c0 < words);
+}
+
+EDGEBIN_INLINE void edgebin_matvec_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
+                                      const int u) {
+  edgebin_matvecp_x8(x, w, k, n, acc, 1, u);
 }
 
 #undef EDGEBIN_X02
