@@ -3,17 +3,22 @@ NUPES (data-driven), on Fashion-MNIST, written to its own section of docs/result
 
     nice -n 5 .venv/bin/python tools/bench/ptq.py                          # ResNet-8 and the tiny ViT, W8/W6/W4/W3
     nice -n 5 .venv/bin/python tools/bench/ptq.py --models tiny_vit --bits 4 3
+    nice -n 5 .venv/bin/python tools/bench/ptq.py --models resnet8 --bits 4 --act-bits 4 3 --grids uniform power
     .venv/bin/python tools/bench/ptq.py --render                          # the doc section from the saved runs only
 
 Every run starts from the same FP32 checkpoint (models/resnet8_fashion.pt, models/tiny_vit_fashion.pt) and the
 int8 PTQ flow of `edgebin export`: capture, `quantize_graph`, activation ranges by min/max on the same
-`--calibration-samples` training images (`calibration_split`, seed 0; 8-bit activations everywhere), `freeze`.
+`--calibration-samples` training images (`calibration_split`, seed 0; 8-bit activations unless `--act-bits`), `freeze`.
 Then the weight step, on every conv and linear layer (first and last included):
 
 - **uniform**: the exponent a = 1 and no learning, i.e. round-to-nearest symmetric b-bit weights on int8 PTQ's
   per-channel scales (at 8 bits this is int8 PTQ bit for bit);
 - **powerquant**: `NupesConfig(mode="data-free")`, each layer's exponent by the bounded search on its weights;
 - **nupes**: `NupesConfig(mode="data-driven")`, codes and exponents fitted block by block on the same images.
+
+With `--act-bits` below 8 the input of every conv and linear layer but the first takes that many bits
+(`edgebin.quant.power_act`), before the weight step: `--grids uniform` on a uniform b-bit grid, `power` on a power
+grid whose exponent is searched per quantizer on the calibration activations (`--power-activations`).
 
 Per run: top-1 on the whole test split of the PyTorch fake-quant model and of the exported ONNX (table-coded
 weights, `edgebin.export.lut`) in onnxruntime, their argmax agreement, the wall time of the weight step (the
@@ -53,10 +58,11 @@ from edgebin.export import export_onnx
 from edgebin.export.lut import lut_layers, rewrite_lut_onnx
 from edgebin.loading import load_model
 from edgebin.pipeline import make_recipe
-from edgebin.quant import calibrate, freeze, nupes, quantize_graph
+from edgebin.quant import calibrate, freeze, nupes, power_act, quantize_graph
 
 CHECKPOINTS = {"resnet8": Path("models/resnet8_fashion.pt"), "tiny_vit": Path("models/tiny_vit_fashion.pt")}
 METHODS = ("uniform", "powerquant", "nupes")
+GRIDS = ("uniform", "power")  # activation grids below 8 bits
 
 
 def main() -> int:
@@ -64,6 +70,9 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=list(CHECKPOINTS), choices=list(CHECKPOINTS))
     p.add_argument("--bits", nargs="+", type=int, default=[8, 6, 4, 3])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--act-bits", nargs="+", type=int, default=[8], help="activation bits (below 8: NUPES inputs)")
+    p.add_argument("--grids", nargs="+", default=["uniform"], choices=GRIDS,
+                   help="activation grids below 8 bits")
     p.add_argument("--calibration-samples", type=int, default=1024)
     p.add_argument("--iterations", type=int, default=400, help="NUPES Adam steps per block")
     p.add_argument("--eval-samples", type=int, default=None, help="test images (default: all 10,000)")
@@ -107,12 +116,17 @@ def _runs(model_name: str, ds, args):
         calibrate(calibrated, x_calib, batch_size=batch)
         freeze(calibrated)
         calibration_s = time.perf_counter() - started
-        for method in args.methods:
+        activations = [(a, grid) for a in args.act_bits for grid in (args.grids if a < 8 else ["uniform"])]
+        for (act_bits, grid), method in ((act, method) for act in activations for method in args.methods):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 gm = copy.deepcopy(calibrated)
             run_recipe = make_recipe("nupes", calibration_samples=args.calibration_samples, bits=bits,
-                                     data_free=method == "powerquant", iterations=args.iterations)
+                                     data_free=method == "powerquant", iterations=args.iterations,
+                                     act_bits=act_bits, power_activations=grid == "power")
+            started = time.perf_counter()
+            tables = power_act.quantize_activations(gm, run_recipe, x_calib, batch_size=batch)
+            activation_s = time.perf_counter() - started
             started = time.perf_counter()
             if method == "uniform":
                 for module, layer_bits in nupes.nupes_layers(gm, run_recipe).values():
@@ -129,7 +143,9 @@ def _runs(model_name: str, ds, args):
                 onnx_logits = metrics.run_onnxruntime(path, x_test)
             exponents = [lut.exponent for m in gm.modules() if (lut := nupes.lut_weight_of(m)) is not None]
             record = {
-                "model": model_name, "method": method, "weight_bits": bits, "activation_bits": 8,
+                "model": model_name, "method": method, "weight_bits": bits, "activation_bits": act_bits,
+                "activation_grid": grid, "activation_s": round(activation_s, 2),
+                "activation_exponents": [t.exponent for t in tables],
                 "calibration_samples": int(len(x_calib)), "iterations": args.iterations if method == "nupes" else 0,
                 "eval_samples": int(len(y_test)), "fp32_accuracy": fp32_accuracy,
                 "accuracy": metrics.accuracy(torch_logits, y_test), "onnx_accuracy": metrics.accuracy(onnx_logits,
@@ -140,8 +156,9 @@ def _runs(model_name: str, ds, args):
                 "layers": len(exponents), "exponent_min": round(min(exponents), 4),
                 "exponent_max": round(max(exponents), 4),
             }
-            logging.info("%s W%dA8 %s: %.2f%% (onnxruntime %.2f%%), weight step %.1f s", model_name, bits, method,
-                         100 * record["accuracy"], 100 * record["onnx_accuracy"], weight_step_s)
+            logging.info("%s W%dA%d (%s) %s: %.2f%% (onnxruntime %.2f%%), weight step %.1f s", model_name, bits,
+                         act_bits, grid, method, 100 * record["accuracy"], 100 * record["onnx_accuracy"],
+                         weight_step_s)
             yield record
 
 
@@ -164,7 +181,7 @@ def render(results: Path, doc: Path) -> None:
         if results.is_file() else []
     latest: dict[tuple, dict] = {}
     for r in records:  # a later record of the same run replaces the earlier one
-        latest[(r["model"], r["method"], r["weight_bits"])] = r
+        latest[_key(r)] = r
     write_section(doc, "ptq", "tools/bench/ptq.py", markdown(list(latest.values())))
     print(f"wrote {doc} ({len(latest)} records)")
 
@@ -184,21 +201,26 @@ def markdown(records: list[dict]) -> str:
         "PyTorch fake-quant model and the exported ONNX in onnxruntime. *Weight step* is the wall time of that",
         "step alone; *calibration* (shared by the three methods) is the int8 PTQ flow before it. *Weights* is the",
         "flash the quantized weights need: b bits per weight, one (2^b − 1)-byte table per layer, int32 biases.",
+        "*Activations* below 8 bits apply to the input of every conv and linear layer but the first, on a uniform",
+        "grid or on a power grid whose exponent a is searched per quantizer on the calibration activations",
+        "(`--act-bits b --power-activations`; the range of a's is shown); they are fitted before the weight step.",
         "",
     ]
     for model in sorted({r["model"] for r in records}):
         rows = sorted((r for r in records if r["model"] == model),
-                      key=lambda r: (-r["weight_bits"], METHODS.index(r["method"])))
+                      key=lambda r: (-r["weight_bits"], -r["activation_bits"], GRIDS.index(_grid(r)),
+                                     METHODS.index(r["method"])))
         fp32 = rows[0]["fp32_accuracy"]
         lines += [f"## {model} (FP32 {percent(fp32)})", "",
-                  "| Weights | Method | Top-1 (onnxruntime) | Δ vs FP32 | Top-1 (PyTorch) | ONNX argmax = PyTorch "
-                  "| Exponents | Weight step | Calibration | Weights |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| Bits | Method | Activations | Top-1 (onnxruntime) | Δ vs FP32 | Top-1 (PyTorch) "
+                  "| ONNX argmax = PyTorch | Weight exponents | Weight step | Calibration | Weights |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             low, high = f"{r['exponent_min']:.2f}", f"{r['exponent_max']:.2f}"
             exponents = low if low == high else f"{low}–{high}"
             lines.append(
-                f"| W{r['weight_bits']}A8 | {_method(r)} | {percent(r['onnx_accuracy'])} | "
+                f"| W{r['weight_bits']}A{r['activation_bits']} | {_method(r)} | {_activations(r)} | "
+                f"{percent(r['onnx_accuracy'])} | "
                 f"{100 * (r['onnx_accuracy'] - fp32):+.2f} | {percent(r['accuracy'])} | "
                 f"{percent(r['onnx_argmax_equal'])} | {exponents} | {r['weight_step_s']:.2f} s | "
                 f"{r['calibration_s']:.1f} s | {r['weights_bytes']:,} B |")
@@ -212,6 +234,23 @@ def markdown(records: list[dict]) -> str:
         lines += ["Commands (each under `nice -n 5`):", "", *[f"    {c}" for c in commands], "",
                   f"Machine: {machines}{shown} (other benchmarks shared it: wall times are a rough guide).", ""]
     return "\n".join(lines) + "\n"
+
+
+def _key(r: dict) -> tuple:
+    return r["model"], r["method"], r["weight_bits"], r["activation_bits"], _grid(r)
+
+
+def _grid(r: dict) -> str:
+    return r.get("activation_grid", "uniform")  # records before --act-bits: 8-bit uniform
+
+
+def _activations(r: dict) -> str:
+    """'8-bit', '4-bit uniform' or '4-bit power, a 0.52–0.81' (the searched input exponents)."""
+    if r["activation_bits"] == 8 and _grid(r) == "uniform":
+        return "8-bit"
+    exponents = r.get("activation_exponents") or []
+    shown = f", a {min(exponents):.2f}–{max(exponents):.2f}" if exponents and _grid(r) == "power" else ""
+    return f"{r['activation_bits']}-bit {_grid(r)}{shown}"
 
 
 def _method(r: dict) -> str:

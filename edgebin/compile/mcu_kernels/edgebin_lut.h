@@ -22,7 +22,7 @@
  * SMLAD as there; one column takes two rows at a time. b = 3: the pair table in C; b >= 5: each pair two LDRSB from
  * `table` and a PKHBT, in C.
  * Measured on QEMU (cortex-m4, tools/bench/lut_kernels.py, docs/lut-weights.md), kernel calls alone, instructions
- * per MAC at 4 / 2 / 1 columns: int8 kernel 1.20 / 1.46 / 1.60, b = 2 1.27 / 1.48 / 1.65, b = 4 1.32 / 1.60 / 1.90,
+ * per MAC at 4 / 2 / 1 columns: int8 kernel 0.95 / 1.16 / 1.37, b = 2 1.27 / 1.48 / 1.65, b = 4 1.32 / 1.60 / 1.90,
  * b = 3 1.83 / 2.19 / 3.27; b >= 5 2.4-5.2.
  * Other cores and the host run plain C loops (define EDGEBIN_NO_SIMD to force them).
  */
