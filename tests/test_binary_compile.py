@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import onnxruntime as ort
@@ -16,6 +17,7 @@ from edgebin import zoo
 from edgebin.compile import host, importer
 from edgebin.compile.binary import BinaryToPacked, uses_binary_kernels
 from edgebin.compile.kernels import op_census
+from edgebin.compile.tvm_adapter import call_op_name
 from edgebin.export.qat import export_qat
 from edgebin.quant import Recipe, qat
 
@@ -42,9 +44,10 @@ def binary_onnx(tmp_path_factory):
     return path
 
 
-def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx):
+@pytest.mark.parametrize("dense", [False, True])
+def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx, dense):
     model = importer.load_onnx(binary_onnx)
-    mod = BinaryToPacked()(importer.from_onnx(model, importer.input_shapes(model)))
+    mod = BinaryToPacked(dense=dense)(importer.from_onnx(model, importer.input_shapes(model)))
     assert uses_binary_kernels(mod)
     calls = [b for b in mod["main"].body.blocks[0].bindings
              if getattr(b.value, "args", None) and getattr(b.value.args[0], "name_hint", "").startswith(
@@ -53,8 +56,15 @@ def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx):
     kinds = sorted(b.value.args[0].name_hint.rstrip("0123456789").removeprefix("edgebin_binary_conv2d")
                    for b in calls)
     # conv1 of each stack: BatchNorm and ReLU feed only conv2's sign, so it writes conv2's input bits (threshold
-    # epilogue); conv2: BatchNorm folded, float out for the residual add; the shortcuts (a bias, no BatchNorm): int32
-    assert kinds == ["", "", "_affine", "_affine", "_affine", "_bits", "_bits", "_bits"]
+    # epilogue). Host kernels: conv2 with its BatchNorm, the residual add and the ReLU in its epilogue; the shortcuts
+    # (a bias, no BatchNorm) with scale and bias as the affine epilogue. Dense (Cortex-M) kernels: conv2 with its
+    # BatchNorm (float out for the residual add, which the memory planner writes in place); shortcuts int32.
+    if dense:
+        assert kinds == ["", "", "_affine", "_affine", "_affine", "_bits", "_bits", "_bits"]
+    else:
+        assert kinds == ["_affine", "_affine", "_bits", "_bits", "_bits", "_residual", "_residual", "_residual"]
+        ops = Counter(call_op_name(b.value) for b in mod["main"].body.blocks[0].bindings)
+        assert ops["relax.nn.relu"] == 1 and ops["relax.add"] == 1  # the stem's ReLU and the head's bias are left
     assert sum(op_census(mod)["conv2d"].values()) == 1  # only the 8-bit stem is still a Relax conv2d
 
 

@@ -52,17 +52,48 @@ def test_xnor_popcount_identity_on_one_word():
     assert len(a) - 2 * xor == int(a @ w) == 0
 
 
-@pytest.fixture(scope="module", params=["builtin", "swar"])
-def kernels(request, tmp_path_factory) -> ctypes.CDLL:
-    """edgebin_binary.c as a shared library: with the CPU's popcount instruction, and with the portable SWAR
-    count that Cortex-M builds use (-mno-popcnt)."""
+# The host kernels' compile variants: the AVX-512 core (-march=native on a CPU with AVX-512 VPOPCNTDQ and BITALG),
+# the portable core with the popcount instruction, and the software count that Cortex-M builds use (-mno-popcnt).
+VARIANTS = {"avx512": ["-march=native"], "portable": ["-march=native", "-DEDGEBIN_NO_AVX512"], "swar": ["-mno-popcnt"]}
+
+
+def _defines(flags: list[str]) -> str:
+    """The C compiler's predefined macros with `flags`."""
+    return subprocess.run([CC, *flags, "-dM", "-E", "-x", "c", "-"], input="", capture_output=True, text=True,
+                          check=True, timeout=60).stdout
+
+
+def _avx512_cpu() -> bool:
+    features = ("BW", "VPOPCNTDQ", "BITALG")  # what EDGEBIN_BINARY_AVX512 needs
+    return CC is not None and all(f"__AVX512{f}__" in _defines(["-march=native"]) for f in features)
+
+
+def _variant_flags(variant: str) -> list[str]:
     if CC is None:
         pytest.skip("no C compiler")
+    if variant == "avx512" and not _avx512_cpu():
+        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ and BITALG")
+    return VARIANTS[variant]
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def kernels(request, tmp_path_factory) -> ctypes.CDLL:
+    """edgebin_binary.c (the generic kernels, shapes as arguments) as a shared library, per compile variant."""
+    flags = _variant_flags(request.param)
     out = tmp_path_factory.mktemp(request.param) / "libbinary.so"
-    flags = ["-march=native"] if request.param == "builtin" else ["-mno-popcnt"]
     subprocess.run([CC, "-O2", "-shared", "-fPIC", *flags, str(HEADER.with_suffix(".c")), "-o", str(out)],
                    check=True, timeout=120)
     return ctypes.CDLL(str(out))
+
+
+def test_avx512_core_is_compiled_where_the_cpu_has_it():
+    if not _avx512_cpu():
+        pytest.skip("this CPU has no AVX-512 VPOPCNTDQ and BITALG")
+    probe = '#include "edgebin_binary.h"\n#ifndef EDGEBIN_BINARY_AVX512\n#error no AVX-512 core\n#endif\n'
+    for flags, compiled in ((VARIANTS["avx512"], True), (VARIANTS["portable"], False), (VARIANTS["swar"], False)):
+        done = subprocess.run([CC, *flags, f"-I{KERNEL_DIR}", "-fsyntax-only", "-x", "c", "-"], input=probe,
+                              capture_output=True, text=True, timeout=60)
+        assert (done.returncode == 0) == compiled, flags
 
 
 def _ptr(a: np.ndarray) -> ctypes.c_void_p:
@@ -76,9 +107,25 @@ SHAPES = [  # n, c, h, w, cout, k, stride, pad
     (1, 64, 9, 9, 8, 3, 2, 1),
     (1, 32, 6, 6, 4, 5, 1, 2),  # a border wider than one tap
 ]
+# The AVX-512 core's cases on top: 16-bit lanes (c <= 16) and 32-bit lanes, whole rows per block or a row in
+# segments (ow above the lanes), strides 1 to 3 (its input planes: copied, de-interleaved, or element by element),
+# no padding, and shapes past its stack buffers, which go to the portable core.
+HOST_SHAPES = SHAPES + [
+    (1, 16, 28, 28, 16, 3, 1, 1),  # ResNet-8's stack1: 28 of 32 lanes, one row per block
+    (2, 16, 10, 10, 32, 3, 2, 1),  # 16-bit lanes, stride 2, six output rows per block
+    (1, 64, 7, 7, 64, 3, 1, 1),  # two words a pixel, two rows per block, two output words a pixel
+    (1, 32, 14, 14, 64, 3, 2, 1),  # ResNet-8's stack3.conv1
+    (1, 32, 5, 40, 8, 3, 1, 1),  # a row of 40 in segments of 16 lanes
+    (1, 12, 4, 37, 3, 3, 1, 1),  # a row of 37 in segments of 32 lanes, c < 16
+    (1, 16, 10, 11, 8, 3, 3, 1),  # stride 3: planes filled element by element
+    (1, 16, 6, 6, 8, 3, 1, 0),  # no padding
+    (1, 16, 28, 28, 32, 1, 2, 0),  # a strided 1x1 shortcut
+    (1, 512, 3, 3, 4, 3, 1, 1),  # 144 tap vectors: past the AVX-512 core's 64, so the portable core
+    (1, 8, 140, 130, 2, 1, 1, 0),  # an input past its plane buffer: the portable core
+]
 
 
-@pytest.mark.parametrize(("n", "c", "h", "w", "cout", "k", "stride", "pad"), SHAPES)
+@pytest.mark.parametrize(("n", "c", "h", "w", "cout", "k", "stride", "pad"), HOST_SHAPES)
 def test_c_kernels_equal_the_integer_reference(kernels, n, c, h, w, cout, k, stride, pad):
     rng = np.random.default_rng(c * 100 + cout)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
@@ -113,35 +160,83 @@ def test_header_is_shipped_beside_its_c_file():
     assert HEADER.is_file() and Path(HEADER.with_suffix(".c")).is_file()
 
 
-def test_shape_specialized_kernels_equal_the_reference(tmp_path):
-    if CC is None:
-        pytest.skip("no C compiler")
-    n, c, h, w, cout, k, stride, pad = 2, 40, 5, 6, 70, 3, 2, 1
+def _geometry(n: int, c: int, h: int, w: int, cout: int, k: int, stride: int, pad: int) -> tuple[int, ...]:
     oh, ow = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
-    pack = specialized_name("edgebin_bpack_nchw_f32", (n, c, h * w))
-    geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
-    conv = specialized_name("edgebin_bconv2d", geometry)
-    affine = specialized_name("edgebin_bconv2d_affine", geometry)
-    (tmp_path / "kernels.c").write_text(c_source({pack, conv, affine}))
-    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
-                    str(tmp_path / "lib.so")], check=True, timeout=120)
-    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
-    rng = np.random.default_rng(3)
+    return (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
+
+
+@pytest.fixture(scope="module", params=list(VARIANTS))
+def host_kernels(request, tmp_path_factory) -> ctypes.CDLL:
+    """The shape-specialized host kernels of HOST_SHAPES (`c_source`, as a model links them), per compile variant."""
+    flags = _variant_flags(request.param)
+    names = {specialized_name("edgebin_bpack_nchw_f32", (s[0], s[1], s[2] * s[3])) for s in HOST_SHAPES}
+    for kernel in ("edgebin_bconv2d", "edgebin_bconv2d_affine", "edgebin_bconv2d_residual", "edgebin_bconv2d_bits"):
+        names |= {specialized_name(kernel, _geometry(*s)) for s in HOST_SHAPES}
+    tmp = tmp_path_factory.mktemp(f"host-{request.param}")
+    (tmp / "kernels.c").write_text(c_source(names))
+    subprocess.run([CC, "-O3", "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp / "kernels.c"), "-o",
+                    str(tmp / "lib.so")], check=True, timeout=300)
+    return ctypes.CDLL(str(tmp / "lib.so"))
+
+
+def _assert_affine(got: np.ndarray, sums: np.ndarray, mul: np.ndarray, add: np.ndarray,
+                   res: np.ndarray | None = None) -> None:
+    """Each float equals sum · mul + add [then + res and ReLU] rounded as the C compiler may: twice (a multiply,
+    then an add) or once (an FMA, which -march=native contracts it into and the AVX-512 core uses; the product is
+    exact in float64)."""
+    mul, add = mul.reshape(1, -1, 1, 1), add.reshape(1, -1, 1, 1)
+    twice = sums.astype(np.float32) * mul + add
+    once = (sums.astype(np.float64) * mul.astype(np.float64) + add.astype(np.float64)).astype(np.float32)
+    if res is not None:
+        twice, once = np.maximum(twice + res, 0), np.maximum(once + res, 0)
+    assert ((got == twice) | (got == once)).all(), np.abs(got - twice).max()
+
+
+@pytest.mark.parametrize("shape", HOST_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shape_specialized_kernels_equal_the_reference(host_kernels, shape):
+    """Packing and the three conv epilogues (int32 sums, float sum · mul + add, the next layer's bits with
+    `sign_thresholds`, negative scales and constant channels included) against the integer reference."""
+    n, c, h, w, cout, k, stride, pad = shape
+    geometry = _geometry(*shape)
+    oh, ow = geometry[-2:]
+    rng = np.random.default_rng(c * 100 + cout + h)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    shift = rng.standard_normal(c).astype(np.float32)
+    shift = rng.standard_normal(c).astype(np.float32) * 0.3
     codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
     bits = np.empty((n, h, w, words_for(c)), dtype=np.uint32)
-    out = np.empty((n, cout, oh, ow), dtype=np.int32)
+    getattr(host_kernels, specialized_name("edgebin_bpack_nchw_f32", (n, c, h * w)))(_ptr(x), _ptr(shift), _ptr(bits))
+    np.testing.assert_array_equal(bits, pack_activation_bits(x, shift))
     wbits = np.ascontiguousarray(pack_weight_bits(codes))
-    getattr(lib, pack)(_ptr(x), _ptr(shift), _ptr(bits))
-    getattr(lib, conv)(_ptr(bits), _ptr(wbits), _ptr(out))
-    signs = np.where(x + shift.reshape(1, c, 1, 1) >= 0, 1, -1)
-    want = binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad))
+    want = binary_conv2d_reference(np.where(x + shift.reshape(1, c, 1, 1) >= 0, 1, -1), codes, (stride, stride),
+                                   (pad, pad))
+
+    out = np.empty((n, cout, oh, ow), dtype=np.int32)
+    getattr(host_kernels, specialized_name("edgebin_bconv2d", geometry))(_ptr(bits), _ptr(wbits), _ptr(out))
     np.testing.assert_array_equal(out, want)
+
     mul, add = rng.standard_normal(cout).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
     out_f = np.empty((n, cout, oh, ow), dtype=np.float32)
-    getattr(lib, affine)(_ptr(bits), _ptr(wbits), _ptr(mul), _ptr(add), _ptr(out_f))
-    np.testing.assert_array_equal(out_f, want.astype(np.float32) * mul.reshape(1, -1, 1, 1) + add.reshape(1, -1, 1, 1))
+    getattr(host_kernels, specialized_name("edgebin_bconv2d_affine", geometry))(_ptr(bits), _ptr(wbits), _ptr(mul),
+                                                                               _ptr(add), _ptr(out_f))
+    _assert_affine(out_f, want, mul, add)
+    res = rng.standard_normal((n, cout, oh, ow)).astype(np.float32)  # a ResNet block's skip input
+    getattr(host_kernels, specialized_name("edgebin_bconv2d_residual", geometry))(_ptr(bits), _ptr(wbits), _ptr(mul),
+                                                                                 _ptr(add), _ptr(res), _ptr(out_f))
+    _assert_affine(out_f, want, mul, add, res)
+
+    scale = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
+    scale[:1] = 0.0  # a channel the BatchNorm zeroed: a constant bit
+    offset = rng.standard_normal(cout) + 0.37  # off the integer grid: no sum sits exactly on a threshold
+    next_shift = rng.standard_normal(cout) * 0.2
+    direction, threshold = (np.ascontiguousarray(a) for a in sign_thresholds(scale, offset, next_shift, relu=True))
+    out_b = np.empty((n, oh, ow, words_for(cout)), dtype=np.uint32)
+    getattr(host_kernels, specialized_name("edgebin_bconv2d_bits", geometry))(_ptr(bits), _ptr(wbits), _ptr(direction),
+                                                                             _ptr(threshold), _ptr(out_b))
+    y = np.maximum(want * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1), 0)
+    np.testing.assert_array_equal(out_b, pack_activation_bits(y, next_shift))
+
+
+def test_c_source_rejects_other_kernels():
     with pytest.raises(ValueError, match="not a specialized kernel"):
         c_source({"edgebin_matvec_s8__1_2"})
 

@@ -18,6 +18,13 @@ an optional ReLU) feeds only the next binary conv's sign, the threshold epilogue
 that conv's packed input bits directly, `[max(0,] acc · mul + add [)] + shift >= 0` as one integer comparison
 per channel (`sign_thresholds`): no float tensor, no packing kernel, no ReLU kernel in between.
 
+With the per-tap kernels (host, Raspberry Pi; not the dense Cortex-M ones, whose float output the memory planner
+reuses in place) two more epilogues take the float ops that would follow: a conv plus a per-channel constant (a
+ResNet shortcut's bias) becomes `edgebin_bconv2d_affine` with mul = scale and add = bias, and
+`relu(batch_norm(conv)[0] + res)` (a ResNet block's second conv, its residual add and ReLU) becomes
+`edgebin_bconv2d_residual`, which reads `res` in its epilogue. TVM's untuned elementwise kernels for those adds
+took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters).
+
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
 wrappers, so every target compiles the same integer code with its own popcount. Each call names a
@@ -53,6 +60,7 @@ from edgebin.compile.tvm_adapter import (
     const_array,
     mutator,
     relax,
+    tensor_dtype,
     tensor_shape,
     tirx,
     tvm,
@@ -68,6 +76,8 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
     "edgebin_bconv2d": (("const uint32_t* bits", "const uint32_t* w"), "int32_t* out"),
     "edgebin_bconv2d_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add"),
                                "float* out"),
+    "edgebin_bconv2d_residual": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add",
+                                  "const float* res"), "float* out"),
     "edgebin_bconv2d_dense": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum"), "int32_t* out"),
     "edgebin_bconv2d_dense_affine": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum",
                                       "const float* mul", "const float* add"), "float* out"),
@@ -234,6 +244,7 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod, func: relax.Function, dense: bool, mst: bool) -> None:
         super().__init__(mod)
         self.dense, self.mst = dense, mst
+        self.fuse = not dense and not mst  # bias and residual epilogues: the per-tap kernels (host, Raspberry Pi)
         self.mst_layers: list[tuple[str, dict, relax.Var]] = []  # (kernel, work the tree saves, its call's result)
         self.bits_of: dict = {}  # (input variable, shift bytes) -> the packed-bits tensor already emitted
         self.graph = BindingGraph(func, mod)
@@ -242,12 +253,98 @@ class _Rewriter(PyExprMutator):
         self.skipped: Counter[str] = Counter()
 
     def visit_call_(self, call):
-        if call_op_name(call) == "relax.nn.conv2d" and not self._folded_into_batch_norm(call):
+        op = call_op_name(call)
+        if op == "relax.nn.conv2d" and not self._folded_into_batch_norm(call) and not self._folded_into_bias(call):
             conv = self._match_conv(call)
             if conv is not None:
                 self.rewritten["conv2d"] += 1
                 return self._emit_conv(conv)
+        if op == "relax.add" and self.fuse:
+            biased = self._biased_conv(call)
+            if biased is not None:
+                self.rewritten["conv2d+bias"] += 1
+                conv, bias = biased
+                return self._emit_conv(conv, (conv.scale, bias))
+        if op == "relax.nn.relu" and self.fuse:
+            residual = self._residual(call)
+            if residual is not None:
+                self.rewritten["conv2d+batch_norm+add+relu"] += 1
+                conv, (mul, add), _, res = residual
+                return self._conv_call(conv, self._input_bits(conv), "_residual",
+                                       [const(mul), const(add), self.visit_expr(res)])
         return super().visit_call_(call)
+
+    def _biased_conv(self, call) -> tuple[_BinaryConv, np.ndarray] | None:
+        """(conv, bias) when `call` is add(binary conv, per-channel constant) and the conv is used only there: one
+        affine kernel with mul = the weight scale and add = the bias (a ResNet shortcut's conv)."""
+        for conv_var, other in (call.args, reversed(call.args)):
+            conv_call = self.value(conv_var)
+            if not isinstance(conv_var, relax.Var) or not self.graph.single_use(conv_var) or call_op_name(
+                    conv_call) != "relax.nn.conv2d":
+                continue
+            conv = self._match_conv(conv_call)
+            bias = None if conv is None else self._channel_constant(other, conv.codes.shape[0])
+            if bias is not None and tensor_shape(call) == conv.out_shape:
+                return conv, bias
+        return None
+
+    def _folded_into_bias(self, call) -> bool:
+        """True when the conv's only user is a bias add that `_biased_conv` folds it into (see
+        `_folded_into_batch_norm`)."""
+        if not self.fuse:
+            return False
+        var = self.graph.var_of.get(call)
+        users = self.graph.users.get(var, []) if var is not None else []
+        return len(users) == 1 and call_op_name(users[0]) == "relax.add" and self._biased_conv(users[0]) is not None
+
+    def _channel_constant(self, expr, channels: int) -> np.ndarray | None:
+        """A constant (or reshaped constant) of `channels` values along axis 1 as a float32 vector, else None."""
+        value = self.value(expr)
+        shape = tensor_shape(value)
+        if shape is None or list(shape) not in ([1, channels, 1, 1], [channels, 1, 1]):
+            return None
+        if call_op_name(value) == "relax.reshape":
+            value = self.value(value.args[0])
+        array = const_array(value)
+        if array is None or array.size != channels:
+            return None
+        return np.ascontiguousarray(array.astype(np.float32).reshape(-1))
+
+    def _residual(self, relu) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], relax.Var, relax.Expr] | None:
+        """(conv, its BatchNorm as mul/add, the BatchNorm's output variable, the other addend) when `relu` is
+        relu(batch_norm(binary conv)[0] + res), the BatchNorm output and the sum used only there: a ResNet block's
+        second conv, whose residual add and ReLU then run in its epilogue (`edgebin_bconv2d_residual`)."""
+        added = self.value(relu.args[0])
+        if call_op_name(added) != "relax.add" or not self.graph.single_use(relu.args[0]):
+            return None
+        for normed, res in (added.args, reversed(added.args)):
+            item = self.value(normed)
+            if (not isinstance(normed, relax.Var) or not self.graph.single_use(normed)
+                    or not isinstance(item, relax.TupleGetItem) or item.index != 0):
+                continue
+            norm = self.value(item.tuple_value)
+            conv_call = self.value(norm.args[0]) if call_op_name(norm) == "relax.nn.batch_norm" else None
+            if call_op_name(conv_call) != "relax.nn.conv2d":
+                continue
+            conv = self._match_conv(conv_call)
+            affine = self._batch_norm(norm, conv)
+            if (conv is not None and affine is not None and tensor_shape(res) == conv.out_shape
+                    and tensor_dtype(res) == "float32"):
+                return conv, affine, normed, res
+        return None
+
+    def _folded_into_residual(self, item) -> bool:
+        """True when `item` (a BatchNorm's output) is the one that `_residual` fuses into a later ReLU's kernel."""
+        var = self.graph.var_of.get(item)
+        if not self.fuse or var is None or not self.graph.single_use(var):
+            return False
+        added = self.graph.users.get(var, [None])[0]
+        add_var = self.graph.var_of.get(added)
+        relus = self.graph.users.get(add_var, []) if add_var is not None else []
+        if len(relus) != 1 or call_op_name(relus[0]) != "relax.nn.relu":
+            return False
+        residual = self._residual(relus[0])
+        return residual is not None and residual[2].same_as(var)
 
     def _folded_into_batch_norm(self, call) -> bool:
         """True when the conv's only user is a BatchNorm that `visit_tuple_getitem_` folds it into: rewriting it
@@ -263,7 +360,7 @@ class _Rewriter(PyExprMutator):
         rewritten on its own before is then unused and dropped)."""
         norm = self.value(op.tuple_value)
         if op.index == 0 and call_op_name(norm) == "relax.nn.batch_norm" and call_op_name(
-                self.value(norm.args[0])) == "relax.nn.conv2d":
+                self.value(norm.args[0])) == "relax.nn.conv2d" and not self._folded_into_residual(op):
             conv = self._match_conv(self.value(norm.args[0]))
             affine = self._batch_norm(norm, conv)
             if conv is not None and affine is not None:
@@ -409,7 +506,7 @@ class _Rewriter(PyExprMutator):
             out = self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, oh, ow, words_for(cout)),
                                "uint32", "binary_conv2d_bits")
         else:
-            dtype = "float32" if epilogue == "_affine" else "int32"
+            dtype = "float32" if epilogue in ("_affine", "_residual") else "int32"
             out = self._extern(kernel + epilogue, shape, [bits, *weights, *extra], (n, cout, oh, ow), dtype,
                                "binary_conv2d" + epilogue)
         if kernel == "edgebin_bconv2d_dense_mst":
@@ -432,7 +529,8 @@ class _Rewriter(PyExprMutator):
 class BinaryToPacked:
     """Rewrite binary convs into packed XNOR/popcount kernel calls (see the module docstring). `dense`: the
     dense-column kernels, for targets that count bits in software (Cortex-M). `mst`: MST-compression (dense
-    kernels; default `MST`, see `mst_compression`); afterwards `mst_layers` holds the work each conv saves."""
+    kernels; default `MST`, see `mst_compression`); afterwards `mst_layers` holds the work each conv saves.
+    Without either, bias adds and residual add + ReLU go into the conv kernels' epilogues."""
 
     def __init__(self, dense: bool = False, mst: bool | None = None) -> None:
         self.dense = dense

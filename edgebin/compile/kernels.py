@@ -47,7 +47,8 @@ from edgebin.compile.tvm_adapter import (
 
 KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
 _EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do
-    "edgebin_bconv2d": "binary", "edgebin_bconv2d_affine": "binary", "edgebin_bconv2d_dense": "binary",
+    "edgebin_bconv2d": "binary", "edgebin_bconv2d_affine": "binary", "edgebin_bconv2d_residual": "binary",
+    "edgebin_bconv2d_dense": "binary",
     "edgebin_bconv2d_dense_affine": "binary", "edgebin_bconv2d_bits": "binary", "edgebin_bconv2d_dense_bits": "binary",
     "edgebin_bconv2d_dense_mst": "binary", "edgebin_bconv2d_dense_mst_affine": "binary",
     "edgebin_bconv2d_dense_mst_bits": "binary", "edgebin_bpack_nchw_f32": "convert"}
