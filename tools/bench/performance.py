@@ -1,4 +1,4 @@
-"""Benchmark: what compression buys on each target, in one run: ResNet-8 in FP32, INT8 and W1A1 (binary).
+"""Benchmark: what compression buys on each target, in one run: ResNet-8 in FP32, INT8, INT4, ternary and W1A1.
 
     .venv/bin/python tools/bench/performance.py                         # writes docs/performance.md
     .venv/bin/python tools/bench/performance.py --repeat 200 --mcu-target cortex-m33 --samples 4
@@ -7,15 +7,17 @@ One run measures, on this machine:
 - host latency (x86, 1 thread, batch 1; per engine the lowest of 5 medians of `--repeat` runs, the engines taking
   turns so that a slow spell of a shared machine does not favour one), whole model: onnxruntime FP32,
   onnxruntime INT8 (the QDQ model), TVM FP32 (the FP32 ONNX compiled untuned), edgebin INT8 (the QDQ model
-  compiled: int8 micro-kernels), onnxruntime on the W1A1 graph (the exported float form of the binary model) and
-  edgebin W1A1 (binary convs on packed bits, XNOR/popcount);
+  compiled: int8 micro-kernels), edgebin INT4 and ternary (the host expands their weights to int8, so their
+  latency is INT8's kernels on other weights), onnxruntime on the W1A1 graph (the exported float form of the
+  binary model) and edgebin W1A1 (binary convs on packed bits, XNOR/popcount);
 - host latency per binary conv layer against onnxruntime's FP32 conv of the same shape (`binary_layers.py`);
 - Cortex-M instructions per inference on QEMU (`--mcu-target`, default cortex-m4: since commit 5a6cf64 the W1A1
   model needs 107,748 B of RAM at 28x28, stack included, within cortex-m4's 128 KiB; docs/performance.md's last
-  run used cortex-m33, then the default) for INT8 and W1A1, per conv layer (instructions per MAC), and the
-  weights' flash bytes.
-The INT8 model is `edgebin export`'s PTQ of models/resnet8_fashion.pt; the W1A1 model is a binary QAT of it
-trained for `--epochs` on `--train-samples` images (enough for timing, which does not depend on the weights;
+  run used cortex-m33, then the default) for INT8, INT4, ternary and W1A1, per conv layer (instructions per MAC),
+  and the weights' flash bytes (INT4 and ternary weights stay packed at 4 and 2 bits through the LUT kernels).
+The INT8 model is `edgebin export`'s PTQ of models/resnet8_fashion.pt, INT4 its data-free NUPES W4A8 (PowerQuant
+exponents, table-coded 4-bit weights), ternary a TWN QAT with 8-bit activations and W1A1 a binary QAT, both trained
+for `--epochs` on `--train-samples` images (enough for timing, which does not depend on the weights;
 accuracy is docs/results.md's business). Emulator figures are instruction counts, never milliseconds.
 Not a test: nothing is asserted.
 """
@@ -64,16 +66,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="edgebin-perf-") as tmp:
         work = Path(tmp)
         int8 = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "int8").out_dir
+        training = TrainingOptions(epochs=args.epochs, train_samples=args.train_samples, distill=False)
+        int4 = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "int4",
+                               recipe=pipeline.make_recipe("nupes", bits=4, data_free=True)).out_dir
+        ternary = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "ternary",
+                                  recipe=Recipe.for_method("ternary", activation_bits=8), training=training).out_dir
         binary = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "binary",
-                                 recipe=Recipe.for_method("binary", estimator="ste"),
-                                 training=TrainingOptions(epochs=args.epochs, train_samples=args.train_samples,
-                                                          distill=False)).out_dir
-        latency = _host_latency(int8, binary, work, args.repeat)
+                                 recipe=Recipe.for_method("binary", estimator="ste"), training=training).out_dir
+        models = {"INT8": int8, "INT4": int4, "ternary": ternary, "W1A1": binary}
+        latency = _host_latency(models, work, args.repeat)
         with tempfile.TemporaryDirectory() as lib_dir:
             lib = binary_layers.build_kernels(Path(lib_dir), binary_layers.RESNET8)
             layers = [binary_layers.time_layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
         mcu = {name: _mcu(path / pipeline.MODEL_ONNX, args.mcu_target, args.samples, work / f"mcu-{name}")
-               for name, path in (("INT8", int8), ("W1A1", binary))}
+               for name, path in models.items()}
     text = markdown(latency, layers, mcu, args, command)
     atomic_write_text(args.doc, text)
     print(text)
@@ -88,13 +94,12 @@ def _ort(path: Path, x: np.ndarray):
     return lambda: session.run(None, {name: x})
 
 
-def _host_latency(int8: Path, binary: Path, work: Path, repeat: int) -> dict[str, float]:
+def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str, float]:
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
-    compiled = {
-        "TVM FP32": host.compile_onnx(int8 / pipeline.FP32_ONNX, HOST, work / "tvm-fp32", integer=False),
-        "edgebin INT8": host.compile_onnx(int8 / pipeline.MODEL_ONNX, HOST, work / "edgebin-int8"),
-        "edgebin W1A1": host.compile_onnx(binary / pipeline.MODEL_ONNX, HOST, work / "edgebin-w1a1"),
-    }
+    int8, binary = models["INT8"], models["W1A1"]
+    compiled = {"TVM FP32": host.compile_onnx(int8 / pipeline.FP32_ONNX, HOST, work / "tvm-fp32", integer=False)}
+    for name, folder in models.items():
+        compiled[f"edgebin {name}"] = host.compile_onnx(folder / pipeline.MODEL_ONNX, HOST, work / f"edgebin-{name}")
     engines = {
         "onnxruntime FP32": _ort(int8 / pipeline.FP32_ONNX, x),
         "onnxruntime INT8": _ort(int8 / pipeline.MODEL_ONNX, x),
@@ -131,7 +136,7 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
 
 def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
     base = latency["onnxruntime FP32"]
-    lines = ["# Performance: ResNet-8 in FP32, INT8 and W1A1", "",
+    lines = ["# Performance: ResNet-8 in FP32, INT8, INT4, ternary and W1A1", "",
              f"Made by `{command}` on {platform.machine()} ({cpu_name()}), one run. Host: 1 thread, batch 1, "
              "ms per "
              f"inference, the lowest of {ROUNDS} medians of {args.repeat} runs (engines taking turns); speed-up = "
@@ -141,8 +146,12 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
     for name, ms in latency.items():
         lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× |")
     lines += ["", "## Host, binary conv layers", "",
-              "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount) against "
-              "onnxruntime's FP32 conv of the same shape as a one-node model (its per-call overhead included).", "",
+              "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount; the kernels "
+              "called from a C loop, as model.so calls them) against onnxruntime's FP32 conv of the same shape as a "
+              "one-node model, one `session.run` a call. *Less call overhead* subtracts from onnxruntime's time "
+              "that of a one-node Identity model on the same input, its own cost of a call, which a conv inside a "
+              "whole model does not pay per node: the comparison least favourable to edgebin. The last column "
+              "calls edgebin's pack and conv from Python through ctypes (about 0.4 µs a call of overhead).", "",
               binary_layers.markdown(layers, args.repeat).split("\n\n", 2)[2], "",
               f"## {mcu['INT8']['target']} (QEMU)", "",
               "| model | instructions per inference | MACs | instructions per MAC | weights (flash) | arena (RAM) |",
@@ -150,14 +159,24 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
     for name, m in mcu.items():
         lines.append(f"| {name} | {m['instructions']:,} | {m['macs']:,} | {m['instructions'] / m['macs']:.2f} | "
                      f"{m['weights_bytes']:,} B | {m['arena_bytes']:,} B |")
-    lines += ["", "Per conv and gemm layer (instructions per MAC; a binary MAC is one ±1 × ±1 product):", "",
-              "| layer | INT8 | W1A1 | W1A1 kernel |", "|---|---:|---:|---|"]
-    int8 = {r["layer"]: r for r in mcu["INT8"]["layers"]}
+    others = [name for name in mcu if name != "W1A1"]
+    lines += ["", "Per conv and gemm layer (instructions per MAC, the kernel kind in brackets where not int8; a binary "
+              "MAC is one ±1 × ±1 product):", "",
+              "| layer | " + " | ".join(others) + " | W1A1 | W1A1 kernel |",
+              "|---|" + "---:|" * (len(others) + 1) + "---|"]
+    by_layer = {name: {r["layer"]: r for r in mcu[name]["layers"]} for name in others}
     for r in mcu["W1A1"]["layers"]:
-        other = int8.get(r["layer"])
-        cell = f"{other['instructions'] / other['macs']:.2f}" if other else ""
-        lines.append(f"| {r['layer']} | {cell} | {r['instructions'] / r['macs']:.2f} | {r['kind']} |")
+        cells = [_per_mac(by_layer[name].get(r["layer"])) for name in others]
+        lines.append(f"| {r['layer']} | " + " | ".join(cells) + f" | {r['instructions'] / r['macs']:.2f} | "
+                     f"{r['kind']} |")
     return "\n".join(lines) + "\n"
+
+
+def _per_mac(r: dict | None) -> str:
+    if r is None:
+        return ""
+    kind = "" if r["kind"] == "int8" else f" ({r['kind']})"
+    return f"{r['instructions'] / r['macs']:.2f}{kind}"
 
 
 if __name__ == "__main__":
