@@ -273,7 +273,8 @@ def test_cli_flags_make_the_nupes_recipe():
             make_recipe(method, **flags)
 
 
-def test_cli_exports_nupes_weights(tmp_path, capsys):
+def export_tiny_with_cli(tmp_path, capsys, *flags: str) -> Path:
+    """`edgebin export` of TinyResNet (random, saved to tmp_path) on digits 8x8 with NUPES `flags`: the out dir."""
     from conftest import TinyResNet, randomize_batch_norms
 
     torch.manual_seed(0)
@@ -281,11 +282,27 @@ def test_cli_exports_nupes_weights(tmp_path, capsys):
     out = tmp_path / "out"
     arch = f"{Path(__file__).parent}/conftest.py:TinyResNet"
     args = ["export", tmp_path / "tiny.pt", "--data", "digits", "--arch", arch, "--input-shape", "1x1x8x8",
-            "--method", "nupes", "--bits", "4", "--iterations", "20", "--calibration-samples", "128", "-o", out]
+            "--method", "nupes", *flags, "--calibration-samples", "128", "-o", out]
     with pytest.raises(SystemExit) as done:
         main([str(a) for a in args])
         raise SystemExit(0)  # main returns on success when given argv
     assert done.value.code == 0, capsys.readouterr().err
+    return out
+
+
+def report_of(out: Path, run_info: dict, x: np.ndarray):
+    """The report `compress` would assemble from an export folder, with placeholder logits for `x`."""
+    from edgebin import targets
+    from edgebin.pipeline import Timings, _assemble_report, _Evaluation
+
+    logits = np.eye(len(x), 10, dtype=np.float32)
+    ev = _Evaluation("digits", x, np.arange(len(x)), {"onnxruntime-fp32": logits, "onnxruntime": logits})
+    sections = {"compiled": logits, "footprint": {}, "kernels": {}, "kernels_detail": [], "ops": None, "library": ""}
+    return _assemble_report(out, run_info, targets.load("x86"), ev, sections, None, Timings(), "")
+
+
+def test_cli_exports_nupes_weights(tmp_path, capsys):
+    out = export_tiny_with_cli(tmp_path, capsys, "--bits", "4", "--iterations", "20")
     run_info = json.loads((out / "recipe.json").read_text())
     assert run_info["recipe"]["default"] == {**asdict(NupesConfig()), "iterations": 20}
     layers = run_info["layers"]
@@ -296,14 +313,9 @@ def test_cli_exports_nupes_weights(tmp_path, capsys):
     x = np.random.default_rng(0).standard_normal((4, 1, 8, 8), dtype=np.float32)
     ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, {"input": x[:1]})
     # the report's per-layer precision carries each layer's exponent from recipe.json
-    from edgebin import targets
-    from edgebin.pipeline import Timings, _assemble_report, _Evaluation
     from edgebin.report import render_markdown
 
-    logits = np.eye(4, 10, dtype=np.float32)
-    ev = _Evaluation("digits", x, np.arange(4), {"onnxruntime-fp32": logits, "onnxruntime": logits})
-    sections = {"compiled": logits, "footprint": {}, "kernels": {}, "kernels_detail": [], "ops": None, "library": ""}
-    report = _assemble_report(out, run_info, targets.load("x86"), ev, sections, None, Timings(), "")
+    report = report_of(out, run_info, x)
     shown = {p.layer: p.exponent for p in report.method.per_layer if p.exponent is not None}
     assert shown == {r["layer"]: pytest.approx(r["exponent"]) for r in weighted} and len(shown) == 4
     assert "| Kind | Exponent |" in render_markdown(report)

@@ -10,7 +10,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_nupes import SHAPE, _calibration, _frozen, _nupes
+from test_nupes import (
+    SHAPE,
+    _calibration,
+    _frozen,
+    _nupes,
+    export_tiny_with_cli,
+    one_thread,  # noqa: F401  (its autouse fixture: one torch thread here too)
+    report_of,
+)
 
 from edgebin.export import export_onnx
 from edgebin.quant.nupes import quantize_nupes
@@ -19,14 +27,6 @@ from edgebin.quant.power_act import activation_table, count_inputs, quantize_act
 CODES = np.arange(256)
 CASES = [(zp, bits, a, signed) for zp in (0, 37, 128) for bits in (2, 3, 4, 8) for a in (0.3, 0.55, 1.0)
          for signed in (False, True)]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_exponent_one_at_8_bits_is_the_identity_on_unsigned_codes():
@@ -151,24 +151,10 @@ def test_cortex_m4_bundle_looks_up_in_integers_and_equals_onnxruntime_on_qemu(ti
 
 
 def test_cli_export_records_each_input_grid_and_the_report_shows_it(tmp_path, capsys):
-    from conftest import TinyResNet, randomize_batch_norms
-
-    from edgebin import targets
-    from edgebin.cli import main
-    from edgebin.pipeline import Timings, _assemble_report, _Evaluation
     from edgebin.report import render_markdown
 
-    torch.manual_seed(0)
-    torch.save(randomize_batch_norms(TinyResNet()).state_dict(), tmp_path / "tiny.pt")
-    out = tmp_path / "out"
-    arch = f"{Path(__file__).parent}/conftest.py:TinyResNet"
-    args = ["export", tmp_path / "tiny.pt", "--data", "digits", "--arch", arch, "--input-shape", "1x1x8x8",
-            "--method", "nupes", "--bits", "4", "--act-bits", "4", "--power-activations", "--iterations", "5",
-            "--calibration-samples", "128", "-o", out]
-    with pytest.raises(SystemExit) as done:
-        main([str(a) for a in args])
-        raise SystemExit(0)
-    assert done.value.code == 0, capsys.readouterr().err
+    out = export_tiny_with_cli(tmp_path, capsys, "--bits", "4", "--act-bits", "4", "--power-activations",
+                               "--iterations", "5")
     run_info = json.loads((out / "recipe.json").read_text())
     assert run_info["recipe"]["default"]["activation_bits"] == 4
     assert run_info["recipe"]["default"]["power_activations"] is True
@@ -177,11 +163,7 @@ def test_cli_export_records_each_input_grid_and_the_report_shows_it(tmp_path, ca
     assert all(weighted[n]["activation_bits"] == 4 and 0.25 <= weighted[n]["activation_exponent"] <= 1
                and weighted[n]["activation_levels"] <= 16 for n in ("c1", "c2", "fc"))
     assert sum(n.op_type == "Gather" for n in onnx.load(str(out / "model.onnx")).graph.node) == 3 + 4  # + weights
-    x = np.zeros((2, 1, 8, 8), dtype=np.float32)
-    logits = np.eye(2, 10, dtype=np.float32)
-    ev = _Evaluation("digits", x, np.arange(2), {"onnxruntime-fp32": logits, "onnxruntime": logits})
-    sections = {"compiled": logits, "footprint": {}, "kernels": {}, "kernels_detail": [], "ops": None, "library": ""}
-    report = _assemble_report(out, run_info, targets.load("x86"), ev, sections, None, Timings(), "")
+    report = report_of(out, run_info, np.zeros((2, 1, 8, 8), dtype=np.float32))
     shown = {p.layer: p.activation_exponent for p in report.method.per_layer if p.activation_exponent is not None}
     assert set(shown) == {"c1", "c2", "fc"}
     assert "| Exponent | Input exponent |" in render_markdown(report)

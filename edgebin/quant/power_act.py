@@ -35,15 +35,16 @@ import torch
 from torch import fx
 
 from edgebin.quant.modules import ActQuant, _QuantWeighted
+from edgebin.quant.nupes import A_MIN
+from edgebin.quant.nupes import power as power_of
 from edgebin.quant.recipe import NupesConfig, Recipe
 from edgebin.quant.uniform import ACT_QMAX, ACT_QMIN
 
-A_MIN = 0.25  # as NUPES weights: a smaller exponent leaves the low-bit tables few distinct levels
-EXPONENT_GRID = np.round(np.arange(A_MIN, 1.0 + 1e-9, 0.01), 2)
+EXPONENT_GRID = np.round(np.arange(A_MIN, 1.0 + 1e-9, 0.01), 2)  # A_MIN as for weights: few levels below it
 
 
 def _power(x: np.ndarray, a: float) -> np.ndarray:
-    return np.sign(x) * np.abs(x) ** a
+    return power_of(torch.from_numpy(x), a).numpy()
 
 
 def activation_table(zero_point: int, bits: int, exponent: float, signed: bool) -> np.ndarray:
