@@ -43,6 +43,16 @@ def randomize_batch_norms(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 @pytest.fixture
+def one_torch_thread():
+    """Small models and many small ops run fastest on one thread, and a busy machine cannot slow them down much;
+    a test module opts in with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def tiny_resnet() -> nn.Module:
     torch.manual_seed(0)
     return randomize_batch_norms(TinyResNet())

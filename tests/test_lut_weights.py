@@ -29,7 +29,7 @@ from edgebin import targets
 from edgebin.capture import capture_graph
 from edgebin.compile import host, importer, lut_weights, mcu_lut
 from edgebin.compile.lut_weights import codes_for, fold_lut_weights, pack_codes, row_bytes, unpack_codes
-from edgebin.compile.mcu_emit import compile_bundle, micro_kernel_headers
+from edgebin.compile.mcu_emit import compile_bundle, micro_kernel_headers, write_driver_bundle
 from edgebin.compile.mcu_lut import palette_table
 from edgebin.compile.mcu_schedule import plain_loops
 from edgebin.compile.tvm_adapter import make_target
@@ -265,17 +265,7 @@ def _qemu_driver(directory: Path) -> tuple[Path, np.ndarray]:
     lines += ['#include "model.h"', "static int32_t acc[64];",
               "int edgebin_model_run(const float* input, float* output) {", "  (void)input;", *calls, "  return 0;",
               "}", 'const char* edgebin_model_name(void) { return "edgebin_lut_test"; }']
-    directory.mkdir(parents=True)
-    (directory / "lut_test.c").write_text("\n".join(lines) + "\n")
-    for name, text in micro_kernel_headers('#include "edgebin_lut.h"').items():
-        (directory / name).write_text(text)
-    (directory / "model.h").write_text(
-        f"#define EDGEBIN_INPUT_ELEMS 1\n#define EDGEBIN_OUTPUT_ELEMS {outputs}\n#define EDGEBIN_ARENA_BYTES 0\n"
-        "int edgebin_model_run(const float* input, float* output);\nconst char* edgebin_model_name(void);\n")
-    (directory / "bundle.json").write_text(json.dumps({
-        "schema_version": 1, "target": "cortex-m4", "input": {"name": "input", "shape": [1, 1], "dtype": "float32"},
-        "output": {"name": "output", "shape": [1, outputs], "dtype": "float32"}, "arena_bytes": 0,
-        "weights_bytes": 0, "kernels": [], "sources": ["lut_test.c"]}))
+    write_driver_bundle(directory, {"lut_test.c": "\n".join(lines) + "\n"}, 1, outputs)
     return directory, np.concatenate(expected).astype(np.float32)
 
 

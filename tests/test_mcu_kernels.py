@@ -25,7 +25,13 @@ from conftest import TinyResNet, randomize_batch_norms  # pytest puts tests/ on 
 
 from edgebin import targets
 from edgebin.capture import capture_graph
-from edgebin.compile.mcu_emit import MICRO_KERNEL_HEADER, build_library, compile_bundle, micro_kernel_headers
+from edgebin.compile.mcu_emit import (
+    MICRO_KERNEL_HEADER,
+    build_library,
+    compile_bundle,
+    micro_kernel_headers,
+    write_driver_bundle,
+)
 from edgebin.compile.mcu_schedule import MATVEC, columns_per_call, plain_loops, schedule_kernel
 from edgebin.compile.tvm_adapter import collect, tirx, tvm
 from edgebin.export import export_onnx
@@ -151,20 +157,11 @@ def test_plain_c_matvec_matches_numpy(tmp_path):
 
 def write_qemu_bundle(directory: Path) -> Path:
     """The driver as a bundle the QEMU runner takes (docs/mcu-bundle.md): edgebin_model_run calls it."""
-    write_driver(directory)
-    (directory / "model.h").write_text(
-        f"#define EDGEBIN_INPUT_ELEMS {IN_ELEMS}\n#define EDGEBIN_OUTPUT_ELEMS {OUT_ELEMS}\n"
-        "#define EDGEBIN_ARENA_BYTES 0\nint edgebin_model_run(const float* input, float* output);\n"
-        "const char* edgebin_model_name(void);\n")
-    (directory / "model.c").write_text(
-        '#include "model.h"\nint edgebin_kernels_test(const float* input, float* output);\n'
-        "int edgebin_model_run(const float* input, float* output) { return edgebin_kernels_test(input, output); }\n"
-        'const char* edgebin_model_name(void) { return "edgebin_kernels_test"; }\n')
-    (directory / "bundle.json").write_text(json.dumps({
-        "schema_version": 1, "target": "cortex-m4",
-        "input": {"name": "input", "shape": [1, IN_ELEMS], "dtype": "float32"},
-        "output": {"name": "output", "shape": [1, OUT_ELEMS], "dtype": "float32"},
-        "arena_bytes": 0, "weights_bytes": 0, "kernels": [], "sources": ["model.c", "kernels_test.c"]}))
+    model_c = ('#include "model.h"\nint edgebin_kernels_test(const float* input, float* output);\n'
+               "int edgebin_model_run(const float* input, float* output) {\n"
+               "  return edgebin_kernels_test(input, output);\n}\n"
+               'const char* edgebin_model_name(void) { return "edgebin_kernels_test"; }\n')
+    write_driver_bundle(directory, {"model.c": model_c, "kernels_test.c": DRIVER_C}, IN_ELEMS, OUT_ELEMS)
     return directory
 
 

@@ -42,13 +42,7 @@ from edgebin.quant.uniform import quantize_weight, symmetric_weight_scales
 SHAPE = (1, 1, 28, 28)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The fits run many small ops: one thread is fastest, and a busy machine cannot slow them down by much."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _gaussian(shape=(16, 64), seed=0, dtype=torch.float32) -> torch.Tensor:

@@ -10,19 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from test_nupes import (
-    SHAPE,
-    _calibration,
-    _frozen,
-    _nupes,
-    export_tiny_with_cli,
-    one_thread,  # noqa: F401  (its autouse fixture: one torch thread here too)
-    report_of,
-)
+from test_nupes import SHAPE, _calibration, _frozen, _nupes, export_tiny_with_cli, report_of
 
 from edgebin.export import export_onnx
 from edgebin.quant.nupes import quantize_nupes
 from edgebin.quant.power_act import activation_table, count_inputs, quantize_activations, search_table, table_error
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CODES = np.arange(256)
 CASES = [(zp, bits, a, signed) for zp in (0, 37, 128) for bits in (2, 3, 4, 8) for a in (0.3, 0.55, 1.0)

@@ -233,6 +233,28 @@ def clean_kernels_source(source: str) -> str:
     return source
 
 
+def write_driver_bundle(directory: Path, sources: dict[str, str], input_elems: int, output_elems: int,
+                        target: str = "cortex-m4") -> Path:
+    """A bundle the QEMU runner builds around hand-written C, for kernel tests and benches: `sources` ({file name:
+    text}; one defines `edgebin_model_run` and `edgebin_model_name`), the micro-kernel headers they include, and
+    model.h and bundle.json (docs/mcu-bundle.md) with a float input and output of those sizes and no arena."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in sources.items():
+        (directory / name).write_text(text)
+    for name, text in micro_kernel_headers("\n".join(sources.values())).items():
+        (directory / name).write_text(text)
+    (directory / "model.h").write_text(
+        f"#define EDGEBIN_INPUT_ELEMS {input_elems}\n#define EDGEBIN_OUTPUT_ELEMS {output_elems}\n"
+        "#define EDGEBIN_ARENA_BYTES 0\nint edgebin_model_run(const float* input, float* output);\n"
+        "const char* edgebin_model_name(void);\n")
+    (directory / "bundle.json").write_text(json.dumps({
+        "schema_version": 1, "target": target,
+        "input": {"name": "input", "shape": [1, input_elems], "dtype": "float32"},
+        "output": {"name": "output", "shape": [1, output_elems], "dtype": "float32"},
+        "arena_bytes": 0, "weights_bytes": 0, "kernels": [], "sources": list(sources)}))
+    return directory
+
+
 def micro_kernel_headers(source: str) -> dict[str, str]:
     """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h
     (and mcu_kernels/edgebin_lut.h, which includes it), binary_kernels/edgebin_binary.h."""

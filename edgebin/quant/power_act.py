@@ -94,12 +94,6 @@ class ActivationTable:
                 "exponent": round(self.exponent, 4), "signed": self.signed, "levels": self.levels}
 
 
-def wants_tables(recipe: Recipe) -> bool:
-    """True when some NUPES config asks for activations below 8 bits or on a power grid."""
-    configs = [recipe.default, *recipe.overrides.values()]
-    return any(isinstance(c, NupesConfig) and (c.activation_bits < 8 or c.power_activations) for c in configs)
-
-
 def table_inputs(gm: fx.GraphModule, recipe: Recipe) -> dict[str, tuple[ActQuant, tuple[str, ...], int, bool]]:
     """Quantizer name -> (quantizer, layers it feeds, bits, power) for the NUPES layers that want a table, in
     graph order; the network input's quantizer is left at 8 bits. A quantizer feeding several such layers takes
@@ -167,4 +161,4 @@ def quantize_activations(gm: fx.GraphModule, recipe: Recipe, x: np.ndarray, *, b
 
 def count_inputs(gm: fx.GraphModule, recipe: Recipe) -> int:
     """How many quantizers `quantize_activations` fits (0: the recipe keeps 8-bit uniform activations)."""
-    return len(table_inputs(gm, recipe)) if wants_tables(recipe) else 0
+    return len(table_inputs(gm, recipe))

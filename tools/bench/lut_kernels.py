@@ -18,7 +18,6 @@ QEMU counts instructions, not cycles (docs/mcu-bundle.md). Not a test: nothing i
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import tempfile
@@ -28,7 +27,7 @@ import numpy as np
 
 from edgebin import targets
 from edgebin.compile.lut_weights import pack_codes
-from edgebin.compile.mcu_emit import micro_kernel_headers
+from edgebin.compile.mcu_emit import write_driver_bundle
 from edgebin.runners.qemu import QemuRunner
 
 # (K, Cout, columns): ResNet-8's convs and gemm as the MCU schedule calls them, and a 9-tap stem.
@@ -103,7 +102,7 @@ def main() -> int:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     source, outputs, expected = firmware_source(args.bits, args.calls, args.decode)
     with tempfile.TemporaryDirectory(prefix="edgebin-lut-bench-") as tmp:
-        bundle = write_bundle(Path(tmp) / "bundle", source, outputs, target.name)
+        bundle = write_driver_bundle(Path(tmp) / "bundle", {"lut_bench.c": source}, 1, outputs, target.name)
         runner = QemuRunner(target, timeout_s=600)
         result = runner.run(runner.build(bundle, Path(tmp) / "firmware"), np.zeros((1, 1), np.float32))
     got = result.outputs.reshape(-1)
@@ -162,22 +161,6 @@ def firmware_source(bits: list[int], calls: int, decode: bool) -> tuple[str, int
               "  (void)input;", "  int o = 0;", *body, "  return 0;", "}",
               'const char* edgebin_model_name(void) { return "edgebin_lut_bench"; }']
     return "\n".join(lines) + "\n", at, expected
-
-
-def write_bundle(directory: Path, source: str, outputs: int, target: str) -> Path:
-    """A bundle the QEMU runner builds: the bench's C, the micro-kernel headers, model.h and bundle.json."""
-    directory.mkdir(parents=True)
-    (directory / "lut_bench.c").write_text(source)
-    for name, text in micro_kernel_headers('#include "edgebin_lut.h"').items():
-        (directory / name).write_text(text)
-    (directory / "model.h").write_text(
-        f"#define EDGEBIN_INPUT_ELEMS 1\n#define EDGEBIN_OUTPUT_ELEMS {outputs}\n#define EDGEBIN_ARENA_BYTES 0\n"
-        "int edgebin_model_run(const float* input, float* output);\nconst char* edgebin_model_name(void);\n")
-    (directory / "bundle.json").write_text(json.dumps({
-        "schema_version": 1, "target": target, "input": {"name": "input", "shape": [1, 1], "dtype": "float32"},
-        "output": {"name": "output", "shape": [1, outputs], "dtype": "float32"}, "arena_bytes": 0,
-        "weights_bytes": 0, "kernels": [], "sources": ["lut_bench.c"]}))
-    return directory
 
 
 def render(counts: dict[str, int], bits: list[int], calls: int, decode: bool) -> str:
