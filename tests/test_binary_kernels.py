@@ -327,3 +327,93 @@ def test_sign_thresholds_match_hand_values():
     # with ReLU and a non-negative shift every sum gives +1: 0 * s >= 0
     direction, threshold = sign_thresholds(np.array([0.5]), np.array([-3.0]), np.array([0.1]), relu=True)
     assert direction.tolist() == [0] and threshold.tolist() == [0]
+
+
+# --- the dense kernels on Cortex-M cores, under QEMU ----------------------------------------------------------------
+
+# n, c, h, w, cout, k, stride, pad: a 16-channel column (4.5 words), a 1x1 stride-2 shortcut (half a word), one and
+# two 32-bit words per tap with odd and non-multiple-of-32 output channels, a column of 5.6 words (c = 20), a batch.
+M_SHAPES = [(1, 16, 6, 6, 16, 3, 1, 1), (1, 16, 8, 8, 32, 1, 2, 0), (1, 32, 5, 5, 7, 3, 2, 1),
+            (1, 64, 4, 4, 34, 3, 1, 1), (1, 20, 5, 4, 5, 3, 1, 1), (2, 40, 3, 3, 3, 1, 1, 0)]
+M_KERNELS = ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits",
+             "edgebin_bconv2d_dense_mst")
+
+
+def _c_array(name: str, a: np.ndarray) -> str:
+    """A static const C array of `a`'s values, exactly (floats as hexadecimal literals)."""
+    kind = {np.dtype(np.uint32): "uint32_t", np.dtype(np.int32): "int32_t", np.dtype(np.int8): "int8_t",
+            np.dtype(np.float32): "float"}[a.dtype]
+    flat = a.ravel()
+    values = [float(v).hex() + "f" for v in flat] if kind == "float" else [f"{int(v)}" + ("u" * (kind == "uint32_t"))
+                                                                          for v in flat]
+    return f"static const {kind} {name}[{max(len(values), 1)}] = {{{', '.join(values) or '0'}}};"
+
+
+def _dense_case(index: int, shape: tuple[int, ...]) -> tuple[list[str], str, int, dict]:
+    """C arrays, driver statements and output size of one shape's four kernel calls, and what they must give."""
+    n, c, h, w, cout, k, stride, pad = shape
+    geometry = _geometry(*shape)
+    oh, ow = geometry[-2:]
+    rng = np.random.default_rng(index + 11)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
+    mul, add = rng.standard_normal(cout).astype(np.float32), rng.standard_normal(cout).astype(np.float32)
+    scale = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
+    scale[:1] = 0.0  # a constant bit
+    offset, next_shift = rng.standard_normal(cout) + 0.37, rng.standard_normal(cout) * 0.2
+    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=True)
+    y = np.maximum(sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1), 0)
+    nodes, edges = mst_plan(codes).kernel_tables()
+    arrays = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)), "w": pack_dense_weight_bits(codes),
+              "ts": tap_sums(codes), "mul": mul, "add": add, "dir": direction.astype(np.int32),
+              "thr": threshold.astype(np.int32), "nodes": nodes.astype(np.int32), "edges": edges.astype(np.uint32)}
+    lines = [_c_array(f"{name}{index}", np.ascontiguousarray(a)) for name, a in arrays.items()]
+    plain, affine, bits, tree = (specialized_name(kernel, geometry) for kernel in M_KERNELS)
+    size, words = n * cout * oh * ow, n * oh * ow * words_for(cout)
+    p = f"{index}"
+    calls = (f"  {{ static int32_t s[{size}]; {plain}(bits{p}, w{p}, ts{p}, s);\n"
+             f"    for (int i = 0; i < {size}; ++i) *out++ = (float)s[i]; }}\n"
+             f"  {{ static float f[{size}]; {affine}(bits{p}, w{p}, ts{p}, mul{p}, add{p}, f);\n"
+             f"    for (int i = 0; i < {size}; ++i) *out++ = f[i]; }}\n"
+             f"  {{ static uint32_t b[{words}]; {bits}(bits{p}, w{p}, ts{p}, dir{p}, thr{p}, b);\n"
+             f"    for (int i = 0; i < {words}; ++i) {{\n"
+             f"      *out++ = (float)(b[i] & 0xFFFFu);\n      *out++ = (float)(b[i] >> 16);\n    }} }}\n"
+             f"  {{ static int32_t s[{size}]; {tree}(bits{p}, w{p}, ts{p}, nodes{p}, edges{p}, s);\n"
+             f"    for (int i = 0; i < {size}; ++i) *out++ = (float)s[i]; }}\n")
+    want = {"sums": sums, "mul": mul, "add": add, "bits": pack_activation_bits(y, next_shift)}
+    return lines, calls, 3 * size + 2 * words, want
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_dense_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
+    """The Cortex-M build of the dense kernels (Thumb-2 SWAR count, USADA8, two channels a pass, the threshold
+    epilogue's bits gathered in a register) against the integer reference, every epilogue and MST-compression."""
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import write_driver_bundle
+    from edgebin.runners import QemuRunner
+
+    cases = [_dense_case(i, shape) for i, shape in enumerate(M_SHAPES)]
+    names = {specialized_name(kernel, _geometry(*shape)) for shape in M_SHAPES for kernel in M_KERNELS}
+    total = sum(size for _, _, size, _ in cases)
+    driver = (c_source(names) + "\n".join(line for lines, _, _, _ in cases for line in lines) + "\n\n"
+              "int edgebin_model_run(const float* input, float* out) {\n  (void)input;\n"
+              + "".join(calls for _, calls, _, _ in cases) + "  return 0;\n}\n"
+              'const char* edgebin_model_name(void) { return "edgebin_dense_kernels_test"; }\n')
+    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
+    runner = QemuRunner(targets.load(target), timeout_s=120)
+    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
+                     count_instructions=False).outputs.ravel()
+    at = 0
+    for shape, (_, _, size, want) in zip(M_SHAPES, cases, strict=True):
+        sums, n_sums = want["sums"], want["sums"].size
+        np.testing.assert_array_equal(got[at : at + n_sums].reshape(sums.shape), sums, err_msg=f"{shape} sums")
+        _assert_affine(got[at + n_sums : at + 2 * n_sums].reshape(sums.shape), sums, want["mul"], want["add"])
+        halves = got[at + 2 * n_sums : at + size - n_sums].astype(np.uint32)
+        np.testing.assert_array_equal((halves[0::2] | halves[1::2] << 16).reshape(want["bits"].shape), want["bits"],
+                                      err_msg=f"{shape} bits")
+        np.testing.assert_array_equal(got[at + size - n_sums : at + size].reshape(sums.shape), sums,
+                                      err_msg=f"{shape} MST")
+        at += size

@@ -35,12 +35,12 @@
  *   The same convs for cores without a popcount instruction (Cortex-M), which count bits in software: the
  *   receptive field of each output pixel is first gathered into one dense bit column, tap t = ky * kw + kx at
  *   bits [t * c, t * c + c), so a 16-channel layer fills whole words (the per-tap layout leaves half of each word
- *   empty), and the weights are dense rows w[co][kwords] in the same bit order. Each output channel then XORs its
- *   row with the column and counts the bits of three words at a time, deferring the SWAR count's last steps
- *   (USADA8 sums the four byte counts on DSP cores). A tap outside the image is left 0 in the column, which counts
- *   as -1 against each weight; tapsum[co * kh * kw + t] (the sum of that tap's +-1 weights, int8: c <= 127)
- *   adds it back, on border pixels only. Columns hold at most EDGEBIN_BCOL_WORDS words (the compiler uses the
- *   other kernels for a larger c * kh * kw or c > 127).
+ *   empty), and the weights are dense rows w[co][kwords] in the same bit order. Output channels then go two at a
+ *   time, each column word loaded once for both: XOR with each row, and the SWAR count (five Thumb-2 instructions
+ *   a word to 4-bit counts, finished once per three words; USADA8 sums the four byte counts on DSP cores). A tap
+ *   outside the image is left 0 in the column, which counts as -1 against each weight; tapsum[co * kh * kw + t]
+ *   (the sum of that tap's +-1 weights, int8: c <= 127) adds it back, on border pixels only. Columns hold at most
+ *   EDGEBIN_BCOL_WORDS words (the compiler uses the other kernels for a larger c * kh * kw or c > 127).
  *
  * Popcount: the compiler's builtin where the target has an instruction for it (x86 POPCNT, AArch64/NEON CNT);
  * elsewhere (Cortex-M has none and libgcc's __popcountsi2 is a call) the SWAR bit count below. All paths compute
@@ -444,8 +444,55 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_bits(const uint32_t* bits, const uint32_
   edgebin_bconv2d_core(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, 0, dir, thr, out);
 }
 
-/* sum of popcount(a[k] ^ b[k]) for k < n. With a popcount instruction, the builtin per word; in software, the
- * first two SWAR steps per word and the rest once per three words (each 4-bit field holds at most 12 then). */
+/* --- Counting bits in software (Cortex-M) -------------------------------------------------------------------------
+ * The SWAR count in two steps per word, to 2-bit and then 4-bit field counts (each <= 4), the fields of up to three
+ * words summed (<= 12), then their byte sums (<= 24) added into the total, by one USADA8 on DSP cores. On Thumb-2
+ * each mask is an immediate of the AND and each shift the SUB's or ADD's shifted operand: five instructions from a
+ * word to its 4-bit counts, three to byte sums. (gcc rewrites (v & 0xAAAAAAAA) >> 1 as (v >> 1) & 0x55555555, a
+ * shift the AND cannot fold: seven and four.) */
+#if defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
+#define EDGEBIN_THUMB2_SWAR 1
+#endif
+
+/* The bit counts of v's eight 4-bit fields, each <= 4. */
+EDGEBIN_CORE uint32_t edgebin_nibble_counts(uint32_t v) {
+#ifdef EDGEBIN_THUMB2_SWAR
+  uint32_t t;
+  __asm__("and %1, %0, #0xAAAAAAAA\n\t"
+          "sub %0, %0, %1, lsr #1\n\t"
+          "and %1, %0, #0xCCCCCCCC\n\t"
+          "and %0, %0, #0x33333333\n\t"
+          "add %0, %0, %1, lsr #2"
+          : "+r"(v), "=&r"(t));
+  return v;
+#else
+  v -= (v >> 1) & 0x55555555u;
+  return (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+#endif
+}
+
+/* total plus the sum of the eight 4-bit fields of n (each <= 15). */
+EDGEBIN_CORE uint32_t edgebin_add_nibbles(uint32_t total, uint32_t n) {
+#ifdef EDGEBIN_THUMB2_SWAR
+  uint32_t t;
+  __asm__("and %1, %0, #0xF0F0F0F0\n\t"
+          "and %0, %0, #0x0F0F0F0F\n\t"
+          "add %0, %0, %1, lsr #4"
+          : "+r"(n), "=&r"(t));
+#else
+  n = (n & 0x0F0F0F0Fu) + ((n >> 4) & 0x0F0F0F0Fu);
+#endif
+#ifdef EDGEBIN_BINARY_USADA8
+  __asm__("usada8 %0, %1, %2, %0" : "+r"(total) : "r"(n), "r"(0u));
+  return total;
+#else
+  n += n >> 8;
+  return total + ((n + (n >> 16)) & 0xFFu);
+#endif
+}
+
+/* sum of popcount(a[k] ^ b[k]) for k < n: the builtin per word where the target has the instruction, else the
+ * SWAR count, finished once per three words. */
 EDGEBIN_CORE int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b, int32_t n) {
 #if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
   int32_t total = 0;
@@ -453,26 +500,42 @@ EDGEBIN_CORE int32_t edgebin_xor_popcount(const uint32_t* a, const uint32_t* b, 
   return total;
 #else
   uint32_t total = 0;
-  int32_t k = 0;
-  for (; k + 3 <= n; k += 3) {
-    uint32_t v0 = a[k] ^ b[k], v1 = a[k + 1] ^ b[k + 1], v2 = a[k + 2] ^ b[k + 2];
-    v0 -= (v0 >> 1) & 0x55555555u;
-    v1 -= (v1 >> 1) & 0x55555555u;
-    v2 -= (v2 >> 1) & 0x55555555u;
-    v0 = (v0 & 0x33333333u) + ((v0 >> 2) & 0x33333333u);
-    v1 = (v1 & 0x33333333u) + ((v1 >> 2) & 0x33333333u);
-    v2 = (v2 & 0x33333333u) + ((v2 >> 2) & 0x33333333u);
-    uint32_t s = v0 + v1 + v2;                          /* eight 4-bit counts, each <= 12 */
-    s = (s & 0x0F0F0F0Fu) + ((s >> 4) & 0x0F0F0F0Fu);    /* four byte counts, each <= 24 */
-#ifdef EDGEBIN_BINARY_USADA8
-    __asm__("usada8 %0, %1, %2, %0" : "+r"(total) : "r"(s), "r"(0u));
-#else
-    s += s >> 8;
-    total += (s + (s >> 16)) & 0xFFu;
-#endif
+  for (int32_t k = 0; k < n; k += 3) {
+    uint32_t fields = edgebin_nibble_counts(a[k] ^ b[k]);
+    if (k + 1 < n) fields += edgebin_nibble_counts(a[k + 1] ^ b[k + 1]);
+    if (k + 2 < n) fields += edgebin_nibble_counts(a[k + 2] ^ b[k + 2]);
+    total = edgebin_add_nibbles(total, fields);
   }
-  for (; k < n; ++k) total += (uint32_t)edgebin_popcount32(a[k] ^ b[k]);
   return (int32_t)total;
+#endif
+}
+
+/* The same for two rows against one column: two output channels of a dense conv, each column word loaded once. */
+EDGEBIN_CORE void edgebin_xor_popcount2(const uint32_t* col, const uint32_t* w0, const uint32_t* w1, int32_t n,
+                                        int32_t* count0, int32_t* count1) {
+#if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
+  *count0 = edgebin_xor_popcount(col, w0, n);
+  *count1 = edgebin_xor_popcount(col, w1, n);
+#else
+  uint32_t total0 = 0, total1 = 0;
+  for (int32_t k = 0; k < n; k += 3) {
+    uint32_t a = col[k];
+    uint32_t fields0 = edgebin_nibble_counts(a ^ w0[k]), fields1 = edgebin_nibble_counts(a ^ w1[k]);
+    if (k + 1 < n) {
+      a = col[k + 1];
+      fields0 += edgebin_nibble_counts(a ^ w0[k + 1]);
+      fields1 += edgebin_nibble_counts(a ^ w1[k + 1]);
+    }
+    if (k + 2 < n) {
+      a = col[k + 2];
+      fields0 += edgebin_nibble_counts(a ^ w0[k + 2]);
+      fields1 += edgebin_nibble_counts(a ^ w1[k + 2]);
+    }
+    total0 = edgebin_add_nibbles(total0, fields0);
+    total1 = edgebin_add_nibbles(total1, fields1);
+  }
+  *count0 = (int32_t)total0;
+  *count1 = (int32_t)total1;
 #endif
 }
 
@@ -499,11 +562,50 @@ EDGEBIN_CORE void edgebin_mst_sums(const uint32_t* col, const uint32_t* w, int32
   }
 }
 
+/* One output pixel's receptive field as a dense bit column: tap t = ky * kw + kx at bits [t * c, t * c + c), the
+ * taps outside [ky0, ky1) x [kx0, kx1) left 0. Interior pixels pass the whole window as constants, so the copy
+ * unrolls with every word and shift known (a plain word copy when c is a multiple of 32). */
+EDGEBIN_CORE void edgebin_dense_column(const uint32_t* image, int32_t c, int32_t wd, int32_t kw, int32_t y0,
+                                        int32_t x0, int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1, int32_t kwords,
+                                        uint32_t* col) {
+  const int32_t words = (c + 31) / 32;
+  for (int32_t k = 0; k < kwords; ++k) col[k] = 0;
+  for (int32_t ky = ky0; ky < ky1; ++ky) {
+    for (int32_t kx = kx0; kx < kx1; ++kx) {
+      const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
+      const int32_t at = (ky * kw + kx) * c;
+      for (int32_t k = 0; k < words; ++k) { /* c bits of this tap, 32 at a time, at bit at + 32k */
+        const int32_t off = at + 32 * k, shift = off & 31, nbits = c - 32 * k < 32 ? c - 32 * k : 32;
+        col[off >> 5] |= a[k] << shift;
+        if (shift && shift + nbits > 32) col[(off >> 5) + 1] |= a[k] >> (32 - shift);
+      }
+    }
+  }
+}
+
+/* The sum of channel co's tap sums over the taps outside [ky0, ky1) x [kx0, kx1): a border pixel's fix. */
+EDGEBIN_CORE int32_t edgebin_outside_taps(const int8_t* tapsum, int32_t kh, int32_t kw, int32_t ky0, int32_t ky1,
+                                          int32_t kx0, int32_t kx1) {
+  int32_t fix = 0;
+  for (int32_t ky = 0; ky < kh; ++ky) {
+    for (int32_t kx = 0; kx < kw; ++kx) {
+      if (ky < ky0 || ky >= ky1 || kx < kx0 || kx >= kx1) fix += tapsum[ky * kw + kx];
+    }
+  }
+  return fix;
+}
+
+/* What a dense conv writes: int32 sums, floats sum * mul + add, or the next binary layer's bits (threshold). A
+ * constant argument of the core, so that each kernel's epilogue compiles to its own straight code. */
+enum { EDGEBIN_DENSE_SUMS, EDGEBIN_DENSE_AFFINE, EDGEBIN_DENSE_BITS };
+
+/* The dense conv: per output pixel its column, then the output channels two at a time (edgebin_xor_popcount2),
+ * the threshold epilogue's bits gathered in a register and stored a word at a time. */
 EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
                                               int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                               int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
-                                              int32_t ow, int32_t* out_i, const float* mul, const float* add,
-                                              float* out_f, const int32_t* dir, const int32_t* thr,
+                                              int32_t ow, int kind, int32_t* out_i, const float* mul,
+                                              const float* add, float* out_f, const int32_t* dir, const int32_t* thr,
                                               uint32_t* out_b, const int32_t* mst_nodes, const uint32_t* mst_edges) {
   const int32_t words = (c + 31) / 32, taps = kh * kw, depth = taps * c, kwords = (depth + 31) / 32;
   const int32_t out_words = (cout + 31) / 32;
@@ -521,34 +623,51 @@ EDGEBIN_CORE void edgebin_bconv2d_dense_core(const uint32_t* bits, const uint32_
         int32_t kx0, kx1;
         edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
         const int border = ky0 > 0 || ky1 < kh || kx0 > 0 || kx1 < kw;
-        for (int32_t k = 0; k < kwords; ++k) col[k] = 0;
-        for (int32_t ky = ky0; ky < ky1; ++ky) {
-          for (int32_t kx = kx0; kx < kx1; ++kx) {
-            const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
-            const int32_t at = (ky * kw + kx) * c;
-            for (int32_t k = 0; k < words; ++k) { /* c bits of this tap, 32 at a time, at bit at + 32k */
-              const int32_t off = at + 32 * k, shift = off & 31, nbits = c - 32 * k < 32 ? c - 32 * k : 32;
-              col[off >> 5] |= a[k] << shift;
-              if (shift && shift + nbits > 32) col[(off >> 5) + 1] |= a[k] >> (32 - shift);
-            }
-          }
+        if (border) {
+          edgebin_dense_column(image, c, wd, kw, y0, x0, ky0, ky1, kx0, kx1, kwords, col);
+        } else {
+          edgebin_dense_column(image, c, wd, kw, y0, x0, 0, kh, 0, kw, kwords, col);
         }
-        uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
-        for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
         if (mst_nodes) edgebin_mst_sums(col, w, kwords, depth, cout, mst_nodes, mst_edges, tree_sums);
-        for (int32_t co = 0; co < cout; ++co) {
-          int32_t sum = mst_nodes ? tree_sums[co] : depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords,
-                                                                                        kwords);
-          if (border) { /* taps outside the image counted as -1 against each weight: add their weights back */
-            const int8_t* ts = tapsum + (int64_t)co * taps;
-            for (int32_t ky = 0; ky < kh; ++ky) {
-              for (int32_t kx = 0; kx < kw; ++kx) {
-                if (ky < ky0 || ky >= ky1 || kx < kx0 || kx >= kx1) sum += ts[ky * kw + kx];
-              }
+        uint32_t* row = kind == EDGEBIN_DENSE_BITS ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words
+                                                   : 0;
+        /* The threshold epilogue's bits, complemented, of channels co & ~31 .. co, the latest at bit 31: bit
+         * dir * sum >= thr is the complement of the sign of dir * sum - thr (five instructions a channel). */
+        uint32_t word = 0;
+        for (int32_t co = 0; co < cout; co += 2) {
+          const int pair = co + 1 < cout;
+          int32_t sum[2] = {0, 0};
+          if (mst_nodes) {
+            sum[0] = tree_sums[co];
+            sum[1] = pair ? tree_sums[co + 1] : 0;
+          } else if (pair) {
+            int32_t count0, count1;
+            edgebin_xor_popcount2(col, w + (int64_t)co * kwords, w + (int64_t)(co + 1) * kwords, kwords, &count0,
+                                  &count1);
+            sum[0] = depth - 2 * count0;
+            sum[1] = depth - 2 * count1;
+          } else {
+            sum[0] = depth - 2 * edgebin_xor_popcount(col, w + (int64_t)co * kwords, kwords);
+          }
+          for (int32_t j = 0; j <= pair; ++j) {
+            const int32_t o = co + j;
+            /* taps outside the image counted as -1 against each weight: add their weights back */
+            if (border) sum[j] += edgebin_outside_taps(tapsum + (int64_t)o * taps, kh, kw, ky0, ky1, kx0, kx1);
+            const int64_t at = base + ((int64_t)o * oh + y) * ow + x;
+            if (kind == EDGEBIN_DENSE_BITS) {
+              word = (word >> 1) | ((uint32_t)(dir[o] * sum[j] - thr[o]) & 0x80000000u);
+            } else if (kind == EDGEBIN_DENSE_AFFINE) {
+              out_f[at] = (float)sum[j] * mul[o] + add[o];
+            } else {
+              out_i[at] = sum[j];
             }
           }
-          edgebin_bconv2d_store(sum, co, base + ((int64_t)co * oh + y) * ow + x, out_i, mul, add, 0, out_f, dir,
-                                thr, row);
+          /* a word of channels done (cout may be odd): its bits to bits 0 .. done - 1 */
+          if (kind == EDGEBIN_DENSE_BITS && (((co + 2) & 31) == 0 || co + 2 >= cout)) {
+            const int32_t done = co + 1 + pair - (co & ~31);
+            row[co >> 5] = ~word >> (32 - done);
+            word = 0;
+          }
         }
       }
     }
@@ -559,8 +678,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense(const uint32_t* bits, const uint32
                                                int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh,
                                                int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                int32_t ow, int32_t* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0,
-                             0, 0, 0);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_SUMS, out, 0, 0, 0, 0, 0, 0, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
@@ -568,8 +687,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_affine(const uint32_t* bits, const
                                                       int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                       int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                       int32_t ow, float* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0,
-                             0, 0, 0, 0);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_AFFINE, 0, mul, add, out, 0, 0, 0, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
@@ -577,8 +696,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_bits(const uint32_t* bits, const u
                                                     int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                     int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                     int32_t ow, uint32_t* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr,
-                             out, 0, 0);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_BITS, 0, 0, 0, 0, dir, thr, out, 0, 0);
 }
 
 /* The three dense kernels with MST-compression: the same arguments plus the tree's tables after tapsum. */
@@ -587,8 +706,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst(const uint32_t* bits, const ui
                                                    int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                    int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                    int32_t ow, int32_t* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0, 0, 0, 0,
-                             0, nodes, edges);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_SUMS, out, 0, 0, 0, 0, 0, 0, nodes, edges);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_affine(const uint32_t* bits, const uint32_t* w,
@@ -597,8 +716,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_affine(const uint32_t* bits, c
                                                           int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout,
                                                           int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
                                                           int32_t pw, int32_t oh, int32_t ow, float* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, mul, add, out, 0,
-                             0, 0, nodes, edges);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_AFFINE, 0, mul, add, out, 0, 0, 0, nodes, edges);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, const uint32_t* w, const int8_t* tapsum,
@@ -607,8 +726,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
                                                         int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                                         int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
                                                         int32_t ow, uint32_t* out) {
-  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0, 0, 0, dir, thr,
-                             out, nodes, edges);
+  edgebin_bconv2d_dense_core(bits, w, tapsum, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow,
+                             EDGEBIN_DENSE_BITS, 0, 0, 0, 0, dir, thr, out, nodes, edges);
 }
 
 #ifdef __cplusplus
