@@ -27,7 +27,7 @@ from typing import Any
 from edgebin.compile import binary, host, kernels, lut_weights, requant
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.mcu_lut import PALETTE, pack_lut_weights
-from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, schedule_for_mcu
+from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, fuse_requant, schedule_for_mcu
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
         if lut_kernels:  # low-bit weights as packed codes read by the LUT micro-kernels
             mod, lut_layers = pack_lut_weights(mod, tables, palette=PALETTE.get() if palette is None else palette)
             census = _lut_census(census, lut_layers)
+        if MICRO_KERNELS.get():
+            mod = fuse_requant(mod)  # after mcu_lut: the int8 calls it left requantize their own sums
         mod = tvm_api.tvm.transform.Sequential([
             relax.transform.RewriteDataflowReshape(),  # reshape kernels -> R.reshape views (no copy)
             relax.transform.ToNonDataflow(),  # one flat binding list for the emitter

@@ -46,6 +46,7 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.compile import kernels
+from edgebin.compile.requant import FIXED_REQUANT
 from edgebin.compile.tvm_adapter import (
     GenericConst,
     IRCall,
@@ -88,6 +90,10 @@ MICRO_KERNELS = contextvars.ContextVar(
     "edgebin_mcu_micro_kernels", default=os.environ.get("EDGEBIN_MCU_MICRO_KERNELS", "1") != "0")
 
 _SPATIAL, _REDUCE = 0, 2  # tirx.IterVar kinds
+_INT8_MATVEC = re.compile(r"edgebin_matvec[24]?_(s8|u8s8)")  # the calls fuse_requant may extend
+# fuse_requant builds its table of channel constants once per run: a gemm's single call would pay it for nothing
+# (LeNet-5's fc layers: 1.39 -> 1.42 and 1.50 -> 1.56 instructions per MAC).
+_FUSED_MIN_CALLS = 8
 
 
 @contextlib.contextmanager
@@ -697,6 +703,233 @@ def _listed(values) -> list:
     return [values] if isinstance(values, tirx.Var) else list(values)
 
 
+# --- the requant fused into the micro-kernel call (after mcu_lut: the calls it leaves int8) ------------------
+
+
+@dataclass(frozen=True)
+class FusedRequant:
+    """edgebin_rq's constants (mcu_kernels/edgebin_kernels.h): sums times 2^s, multipliers times 2^m, F fraction
+    bits, the near-tie window, and each channel's Ra = floor(A 2^-sh) + bias."""
+
+    s: int
+    m: int
+    f: int
+    window: int
+    sh: int
+    bias: int
+
+
+def fused_requant_constants(info: dict[str, int], k: int, x_dtype: str) -> FusedRequant | None:
+    """The largest F (8 to 24) at which edgebin_rq's 32-bit requant cannot overflow, for a fixed requant with the
+    constants `info` (requant.FIXED_REQUANT, plus the largest multiplier `grid_max` and addend `offset_max` its
+    callers pass) of sums of k products of `x_dtype` codes and int8 weights; else None."""
+    if info["clamp"] or not info["narrow"] or info["e"] < 2 or info["grid_max"] <= 0:
+        return None
+    sum_max = k * (255 if x_dtype == "uint8" else 128) * 128
+    s = next((s for s in range(7 if x_dtype == "uint8" else 0, -1, -1) if sum_max << s < 2**31), None)
+    if s is None:
+        return None
+    e, m_max = info["e"], 31 - info["grid_max"].bit_length()
+    for f in range(min(e + s + m_max - 32, 24), 7, -1):
+        m, sh = f + 32 - e - s, e - f
+        if m < 0:  # G 2^m would drop bits of G; a smaller F only makes m smaller
+            return None
+        window = _ceil_shift(2 * info["reach"], sh) + 2
+        bias = 2 + ((info["zy"] - info["plus"]) << f)
+        v_max = ((sum_max << s) * (info["grid_max"] << m) >> 32) + _ceil_shift(info["offset_max"], sh) + abs(bias) + 2
+        if v_max < 2**31 and window < 2 ** (f - 1):
+            return FusedRequant(s, m, f, window, sh, bias)
+    return None
+
+
+def _ceil_shift(value: int, sh: int) -> int:
+    """ceil(value 2^-sh) of a non-negative value."""
+    return -(-value >> sh) if sh >= 0 else value << -sh
+
+
+def fuse_requant(mod):
+    """`mod` with each int8 micro-kernel call whose epilogue is exactly one fixed requant (requant.FIXED_REQUANT)
+    turned into the `_rq` kernel that requantizes its own sums (edgebin_kernels.h, edgebin_rq): no accumulators
+    stored and reloaded, channel constants loaded once per call, 5 instructions per output on DSP cores. The
+    kernel's table of channel constants is built once per run (edgebin_rq_table). Outputs are the same bits."""
+    calls: dict[str, list[list]] = {}
+    for call in _kernel_calls(mod):
+        calls.setdefault(call.args[0].name_hint, []).append(list(call.args[1].fields))
+    for gvar, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and gvar.name_hint in calls:
+            fused = _fuse_requant(func, lambda buffer, f=func, c=calls[gvar.name_hint]: _largest(f, c, buffer))
+            if fused is not None:
+                mod[gvar] = fused
+    return mod
+
+
+def _largest(func, calls: list[list], buffer) -> int | None:
+    """The largest magnitude of the constants every call passes to `func`'s parameter `buffer`, else None."""
+    param = next((i for i, p in enumerate(func.params) if p.same_as(buffer)), None)
+    values = [const_array(args[param]) if param is not None else None for args in calls]
+    if any(v is None for v in values):
+        return None
+    return max(int(np.abs(v.astype(np.int64)).max()) for v in values)
+
+
+@dataclass(frozen=True)
+class _Site:
+    """One micro-kernel call (its block realize) and the requant epilogue loop nest after it."""
+
+    seq: Any
+    at: int
+    call_block: Any
+    loops: list
+    realize: Any
+
+
+def _requant_sites(func) -> list[_Site]:
+    sites = []
+    for seq in collect(func.body, tirx.SeqStmt):
+        stmts = list(seq.seq)
+        for at, (first, then) in enumerate(zip(stmts, stmts[1:], strict=False)):
+            call = _int8_matvec_call(first)
+            loops, inner = _loop_nest(then)
+            if call is not None and isinstance(inner, s_tir.SBlockRealize) and FIXED_REQUANT in inner.block.annotations:
+                sites.append(_Site(seq, at, first.block, loops, inner))
+    return sites
+
+
+def _int8_matvec_call(stmt):
+    """The int8 `edgebin_matvec{,2,4}_{s8,u8s8}` call that is the whole body of the block `stmt` realizes."""
+    if not isinstance(stmt, s_tir.SBlockRealize) or not isinstance(stmt.block.body, tirx.Evaluate):
+        return None
+    call = stmt.block.body.value
+    if is_matvec_call(call) and _INT8_MATVEC.fullmatch(str(call.args[0].value)):
+        return call
+    return None
+
+
+def _loop_nest(stmt) -> tuple[list, Any]:
+    loops = []
+    while isinstance(stmt, tirx.For):
+        loops.append(stmt)
+        stmt = stmt.body
+    return loops, stmt
+
+
+def _fuse_requant(func, largest: Callable[[Any], int | None]):
+    """`func` with its one requant site fused (see fuse_requant), or None where it has none that fits; `largest`
+    gives the largest magnitude its callers pass to a parameter buffer (None: not a constant)."""
+    sites = _requant_sites(func)
+    if len(sites) != 1:
+        return None
+    site = sites[0]
+    call = site.call_block.body.value
+    name, k, n = str(call.args[0].value), int(call.args[3]), int(call.args[4])
+    lanes = int(name[len("edgebin_matvec")]) if name[len("edgebin_matvec")].isdigit() else 1
+    acc = site.call_block.match_buffers[2].source.source
+    block = site.realize.block
+    others = [r.source for r in block.reads if not r.source.same_as(acc)]
+    extents = [int(loop.extent) for loop in site.loops if int(loop.extent) > 1]
+    if (k // 4 > 288 // (2 * lanes) or len(others) != 2 or extents != [n, lanes][:len(extents)]
+            or len(extents) != (2 if lanes > 1 else 1)):
+        return None
+    grid, offset = sorted(others, key=lambda b: str(b.dtype))  # int32, int64
+    grid_max, offset_max = largest(grid), largest(offset)
+    if (str(grid.dtype), str(offset.dtype)) != ("int32", "int64") or grid_max is None or offset_max is None:
+        return None
+    info = {key: int(value) for key, value in block.annotations[FIXED_REQUANT].items()}
+    rq = fused_requant_constants({**info, "grid_max": grid_max, "offset_max": offset_max}, k,
+                                 "uint8" if name.endswith("u8s8") else "int8")
+    if rq is None:
+        return None
+    out, strides = _output_base(site)
+    calls = int(np.prod([int(d) for d in block.writes[0].source.shape])) // (n * lanes)
+    if out is None or (lanes > 1 and strides[1] != 1) or calls < _FUSED_MIN_CALLS:
+        return None
+    table = tirx.decl_buffer((2 * n,), "int32", name="rq_table")
+    fused = tirx.call_extern("void", f"{name}_rq", call.args[1], call.args[2], k, n, table.access_ptr("r"), out,
+                             strides[0], offset.access_ptr("r"), _step(offset, n), rq.s, rq.m, rq.f, rq.window,
+                             info["e"], tirx.const(info["addend"], "int64"), info["zy"], info["lo"], info["hi"])
+    whole = [_whole(b) for b in (table, offset, block.writes[0].source)]
+    new_block = s_tir.SBlock(site.call_block.iter_vars, [*site.call_block.reads, *whole[:2]], whole[2:],
+                             site.call_block.name_hint, tirx.Evaluate(fused), None, site.call_block.alloc_buffers,
+                             site.call_block.match_buffers[:2], site.call_block.annotations)
+    first = site.seq.seq[site.at]
+    stmts = list(site.seq.seq)
+    stmts[site.at:site.at + 2] = [s_tir.SBlockRealize(first.iter_values, first.predicate, new_block)]
+    replacement = stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)  # TVM refuses a SeqStmt of one
+    body = tvm_ffi.structural_map(func.body, (tirx.SeqStmt, lambda seq: replacement if seq.same_as(site.seq) else seq))
+    prepare = tirx.call_extern("void", "edgebin_rq_table", grid.access_ptr("r"), _step(grid, n),
+                               offset.access_ptr("r"), _step(offset, n), n, rq.m, rq.sh, rq.bias,
+                               table.access_ptr("w"))
+    root = body.block
+    allocs = [b for b in root.alloc_buffers if not b.same_as(acc)] + [table]
+    root = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
+                        tirx.SeqStmt([tirx.Evaluate(prepare), root.body]), root.init, allocs, root.match_buffers,
+                        root.annotations)
+    return func.with_body(s_tir.SBlockRealize(body.iter_values, body.predicate, root))
+
+
+def _whole(buffer):
+    return tirx.BufferRegion(buffer, [tvm.ir.Range.from_min_extent(0, d) for d in buffer.shape])
+
+
+def _step(buffer, n: int) -> int:
+    """1 for a per-channel constant (n elements), 0 for one shared by all channels."""
+    size = int(np.prod([int(d) for d in buffer.shape]))
+    if size not in (1, n):
+        raise ValueError(f"requant constant {buffer.name} has {size} elements for {n} channels")
+    return int(size == n)
+
+
+def _output_base(site: _Site) -> tuple[Any, tuple[int, int]]:
+    """(the address of the epilogue's output at channel 0, lane 0 of the call, its (channel, lane) strides in
+    elements), or (None, _) when the output index is not affine in the epilogue's loops."""
+    block = site.realize.block
+    store = block.body
+    if not isinstance(store, tirx.BufferStore):
+        return None, (0, 0)
+    bound = list(zip([iv.var for iv in block.iter_vars], site.realize.iter_values, strict=True))
+    indices = [_substitute(index, bound) for index in store.indices]
+    base = [_substitute(index, [(loop.loop_var, tirx.const(0, prim_dtype(loop.loop_var))) for loop in site.loops])
+            for index in indices]
+    shape = [int(d) for d in store.buffer.shape]
+    varying = [loop.loop_var for loop in site.loops if int(loop.extent) > 1] + [None]
+    flat = []
+    for point in ((0, 0), (1, 0), (0, 1), (1, 1)):  # the loops around the call at 0: only differences matter
+        values = [_evaluate(index, list(zip(varying[:2], point, strict=True))) for index in indices]
+        if None in values:
+            return None, (0, 0)
+        flat.append(sum(v * int(np.prod(shape[i + 1:])) for i, v in enumerate(values)))
+    if flat[3] - flat[0] != (flat[1] - flat[0]) + (flat[2] - flat[0]):
+        return None, (0, 0)
+    return tirx.address_of(tirx.BufferLoad(store.buffer, base)), (flat[1] - flat[0], flat[2] - flat[0])
+
+
+def _substitute(expr, pairs: list):
+    """`expr` with each variable of `pairs` ((var, value)) replaced by its value."""
+    def replace(var):
+        return next((value for v, value in pairs if v is not None and v.same_as(var)), var)
+    return tvm_ffi.structural_map(expr, (tirx.Var, replace))
+
+
+_ARITH = {"Add": lambda a, b: a + b, "Sub": lambda a, b: a - b, "Mul": lambda a, b: a * b,
+          "FloorDiv": lambda a, b: a // b, "FloorMod": lambda a, b: a % b}
+
+
+def _evaluate(expr, pairs: list) -> int | None:
+    """The integer value of an index expression, the variables of `pairs` ((var, int)) set, every other one 0;
+    None for an operation it does not know."""
+    if isinstance(expr, tirx.IntImm):
+        return int(expr.value)
+    if isinstance(expr, tirx.Var):
+        return next((value for v, value in pairs if v is not None and v.same_as(expr)), 0)
+    if isinstance(expr, tirx.Cast):
+        return _evaluate(expr.value, pairs)
+    op = _ARITH.get(type(expr).__name__)
+    if op is None:
+        return None
+    a, b = _evaluate(expr.a, pairs), _evaluate(expr.b, pairs)
+    return None if a is None or b is None else op(a, b)
+
+
 # --- pad kernels fused into the convs that gather them (mcu_lower and the host) -----------------------
 
 
@@ -890,6 +1123,6 @@ def _n_spatial(sch, block) -> int:
     return sum(1 for iv in sch.get(block).iter_vars if int(iv.iter_type) == _SPATIAL)
 
 
-__all__ = ["MATVEC", "MATVEC_U8", "MICRO_KERNELS", "Relayout", "constant_arguments", "matvec_intrin", "plain_loops",
-           "fuse_pads_into_convs", "is_matvec_call", "schedule_for_mcu", "schedule_kernel", "schedule_module",
-           "uses_micro_kernel"]
+__all__ = ["MATVEC", "MATVEC_U8", "MICRO_KERNELS", "FusedRequant", "Relayout", "constant_arguments",
+           "fuse_requant", "fused_requant_constants", "matvec_intrin", "plain_loops", "fuse_pads_into_convs",
+           "is_matvec_call", "schedule_for_mcu", "schedule_kernel", "schedule_module", "uses_micro_kernel"]

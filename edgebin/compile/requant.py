@@ -49,6 +49,9 @@ F32 = np.float32
 _MANY_PATCHES = 16  # a fixed QLinearAdd usually patches 0 to 5 of its 65536 code pairs
 # Bind the fixed linear requant's t = acc * M 2**e + addend once, in a TIR Let (`let_bound_requant`).
 _LET_BOUND = contextvars.ContextVar("edgebin_requant_let_bound", default=False)
+# The block annotation a fixed linear requant carries: its constants, for mcu_schedule.fuse_requant (a micro-kernel
+# that requantizes its own sums).
+FIXED_REQUANT = "edgebin_fixed_requant"
 
 log = logging.getLogger(__name__)
 
@@ -289,8 +292,11 @@ class Requantizer:
                 kind = "int32" if small else "int64"
                 value = value.astype(kind) if plus == zy else value.astype(kind) + tirx.const(zy, kind)
                 return self._clip(value, lo, hi)
-            return tvm.te.compute(acc_t.shape, element, name="requant")
+            return tvm.te.compute(acc_t.shape, element, name="requant", attrs={FIXED_REQUANT: constants})
 
+        # only what the TIR already holds: kernels that differ in their constant arguments alone stay one kernel
+        constants = {"e": e, "zy": zy, "plus": plus, "lo": lo, "hi": hi, "addend": addend, "reach": tie_reach(e),
+                     "clamp": int(clamp), "narrow": int(narrow)}
         extra = [const(offset)] if offset is not None else [const(bound)] if clamp else []
         return self.builder.call_te(requant, acc, const(grid), *extra)
 

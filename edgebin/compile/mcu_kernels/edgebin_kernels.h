@@ -10,6 +10,8 @@
  *   edgebin exports): the input bytes are zero-extended (UXTB16) instead of sign-extended; nothing else changes.
  * edgebin_matvec{2,4}_{s8,u8s8}(x, w, k, n, acc):  P = 2 or 4 columns at once (P neighbouring output pixels):
  *   acc[j*P + p] = sum_{i<k} x[p*k + i] * w[j*k + i]. Each weight word is loaded and spread once for P columns.
+ * edgebin_matvec{,2,4}_{s8,u8s8}_rq(x, w, k, n, table, out, ...):  the same sums requantized in the kernel
+ *   (edgebin_rq below: requant.py's fixed requant, bit for bit) and written as uint8/int8 outputs.
  *
  * Cores with the DSP extension (Cortex-M4, M7, M33, M55: __ARM_FEATURE_SIMD32) multiply two int8 pairs per
  * SMLAD: one 32-bit load brings 4 int8, SXTB16 and SXTB16-with-ROR-8 spread them into two pairs of int16, and
@@ -27,6 +29,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#ifdef __ARM_FEATURE_SAT
+#include <arm_acle.h>
+#endif
 
 #if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
 #define EDGEBIN_SIMD32 1
@@ -41,6 +46,95 @@
 
 /* x[i] of an int8 (u = 0) or uint8 (u = 1) input. */
 #define EDGEBIN_XI(x, i, u) ((u) ? (int32_t)((const uint8_t*)(x))[i] : (int32_t)((const int8_t*)(x))[i])
+
+/* The requant fused into the micro-kernel (edgebin_matvec{,2,4}_{s8,u8s8}_rq): the sums never go through memory.
+ * requant.py's fixed requant of a sum is t = sum G + A (G: the channel's multiplier on the grid 2^-e, A its addend,
+ * the bias, 2^(e-1) + reach and the zero point in it) and t >> e, unless t is within `reach` of a tie. Here the
+ * same in 32 bits: the sum comes scaled by 2^s (the spread columns), and v = Ra + hi32(sum 2^s G 2^m) (one SMMLA,
+ * G 2^m and Ra = floor(A 2^(F-e)) + 2 + (zy - plus) 2^F from edgebin_rq_table) is t 2^(F-e) plus 0 to 2. So
+ * v >> F (one USAT with its shift) is t >> e wherever v mod 2^F > `window` (the tie's neighbourhood and the 2 of
+ * error): every output but about window / 2^F. Those take the exact branch, rne(f32(p 2^-e)) from the 64-bit t,
+ * as requant.round_f32_half_even computes it: the same bits as the TVM epilogue, whose own exact branch is the
+ * same formula. The schedule (mcu_schedule.fuse_requant) picks s, m, F so that nothing overflows. */
+typedef struct {
+  const int32_t* table;  /* per channel: G 2^m, Ra */
+  uint8_t* out;          /* channel j, lane p at out[j stride + p] (int8 outputs: the same bytes) */
+  int32_t stride;
+  const int64_t* offset; /* A of channel j at offset[j astep] (for the exact branch) */
+  int32_t astep, s, m, f, window, e, zy, lo, hi;
+  int64_t addend;        /* A without the bias: p = t - addend */
+} edgebin_rq;
+
+/* rne(f32(p 2^-e)) + zy, clipped to [lo, hi]: requant.round_f32_half_even's exact branch. */
+EDGEBIN_INLINE int32_t edgebin_rq_exact(int64_t p, int32_t e, int32_t zy, int32_t lo, int32_t hi) {
+  const uint64_t u = p < 0 ? 0 - (uint64_t)p : (uint64_t)p;
+  const int64_t q = (int64_t)(u >> e), d = (int64_t)(u & ((1ull << e) - 1)) - ((int64_t)1 << (e - 1));
+  int32_t k = 0;
+  while (k < 8 && q >= ((int64_t)1 << k)) ++k;
+  const int64_t w = e >= 25 ? ((int64_t)1 << (e - 25)) << k : ((int64_t)1 << k) >> (25 - e);
+  int64_t r = q + ((q & 1) ? d >= -w : d > w);
+  r = (p < 0 ? -r : r) + zy;
+  return (int32_t)(r < lo ? lo : r > hi ? hi : r);
+}
+
+/* Ra + the high word of sum g (SMMLA where there is one). */
+EDGEBIN_INLINE int32_t edgebin_smmla(int32_t sum, int32_t g, int32_t ra) {
+#if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__)
+  int32_t r;
+  __asm__("smmla %0, %1, %2, %3" : "=r"(r) : "r"(sum), "r"(g), "r"(ra));
+  return r;
+#else
+  return ra + (int32_t)(((int64_t)sum * g) >> 32);
+#endif
+}
+
+/* r clipped to [lo, hi]: one USAT or SSAT for uint8 or int8 outputs (gcc folds the shift before it in). */
+EDGEBIN_INLINE int32_t edgebin_clip(int32_t r, int32_t lo, int32_t hi) {
+#ifdef __ARM_FEATURE_SAT
+  if (lo == 0 && hi == 255) return (int32_t)__usat(r, 8);
+  if (lo == -128 && hi == 127) return __ssat(r, 8);
+#endif
+  return r < lo ? lo : r > hi ? hi : r;
+}
+
+/* Channel j's outputs from its `lanes` sums (each times 2^s), its constants loaded once: per output SMMLA, CMP with
+ * the window (an opaque register, so that gcc compares with the shifted v in one instruction), the rare branch,
+ * USAT and STRB. The empty asm after the exact branch's store keeps gcc from merging the two stores (which costs
+ * a UXTB on the common path). */
+EDGEBIN_INLINE void edgebin_rq_row(const edgebin_rq rq, int32_t j, const int32_t* s, const int lanes) {
+  const int32_t g = rq.table[2 * j], ra = rq.table[2 * j + 1];
+  uint8_t* out = rq.out + j * rq.stride;
+  uint32_t bound = (uint32_t)rq.window << (32 - rq.f);
+  __asm__("" : "+r"(bound));
+  for (int p = 0; p < lanes; ++p) {
+    const int32_t v = edgebin_smmla(s[p], g, ra);
+    if (__builtin_expect((uint32_t)v << (32 - rq.f) <= bound, 0)) {
+      out[p] = (uint8_t)edgebin_rq_exact((int64_t)(s[p] >> rq.s) * (g >> rq.m) + rq.offset[j * rq.astep] - rq.addend,
+                                         rq.e, rq.zy, rq.lo, rq.hi);
+      __asm__ volatile("" ::: "memory");
+      continue;
+    }
+    out[p] = (uint8_t)edgebin_clip(v >> rq.f, rq.lo, rq.hi);
+  }
+}
+
+/* edgebin_rq's table, once per kernel run: G 2^m and Ra = floor(A 2^-sh) + bias per channel (G at grid[j gstep], A
+ * at offset[j astep]; sh < 0 scales A up). */
+EDGEBIN_INLINE void edgebin_rq_table(const int32_t* grid, int32_t gstep, const int64_t* offset, int32_t astep,
+                                     int32_t n, int32_t m, int32_t sh, int32_t bias, int32_t* table) {
+  for (int32_t j = 0; j < n; ++j) {
+    const int64_t a = offset[j * astep];
+    table[2 * j] = (int32_t)((uint32_t)grid[j * gstep] << m);
+    table[2 * j + 1] = (int32_t)(sh >= 0 ? a >> sh : a * ((int64_t)1 << -sh)) + bias;
+  }
+}
+
+/* Where a row's sums go: int32 accumulators (acc), or requantized outputs (rq, when acc is NULL). */
+EDGEBIN_INLINE void edgebin_put(int32_t* acc, const edgebin_rq* rq, int32_t j, const int32_t* s, const int lanes) {
+  if (acc == 0) edgebin_rq_row(*rq, j, s, lanes);
+  else
+    for (int p = 0; p < lanes; ++p) acc[j * lanes + p] = s[p];
+}
 
 #ifdef EDGEBIN_SIMD32
 
@@ -89,23 +183,25 @@ static inline int32_t edgebin_smlad(uint32_t a, uint32_t b, int32_t acc) {
 #define EDGEBIN_SPREAD_WORDS 288 /* stack for the spread columns: 1,152 bytes, 144 / P words of k a pass */
 
 /* Words c0 .. c0 + cw - 1 of P columns (column p: the k bytes at x + p k) as int16 pairs, word c of column p at
- * xe[2 (c P + p)] (its bytes 0 and 2) and xe[2 (c P + p) + 1] (bytes 1 and 3). */
+ * xe[2 (c P + p)] (its bytes 0 and 2) and xe[2 (c P + p) + 1] (bytes 1 and 3), each times 2^sh (sh > 0: uint8
+ * only, for the fused requant; 255 2^7 still fits an int16). */
 EDGEBIN_INLINE void edgebin_spread(const uint8_t* x, int32_t k, int32_t c0, int32_t cw, uint32_t* xe, const int P,
-                                   const int u) {
+                                   const int u, const int sh) {
   for (int32_t c = 0; c < cw; ++c)
     for (int p = 0; p < P; ++p) {
       uint32_t v = edgebin_load_s8x4((const int8_t*)x + p * k + 4 * (c0 + c));
-      xe[2 * (c * P + p)] = EDGEBIN_X02(v, u);
-      xe[2 * (c * P + p) + 1] = EDGEBIN_X13(v, u);
+      xe[2 * (c * P + p)] = EDGEBIN_X02(v, u) << sh;
+      xe[2 * (c * P + p) + 1] = EDGEBIN_X13(v, u) << sh;
     }
 }
 
 /* The last r = k % 4 (2 or 3) input bytes of each column, with the k - 4 .. k - r ones zeroed, spread like a word:
  * the weight word that ends the row meets them, and the bytes it shares with the last full word count zero. */
-EDGEBIN_INLINE void edgebin_spread_tail(const uint8_t* x, int32_t k, int32_t r, uint32_t* pair, const int u) {
+EDGEBIN_INLINE void edgebin_spread_tail(const uint8_t* x, int32_t k, int32_t r, uint32_t* pair, const int u,
+                                        const int sh) {
   uint32_t v = edgebin_load_s8x4((const int8_t*)x + k - 4) & (0xffffffffu << (8 * (4 - r)));
-  pair[0] = EDGEBIN_X02(v, u);
-  pair[1] = EDGEBIN_X13(v, u);
+  pair[0] = EDGEBIN_X02(v, u) << sh;
+  pair[1] = EDGEBIN_X13(v, u) << sh;
 }
 
 /* P = 2 or 4 columns, one row: per weight word (at wp, on by 4) a load and two SXTB16, then per two columns (at ep,
@@ -236,20 +332,21 @@ EDGEBIN_INLINE void edgebin_rows4_words(const int8_t* wa, int32_t k, const uint3
  * (P = 1); a later pass adds to the sums in acc. The r = k % 4 last bytes: one byte as a multiply-add per column;
  * two or three as the word that ends the row (edgebin_spread_tail) when k >= 4. */
 EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
-                                       const int P, const int u) {
+                                       const edgebin_rq* rq, const int P, const int u) {
   const uint8_t* xb = (const uint8_t*)x;
+  const int sh = acc == 0 ? rq->s : 0;
   const int32_t words = k >> 2, r = k & 3, tail_word = r >= 2 && words > 0, pass = EDGEBIN_SPREAD_WORDS / (2 * P);
   uint32_t xe[EDGEBIN_SPREAD_WORDS], xt[2 * 4];
   int32_t xl[3 * 4];
   for (int p = 0; p < P; ++p) {
-    if (tail_word) edgebin_spread_tail(xb + p * k, k, r, xt + 2 * p, u);
+    if (tail_word) edgebin_spread_tail(xb + p * k, k, r, xt + 2 * p, u, sh);
     else
-      for (int32_t i = 0; i < r; ++i) xl[3 * p + i] = EDGEBIN_XI(xb, p * k + 4 * words + i, u);
+      for (int32_t i = 0; i < r; ++i) xl[3 * p + i] = EDGEBIN_XI(xb, p * k + 4 * words + i, u) << sh;
   }
   int32_t c0 = 0;
   do {
     const int32_t cw = words - c0 < pass ? words - c0 : pass, last = c0 + cw == words;
-    edgebin_spread(xb, k, c0, cw, xe, P, u);
+    edgebin_spread(xb, k, c0, cw, xe, P, u, sh);
     int32_t j = 0;
     if (P == 1)
       for (; j + 4 <= n; j += 4) {
@@ -262,7 +359,7 @@ EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k
         else if (last)
           for (int32_t i = 0; i < r; ++i)
             for (int q = 0; q < 4; ++q) s[q] += (int32_t)row[q * k + 4 * words + i] * xl[i];
-        for (int q = 0; q < 4; ++q) acc[j + q] = s[q];
+        for (int q = 0; q < 4; ++q) edgebin_put(acc, rq, j + q, s + q, 1);
       }
     for (; j < n; ++j) {
       const int8_t* row = w + j * k;
@@ -274,7 +371,7 @@ EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k
       else if (last)
         for (int32_t i = 0; i < r; ++i)
           for (int p = 0; p < P; ++p) s[p] += (int32_t)row[4 * words + i] * xl[3 * p + i];
-      for (int p = 0; p < P; ++p) acc[j * P + p] = s[p];
+      edgebin_put(acc, rq, j, s, P);
     }
     c0 += cw;
   } while (c0 < words);
@@ -282,7 +379,7 @@ EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k
 
 EDGEBIN_INLINE void edgebin_matvec_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
                                       const int u) {
-  edgebin_matvecp_x8(x, w, k, n, acc, 1, u);
+  edgebin_matvecp_x8(x, w, k, n, acc, 0, 1, u);
 }
 
 #undef EDGEBIN_X02
@@ -301,9 +398,15 @@ EDGEBIN_INLINE void edgebin_matvec_x8(const void* x, const int8_t* w, int32_t k,
 }
 
 EDGEBIN_INLINE void edgebin_matvecp_x8(const void* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc,
-                                       const int P, const int u) {
-  for (int32_t j = 0; j < n; ++j)
-    for (int p = 0; p < P; ++p) edgebin_matvec_x8((const int8_t*)x + p * k, w + j * k, k, 1, acc + j * P + p, u);
+                                       const edgebin_rq* rq, const int P, const int u) {
+  int32_t s[4];
+  for (int32_t j = 0; j < n; ++j) {
+    for (int p = 0; p < P; ++p) {
+      edgebin_matvec_x8((const int8_t*)x + p * k, w + j * k, k, 1, s + p, u);
+      if (acc == 0) s[p] *= 1 << rq->s;
+    }
+    edgebin_put(acc, rq, j, s, P);
+  }
 }
 
 #endif /* EDGEBIN_SIMD32 */
@@ -317,20 +420,44 @@ EDGEBIN_INLINE void edgebin_matvec_u8s8(const uint8_t* x, const int8_t* w, int32
 }
 
 EDGEBIN_INLINE void edgebin_matvec2_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvecp_x8(x, w, k, n, acc, 2, 0);
+  edgebin_matvecp_x8(x, w, k, n, acc, 0, 2, 0);
 }
 
 EDGEBIN_INLINE void edgebin_matvec2_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvecp_x8(x, w, k, n, acc, 2, 1);
+  edgebin_matvecp_x8(x, w, k, n, acc, 0, 2, 1);
 }
 
 EDGEBIN_INLINE void edgebin_matvec4_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvecp_x8(x, w, k, n, acc, 4, 0);
+  edgebin_matvecp_x8(x, w, k, n, acc, 0, 4, 0);
 }
 
 EDGEBIN_INLINE void edgebin_matvec4_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc) {
-  edgebin_matvecp_x8(x, w, k, n, acc, 4, 1);
+  edgebin_matvecp_x8(x, w, k, n, acc, 0, 4, 1);
 }
+
+/* The P-column matvec with the requant fused (edgebin_rq above): uint8/int8 outputs, no accumulators. One pass of
+ * the spread buffer only (k <= 4 EDGEBIN_SPREAD_WORDS / (2 P) + 3; the schedule checks it). */
+EDGEBIN_INLINE void edgebin_matvecp_rq(const void* x, const int8_t* w, int32_t k, int32_t n, const int32_t* table,
+                                       void* out, int32_t stride, const int64_t* offset, int32_t astep, int32_t s,
+                                       int32_t m, int32_t f, int32_t window, int32_t e, int64_t addend, int32_t zy,
+                                       int32_t lo, int32_t hi, const int P, const int u) {
+  const edgebin_rq rq = {table, (uint8_t*)out, stride, offset, astep, s, m, f, window, e, zy, lo, hi, addend};
+  edgebin_matvecp_x8(x, w, k, n, 0, &rq, P, u);
+}
+
+#define EDGEBIN_MATVEC_RQ(NAME, XT, P, U)                                                                            \
+  EDGEBIN_INLINE void NAME(const XT* x, const int8_t* w, int32_t k, int32_t n, const int32_t* table, void* out,       \
+                           int32_t stride, const int64_t* offset, int32_t astep, int32_t s, int32_t m, int32_t f,    \
+                           int32_t window, int32_t e, int64_t addend, int32_t zy, int32_t lo, int32_t hi) {          \
+    edgebin_matvecp_rq(x, w, k, n, table, out, stride, offset, astep, s, m, f, window, e, addend, zy, lo, hi, P, U); \
+  }
+EDGEBIN_MATVEC_RQ(edgebin_matvec_s8_rq, int8_t, 1, 0)
+EDGEBIN_MATVEC_RQ(edgebin_matvec_u8s8_rq, uint8_t, 1, 1)
+EDGEBIN_MATVEC_RQ(edgebin_matvec2_s8_rq, int8_t, 2, 0)
+EDGEBIN_MATVEC_RQ(edgebin_matvec2_u8s8_rq, uint8_t, 2, 1)
+EDGEBIN_MATVEC_RQ(edgebin_matvec4_s8_rq, int8_t, 4, 0)
+EDGEBIN_MATVEC_RQ(edgebin_matvec4_u8s8_rq, uint8_t, 4, 1)
+#undef EDGEBIN_MATVEC_RQ
 
 #undef EDGEBIN_INLINE
 #undef EDGEBIN_XI
