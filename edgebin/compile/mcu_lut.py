@@ -61,6 +61,7 @@ from edgebin.compile.tvm_adapter import (
     tirx,
     tvm,
     tvm_ffi,
+    whole_region,
 )
 
 log = logging.getLogger(__name__)
@@ -303,7 +304,7 @@ def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None, tuple[i
         lut_call = tirx.call_extern("void", lut_kernel(str(args[0].value), bits), args[1], codes.access_ptr("r"),
                                     table.access_ptr("r"), *args[3:])
         reads = [region for region in block.reads if not region.source.same_as(weight)]
-        reads += [_whole_region(codes), _whole_region(table)]
+        reads += [whole_region(codes), whole_region(table)]
         return s_tir.SBlock(block.iter_vars, reads, block.writes, block.name_hint, tirx.Evaluate(lut_call),
                             block.init, block.alloc_buffers, [m for m in block.match_buffers if m is not matched[0]
                                                               and not m.same_as(matched[0])], block.annotations)
@@ -340,11 +341,6 @@ def _whole(region, buffer, block) -> bool:
         if not start or not isinstance(r.extent, tirx.IntImm) or int(r.extent) != int(extent):
             return False
     return True
-
-
-def _whole_region(buffer):
-    zero = tirx.IntImm("int64", 0)
-    return buffer[tuple(slice(zero, extent) for extent in buffer.shape)]
 
 
 __all__ = ["HEADER", "PACKED_BITS", "PALETTE", "PALETTE_BITS", "PALETTE_MIN_SAVING", "lut_kernel", "pack_lut_weights",

@@ -71,6 +71,7 @@ from edgebin.compile.tvm_adapter import (
     tirx,
     tvm,
     tvm_ffi,
+    whole_region,
 )
 
 log = logging.getLogger(__name__)
@@ -847,7 +848,7 @@ def _fuse_requant(func, largest: Callable[[Any], int | None]):
     fused = tirx.call_extern("void", f"{name}_rq", call.args[1], call.args[2], k, n, table.access_ptr("r"), out,
                              strides[0], offset.access_ptr("r"), _step(offset, n), rq.s, rq.m, rq.f, rq.window,
                              info["e"], tirx.const(info["addend"], "int64"), info["zy"], info["lo"], info["hi"])
-    whole = [_whole(b) for b in (table, offset, block.writes[0].source)]
+    whole = [whole_region(b) for b in (table, offset, block.writes[0].source)]
     new_block = s_tir.SBlock(site.call_block.iter_vars, [*site.call_block.reads, *whole[:2]], whole[2:],
                              site.call_block.name_hint, tirx.Evaluate(fused), None, site.call_block.alloc_buffers,
                              site.call_block.match_buffers[:2], site.call_block.annotations)
@@ -865,10 +866,6 @@ def _fuse_requant(func, largest: Callable[[Any], int | None]):
                         tirx.SeqStmt([tirx.Evaluate(prepare), root.body]), root.init, allocs, root.match_buffers,
                         root.annotations)
     return func.with_body(s_tir.SBlockRealize(body.iter_values, body.predicate, root))
-
-
-def _whole(buffer):
-    return tirx.BufferRegion(buffer, [tvm.ir.Range.from_min_extent(0, d) for d in buffer.shape])
 
 
 def _step(buffer, n: int) -> int:

@@ -62,6 +62,7 @@ __all__ = [
     "tirx",
     "tvm",
     "tvm_ffi",
+    "whole_region",
 ]
 
 function_pass = relax.transform.function_pass
@@ -105,6 +106,12 @@ def region_buffer_name(region: Any) -> str:
     """Name of the buffer a block reads or writes (0.27: `TensorRegion.source`; before: `BufferRegion.buffer`)."""
     buffer = region.source if hasattr(region, "source") else region.buffer
     return str(buffer.name)
+
+
+def whole_region(buffer: Any) -> Any:
+    """The region of a TIR buffer that covers all of it, for a block's reads and writes."""
+    zero = tirx.IntImm("int64", 0)
+    return buffer[tuple(slice(zero, extent) for extent in buffer.shape)]
 
 
 def const_array(expr: Any) -> np.ndarray | None:
