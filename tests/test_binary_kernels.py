@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgebin.compile import binary_slice
 from edgebin.compile.binary import (
     HEADER,
     KERNEL_DIR,
@@ -417,3 +418,111 @@ def test_dense_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
         np.testing.assert_array_equal(got[at + size - n_sums : at + size].reshape(sums.shape), sums,
                                       err_msg=f"{shape} MST")
         at += size
+
+
+# --- the bit-sliced threshold kernel (Cortex-M) ------------------------------------------------------------------
+
+# c % 16 == 0, cout % 32 == 0: one and two 16-channel blocks a word, three blocks over two words (c = 48), two groups
+# of lanes, stride 2, a batch, a 1x1 conv and a 5x5 one whose borders leave 1 to 25 taps inside.
+SLICE_SHAPES = [(1, 16, 7, 6, 32, 3, 2, 1), (2, 32, 5, 5, 64, 3, 1, 1), (1, 48, 4, 5, 32, 3, 1, 1),
+                (1, 16, 8, 8, 32, 1, 2, 0), (1, 16, 5, 6, 32, 5, 1, 2)]
+
+
+def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """The kernel's inputs for one shape (thresholds from `sign_thresholds`, with constant channels both ways and
+    limits no count reaches) and the bits it must write: the dense kernels' threshold epilogue, from the reference."""
+    n, c, h, w, cout, k, stride, pad = shape
+    rng = np.random.default_rng(index + 40)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
+    scale = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
+    scale[:2] = 0.0  # constant channels
+    scale[2:4] = [1e-4, -1e-4]  # thresholds beyond every sum: the same bit at every pixel
+    offset, next_shift = rng.standard_normal(cout) + 0.37, rng.standard_normal(cout) * 0.2
+    offset[1] = -1.0  # with shift -1 below: relu(-1) - 1 < 0, a constant 0
+    next_shift[1] = -1.0
+    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=True)
+    y = np.maximum(sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1), 0)
+    geometry = _geometry(*shape)
+    counts = {a * b for a in binary_slice.inside_counts(h, k, stride, pad, geometry[-2])
+              for b in binary_slice.inside_counts(w, k, stride, pad, geometry[-1])}
+    slot, lim = binary_slice.slice_limits(direction, threshold, c, k * k, counts)
+    inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
+              "w": binary_slice.pack_sliced_weight_bits(codes), "slot": slot, "lim": lim}
+    return {name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift)
+
+
+@pytest.mark.parametrize("shape", SLICE_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_slice_kernel_writes_the_threshold_epilogues_bits(tmp_path, shape):
+    """The portable C build of edgebin_bconv2d_slice_bits (a ripple add per input) against the reference."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    name = specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape))
+    (tmp_path / "kernels.c").write_text(c_source({name}))
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
+                    str(tmp_path / "lib.so")], check=True, timeout=120)
+    inputs, want = _slice_case(0, shape)
+    out = np.empty(want.shape, dtype=np.uint32)
+    getattr(ctypes.CDLL(str(tmp_path / "lib.so")), name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_slice_kernel_on_cortex_m_writes_the_reference_bits(tmp_path, target):
+    """The Thumb-2 build (carry-save adders in assembly, LDM weight words, SBFX masks) on QEMU, every shape."""
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import write_driver_bundle
+    from edgebin.runners import QemuRunner
+
+    lines, calls, wants = [], [], []
+    for i, shape in enumerate(SLICE_SHAPES):
+        inputs, want = _slice_case(i, shape)
+        lines += [_c_array(f"{name}{i}", a) for name, a in inputs.items()]
+        name = specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape))
+        calls.append(f"  {{ static uint32_t b[{want.size}]; {name}(bits{i}, w{i}, slot{i}, lim{i}, b);\n"
+                     f"    for (int i = 0; i < {want.size}; ++i) {{\n"
+                     f"      *out++ = (float)(b[i] & 0xFFFFu);\n      *out++ = (float)(b[i] >> 16);\n    }} }}\n")
+        wants.append(want)
+    names = {specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape)) for shape in SLICE_SHAPES}
+    total = 2 * sum(want.size for want in wants)
+    driver = (c_source(names) + "\n".join(lines) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
+              "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
+              'const char* edgebin_model_name(void) { return "edgebin_slice_kernel_test"; }\n')
+    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
+    runner = QemuRunner(targets.load(target), timeout_s=120)
+    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
+                     count_instructions=False).outputs.ravel().astype(np.uint32)
+    at = 0
+    for shape, want in zip(SLICE_SHAPES, wants, strict=True):
+        halves = got[at : at + 2 * want.size]
+        np.testing.assert_array_equal((halves[0::2] | halves[1::2] << 16).reshape(want.shape), want,
+                                      err_msg=f"{shape}")
+        at += 2 * want.size
+
+
+def test_sliced_weight_bits_put_output_channels_in_lanes():
+    codes = -np.ones((32, 2, 1, 2), dtype=np.int8)
+    codes[0, 1, 0, 0] = 1  # channel 0, input 1, tap 0 -> word [0, 0, 1] bit 0
+    codes[31, 0, 0, 1] = 1  # channel 31, input 0, tap 1 -> word [0, 1, 0] bit 31
+    words = binary_slice.pack_sliced_weight_bits(codes)
+    assert words.shape == (1, 2, 2) and words.tolist() == [[[0, 1], [1 << 31, 0]]]
+    with pytest.raises(ValueError, match="multiple of 32"):
+        binary_slice.pack_sliced_weight_bits(np.ones((16, 1, 1, 1), dtype=np.int8))
+
+
+def test_slice_limits_match_hand_values():
+    # c = 4, one tap inside of 9: sums 4 - 2 count. dir +1, thr 0: count <= 2. dir -1, thr 0: -sum >= 0 <=> count
+    # >= 2 <=> not count <= 1. dir 0, thr 0: always 1. dir +1, thr 5: never (the lane stays 0 in every mask).
+    direction, threshold = np.zeros(32, np.int32), np.zeros(32, np.int32)
+    direction[:2], direction[3] = [1, -1], 1
+    threshold[3] = 5
+    slot, lim = binary_slice.slice_limits(direction, threshold, 4, 9, {1})
+    assert slot.tolist() == [-1, 0, -1, -1, -1, -1, -1, -1, -1, -1]
+    planes, le, gt, one = lim[0, 0, :10], lim[0, 0, 10], lim[0, 0, 11], lim[0, 0, 12]
+    assert planes[0] == 0b10 and planes[1] == 0b01 and not planes[2:].any()  # L = 2 on lane 0, 1 on lane 1
+    assert (le, gt) == (0b1, 0b10) and one == ((1 << 32) - 1) & ~0b1011
+    assert binary_slice.inside_counts(5, 3, 1, 1, 5) == {2, 3} and binary_slice.inside_counts(4, 1, 2, 0, 2) == {1}
+    assert binary_slice.fits(16, 32, 9) and not binary_slice.fits(8, 32, 9) and not binary_slice.fits(16, 16, 9)

@@ -50,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgebin.compile import binary_slice
 from edgebin.compile.kernels import extern_calls
 from edgebin.compile.mst import mst_plan
 from edgebin.compile.qdq_to_int import BindingGraph
@@ -85,6 +86,8 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
                              "uint32_t* out"),
     "edgebin_bconv2d_dense_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* tapsum",
                                     "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
+    "edgebin_bconv2d_slice_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
+                                    "const uint32_t* lim"), "uint32_t* out"),
 }
 for _kernel in ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits"):
     _inputs, _output = _POINTERS[_kernel]  # MST-compression: the tree's tables after tapsum
@@ -103,6 +106,22 @@ def mst_compression(on: bool = True) -> Iterator[None]:
         yield
     finally:
         MST.reset(token)
+# The bit-sliced threshold kernel (binary_slice) on or off for dense targets: on for Cortex-M; off where the C target
+# has a popcount instruction (a Raspberry Pi's runtime-free C bundle: NEON), which the dense kernels use.
+SLICED = contextvars.ContextVar("edgebin_binary_sliced", default=True)
+
+
+@contextlib.contextmanager
+def bit_sliced(on: bool = True) -> Iterator[None]:
+    """Within the block, BinaryToPacked's dense targets take the bit-sliced threshold kernel where it fits (`on`,
+    the default) or always the dense kernels."""
+    token = SLICED.set(on)
+    try:
+        yield
+    finally:
+        SLICED.reset(token)
+
+
 DENSE_COLUMN_WORDS = 64  # EDGEBIN_BCOL_WORDS: the longest dense column the dense kernels take
 DENSE_MAX_CHANNELS = 127  # their per-tap weight sums are int8
 KERNELS = frozenset(_POINTERS)
@@ -481,7 +500,8 @@ class _Rewriter(PyExprMutator):
 
     def _conv_call(self, conv: _BinaryConv, bits, epilogue: str, extra: list):
         """One specialized conv kernel call: `epilogue` "" (int32), "_affine" (float) or "_bits" (the next layer's
-        packed signs); the dense-column kernel where the target counts bits in software."""
+        packed signs); the dense-column kernel where the target counts bits in software, or there the bit-sliced
+        one for a threshold epilogue whose channels fit its lanes (binary_slice)."""
         n, c, h, w = tensor_shape(conv.x)
         cout, _, kh, kw = conv.codes.shape
         _, _, oh, ow = conv.out_shape
@@ -497,6 +517,12 @@ class _Rewriter(PyExprMutator):
             words, plain_words = plan.word_ops()
             work = {"bit_ops": plan.bit_ops, "plain_bit_ops": plan.plain_bit_ops, "word_ops": words,
                     "plain_word_ops": plain_words, "depth": plan.depth}
+        elif self.dense and SLICED.get() and epilogue == "_bits" and binary_slice.fits(c, cout, kh * kw):
+            kernel, weights = "edgebin_bconv2d_slice", [const(binary_slice.pack_sliced_weight_bits(conv.codes))]
+            counts = {ny * nx for ny in binary_slice.inside_counts(h, kh, sh, ph, oh)
+                      for nx in binary_slice.inside_counts(w, kw, sw, pw, ow)}
+            slot, lim = binary_slice.slice_limits(const_array(extra[0]), const_array(extra[1]), c, kh * kw, counts)
+            extra = [const(slot), const(lim)]
         elif (self.dense or self.mst) and dense_ok:
             kernel, weights = "edgebin_bconv2d_dense", [const(pack_dense_weight_bits(conv.codes)),
                                                        const(tap_sums(conv.codes))]

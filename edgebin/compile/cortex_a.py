@@ -281,12 +281,14 @@ def runner_binary(target: Target, lib_dir: Path) -> Path:
 
 
 def _build_c(onnx_path: Path, target: Target, stage: Path, *, integer: bool, requant: str) -> dict[str, Any]:
+    from edgebin.compile import binary
     from edgebin.compile.mcu_emit import compile_bundle
 
     src = stage / "src"
     config = {"name": target.name, "tvm": {"kind": "c"}, "cflags": list(target.cflags),
               "opt": str(target.extra.get("opt", "-O3"))}
-    compile_bundle(onnx_path, config, src, integer=integer, lut_kernels=False)  # LUT kernels: Cortex-M only
+    with binary.bit_sliced(False):  # the dense binary kernels count with NEON; LUT kernels: Cortex-M only
+        compile_bundle(onnx_path, config, src, integer=integer, lut_kernels=False)
     c_manifest = json.loads((src / "bundle.json").read_text())
     shutil.copy2(RUNNER_DIR / "c_runner.c", src / "c_runner.c")
     sources = [src / name for name in c_manifest.get("sources") or ("model.c", "kernels.c", "runtime.c")]

@@ -46,12 +46,8 @@ from edgebin.compile.tvm_adapter import (
 )
 
 KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
-_EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do
-    "edgebin_bconv2d": "binary", "edgebin_bconv2d_affine": "binary", "edgebin_bconv2d_residual": "binary",
-    "edgebin_bconv2d_dense": "binary",
-    "edgebin_bconv2d_dense_affine": "binary", "edgebin_bconv2d_bits": "binary", "edgebin_bconv2d_dense_bits": "binary",
-    "edgebin_bconv2d_dense_mst": "binary", "edgebin_bconv2d_dense_mst_affine": "binary",
-    "edgebin_bconv2d_dense_mst_bits": "binary", "edgebin_bpack_nchw_f32": "convert"}
+_EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do, by name prefix
+    "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert"}
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 
@@ -126,8 +122,8 @@ def kind_counts(kernels: list[dict[str, Any]]) -> dict[str, int]:
 def classify(func, activation_dtypes: list[str]) -> str:
     """The arithmetic kind of one PrimFunc (see the module docstring)."""
     externs = {name.split("__", 1)[0] for name in extern_calls(func)}  # shape-specialized names: kernel__shape
-    for name, kind in _EXTERN_KINDS.items():
-        if name in externs:
+    for prefix, kind in _EXTERN_KINDS.items():
+        if any(name.startswith(prefix) for name in externs):
             return kind
     lut = sorted(name for name in externs if name.startswith("edgebin_lut"))
     if lut:

@@ -730,6 +730,146 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
                              EDGEBIN_DENSE_BITS, 0, 0, 0, 0, dir, thr, out, nodes, edges);
 }
 
+/* --- The bit-sliced conv (Cortex-M, threshold epilogue) --------------------------------------------------------
+ * edgebin_bconv2d_slice_bits(bits, w, slot, lim, n, c, ..., ow, out): the output of edgebin_bconv2d_bits, for
+ * c % 16 == 0, cout % 32 == 0 and c * kh * kw <= EDGEBIN_SLICE_DEPTH. The dense kernels count one output channel's
+ * mismatches per 32-bit word of its column; this one counts 32 output channels at once, one per bit lane, as
+ * bit-sliced binary numbers. Per input bit (tap t, channel ch) the word w[(g * taps + t) * c + ch] holds the weight
+ * bits of output channels 32g .. 32g + 31 (`binary.pack_sliced_weight_bits`); XORed with the input bit spread to
+ * the whole word (SBFX), it is one mismatch bit per lane, and carry-save adders sum these into bit planes
+ * (Harley-Seal: ones, twos, fours, eights in registers, a word of weight 16 out per 16 inputs). In Thumb-2 assembly
+ * a 16-input block is 111 instructions: per four inputs one LDM of their weight words, per input SBFX and EOR, then
+ * 15 full adders of five instructions each; about 7 instructions per 32 binary MACs, where the dense count needs 7
+ * per word of one channel plus its loads. Taps outside the image are skipped (they count nothing, as the graph's
+ * zero padding), so a pixel with nt taps inside compares its count with its own limits: lim row slot[nt] holds
+ * per lane the limit L as bit planes 0 .. 9, then three masks: lanes whose bit is count <= L (dir = +1: sum =
+ * nt c - 2 count >= thr), lanes whose bit is count > L (dir = -1), lanes that are always 1 (the rest are always
+ * 0); `binary.slice_limits` computes them from dir and thr. The output word of a group is the 32 channels' bits of
+ * the next layer's input, written whole. */
+#define EDGEBIN_SLICE_DEPTH 1023 /* count planes 0 .. 9 */
+#define EDGEBIN_SLICE_BLOCKS 64  /* 16-input blocks per output pixel and group */
+#define EDGEBIN_SLICE_LIMIT_WORDS 13
+
+/* One full adder of words: s, carry = s + b + c, the carry left in b's register (u is scratch; C form below). */
+#define EDGEBIN_CSA(S, B, C)                                                                    \
+  "eor %[u], " S ", " B "\n\tand " B ", " S ", " B "\n\tand " S ", %[u], " C "\n\torr " B ", " B \
+  ", " S "\n\teor " S ", %[u], " C "\n\t"
+#define EDGEBIN_MISMATCH(X, BIT) "sbfx %[u], %[a], #" BIT ", #1\n\teor " X ", " X ", %[u]\n\t"
+/* Four inputs: their weight words, the mismatches, two adders into ones and one into twos: weight-4 carry in x0. */
+#define EDGEBIN_QUAD(B0, B1, B2, B3)                                                                    \
+  "ldmia %[wp]!, {%[x0], %[x1], %[x2], %[x3]}\n\t" EDGEBIN_MISMATCH("%[x0]", B0)                      \
+  EDGEBIN_MISMATCH("%[x1]", B1) EDGEBIN_MISMATCH("%[x2]", B2) EDGEBIN_MISMATCH("%[x3]", B3)            \
+  EDGEBIN_CSA("%[o]", "%[x0]", "%[x1]") EDGEBIN_CSA("%[o]", "%[x2]", "%[x3]") EDGEBIN_CSA("%[t]", "%[x0]", "%[x2]")
+
+/* Bits 0 .. 15 of a against the 16 weight words at *wp (advanced past them), added into the planes p[0..3] (ones,
+ * twos, fours, eights); returns the carry word of weight 16. */
+EDGEBIN_CORE uint32_t edgebin_slice16(const uint32_t** wp, uint32_t a, uint32_t* p) {
+#ifdef EDGEBIN_THUMB2_SWAR
+  register uint32_t x0 __asm__("r0"), x1 __asm__("r1"), x2 __asm__("r2"), x3 __asm__("r3");
+  uint32_t o = p[0], t = p[1], f = p[2], e = p[3], u, v, s;
+  const uint32_t* w = *wp;
+  __asm__(EDGEBIN_QUAD("0", "1", "2", "3") "mov %[v], %[x0]\n\t" EDGEBIN_QUAD("4", "5", "6", "7")
+          EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") "mov %[s], %[v]\n\t" EDGEBIN_QUAD("8", "9", "10", "11")
+          "mov %[v], %[x0]\n\t" EDGEBIN_QUAD("12", "13", "14", "15") EDGEBIN_CSA("%[f]", "%[v]", "%[x0]")
+          EDGEBIN_CSA("%[e]", "%[s]", "%[v]")
+          : [o] "+r"(o), [t] "+r"(t), [f] "+r"(f), [e] "+r"(e), [wp] "+r"(w), [u] "=&r"(u), [v] "=&r"(v),
+            [s] "=&r"(s), [x0] "=&r"(x0), [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
+          : [a] "r"(a)
+          : "memory");
+  p[0] = o;
+  p[1] = t;
+  p[2] = f;
+  p[3] = e;
+  *wp = w;
+  return s;
+#else
+  uint32_t carry[16];
+  for (int i = 0; i < 16; ++i) carry[i] = (*wp)[i] ^ (0u - ((a >> i) & 1u));
+  *wp += 16;
+  /* the same sum, plane by plane: each input word added into p with a ripple; what leaves plane 3 has weight 16 */
+  uint32_t out = 0;
+  for (int i = 0; i < 16; ++i) {
+    uint32_t c = carry[i];
+    for (int b = 0; b < 4; ++b) {
+      const uint32_t t = p[b] & c;
+      p[b] ^= c;
+      c = t;
+    }
+    out |= c; /* at most one input a lane carries out of plane 3 in 16 */
+  }
+  return out;
+#endif
+}
+
+#undef EDGEBIN_CSA
+#undef EDGEBIN_MISMATCH
+#undef EDGEBIN_QUAD
+
+/* The count planes of one group of 32 output channels at one output pixel (taps [ky0, ky1) x [kx0, kx1)). */
+EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t c, int32_t kw, int32_t taps,
+                                      int32_t y0, int32_t x0, int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1,
+                                      const uint32_t* wg, uint32_t* planes) {
+  const int32_t words = (c + 31) / 32;
+  uint32_t sixteens[EDGEBIN_SLICE_BLOCKS];
+  int32_t blocks = 0;
+  for (int32_t b = 0; b < 4; ++b) planes[b] = 0;
+  for (int32_t ky = ky0; ky < ky1; ++ky) {
+    for (int32_t kx = kx0; kx < kx1; ++kx) {
+      const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
+      const uint32_t* wp = wg + (ky * kw + kx) * c;
+      for (int32_t k = 0; k < c; k += 16) sixteens[blocks++] = edgebin_slice16(&wp, a[k >> 5] >> (k & 31), planes);
+    }
+  }
+  /* the weight-16 words into planes 4 .. 3 + high, a ripple add each (high: the planes taps * c / 16 needs) */
+  const int32_t high = 32 - __builtin_clz((uint32_t)(taps * c / 16));
+  uint32_t h[6] = {0, 0, 0, 0, 0, 0};
+  for (int32_t i = 0; i < blocks; ++i) {
+    uint32_t carry = sixteens[i];
+    for (int32_t b = 0; b < high; ++b) {
+      const uint32_t t = h[b] & carry;
+      h[b] ^= carry;
+      carry = t;
+    }
+  }
+  for (int32_t b = 0; b < 6; ++b) planes[4 + b] = h[b];
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                                    const uint32_t* lim, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                    int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                    int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
+  const int32_t words = (c + 31) / 32, groups = cout / 32, taps = kh * kw;
+  const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)); /* planes the largest count needs */
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t* image = bits + (int64_t)i * h * wd * words;
+    for (int32_t y = 0; y < oh; ++y) {
+      const int32_t y0 = y * sh - ph;
+      int32_t ky0, ky1;
+      edgebin_taps_inside(y0, h, kh, &ky0, &ky1);
+      for (int32_t x = 0; x < ow; ++x) {
+        const int32_t x0 = x * sw - pw;
+        int32_t kx0, kx1;
+        edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
+        const int32_t nt = (ky1 - ky0) * (kx1 - kx0);
+        uint32_t* row = out + (((int64_t)i * oh + y) * ow + x) * groups;
+        for (int32_t g = 0; g < groups; ++g) {
+          uint32_t planes[10];
+          const uint32_t* wg = w + (int64_t)g * taps * c;
+          if (nt != taps) { /* interior pixels pass constant bounds: their tap loops unroll */
+            edgebin_slice_count(image, wd, c, kw, taps, y0, x0, ky0, ky1, kx0, kx1, wg, planes);
+          } else {
+            edgebin_slice_count(image, wd, c, kw, taps, y0, x0, 0, kh, 0, kw, wg, planes);
+          }
+          const uint32_t* limit = lim + ((int64_t)slot[nt] * groups + g) * EDGEBIN_SLICE_LIMIT_WORDS;
+          uint32_t above = 0; /* per lane: count > L, the borrow of L - count */
+          for (int32_t b = 0; b < nplanes; ++b) above = (~limit[b] & planes[b]) | (~(limit[b] ^ planes[b]) & above);
+          row[g] = (~above & limit[10]) | (above & limit[11]) | limit[12];
+        }
+      }
+    }
+  }
+}
+
 #ifdef __cplusplus
 }
 #endif
