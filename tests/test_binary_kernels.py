@@ -428,9 +428,10 @@ SLICE_SHAPES = [(1, 16, 7, 6, 32, 3, 2, 1), (2, 32, 5, 5, 64, 3, 1, 1), (1, 48, 
                 (1, 16, 8, 8, 32, 1, 2, 0), (1, 16, 5, 6, 32, 5, 1, 2)]
 
 
-def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The kernel's inputs for one shape (thresholds from `sign_thresholds`, with constant channels both ways and
-    limits no count reaches) and the bits it must write: the dense kernels' threshold epilogue, from the reference."""
+def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """The bits kernel's inputs for one shape (thresholds from `sign_thresholds`, with constant channels both ways
+    and limits no count reaches) and the bits it must write, from the reference; and the affine kernel's mul and add
+    with the exact sums."""
     n, c, h, w, cout, k, stride, pad = shape
     rng = np.random.default_rng(index + 40)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
@@ -450,57 +451,77 @@ def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarra
     slot, lim = binary_slice.slice_limits(direction, threshold, c, k * k, counts)
     inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
               "w": binary_slice.pack_sliced_weight_bits(codes), "slot": slot, "lim": lim}
-    return {name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift)
+    affine = {"mul": rng.standard_normal(cout).astype(np.float32), "add": rng.standard_normal(cout).astype(np.float32),
+              "sums": sums}
+    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift),
+            affine)
 
 
 @pytest.mark.parametrize("shape", SLICE_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_slice_kernel_writes_the_threshold_epilogues_bits(tmp_path, shape):
-    """The portable C build of edgebin_bconv2d_slice_bits (a ripple add per input) against the reference."""
+def test_slice_kernels_equal_the_reference(tmp_path, shape):
+    """The portable C build of edgebin_bconv2d_slice_{bits,affine} (a ripple add per input) against the
+    reference: the threshold epilogue's bits, and the floats sum · mul + add."""
     if CC is None:
         pytest.skip("no C compiler")
-    name = specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape))
-    (tmp_path / "kernels.c").write_text(c_source({name}))
+    bits_name, affine_name = (specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape))
+                              for kind in ("_bits", "_affine"))
+    (tmp_path / "kernels.c").write_text(c_source({bits_name, affine_name}))
     subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
                     str(tmp_path / "lib.so")], check=True, timeout=120)
-    inputs, want = _slice_case(0, shape)
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    inputs, want, affine = _slice_case(0, shape)
     out = np.empty(want.shape, dtype=np.uint32)
-    getattr(ctypes.CDLL(str(tmp_path / "lib.so")), name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
+    getattr(lib, bits_name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
     np.testing.assert_array_equal(out, want)
+    out_f = np.empty(affine["sums"].shape, dtype=np.float32)
+    getattr(lib, affine_name)(_ptr(inputs["bits"]), _ptr(inputs["w"]), _ptr(affine["mul"]), _ptr(affine["add"]),
+                              _ptr(out_f))
+    _assert_affine(out_f, affine["sums"], affine["mul"], affine["add"])
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
                     reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
 @pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
-def test_slice_kernel_on_cortex_m_writes_the_reference_bits(tmp_path, target):
-    """The Thumb-2 build (carry-save adders in assembly, LDM weight words, SBFX masks) on QEMU, every shape."""
+def test_slice_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
+    """The Thumb-2 build (carry-save adders in assembly, LDM weight words, SBFX masks) on QEMU, every shape, both
+    epilogues."""
     from edgebin import targets
     from edgebin.compile.mcu_emit import write_driver_bundle
     from edgebin.runners import QemuRunner
 
     lines, calls, wants = [], [], []
     for i, shape in enumerate(SLICE_SHAPES):
-        inputs, want = _slice_case(i, shape)
-        lines += [_c_array(f"{name}{i}", a) for name, a in inputs.items()]
-        name = specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape))
-        calls.append(f"  {{ static uint32_t b[{want.size}]; {name}(bits{i}, w{i}, slot{i}, lim{i}, b);\n"
+        inputs, want, affine = _slice_case(i, shape)
+        lines += [_c_array(f"{name}{i}", a) for name, a in [*inputs.items(), ("mul", affine["mul"]),
+                                                               ("add", affine["add"])]]
+        bits_name, affine_name = (specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape))
+                                  for kind in ("_bits", "_affine"))
+        size = affine["sums"].size
+        calls.append(f"  {{ static uint32_t b[{want.size}]; {bits_name}(bits{i}, w{i}, slot{i}, lim{i}, b);\n"
                      f"    for (int i = 0; i < {want.size}; ++i) {{\n"
-                     f"      *out++ = (float)(b[i] & 0xFFFFu);\n      *out++ = (float)(b[i] >> 16);\n    }} }}\n")
-        wants.append(want)
-    names = {specialized_name("edgebin_bconv2d_slice_bits", _geometry(*shape)) for shape in SLICE_SHAPES}
-    total = 2 * sum(want.size for want in wants)
+                     f"      *out++ = (float)(b[i] & 0xFFFFu);\n      *out++ = (float)(b[i] >> 16);\n    }} }}\n"
+                     f"  {{ static float f[{size}]; {affine_name}(bits{i}, w{i}, mul{i}, add{i}, f);\n"
+                     f"    for (int i = 0; i < {size}; ++i) *out++ = f[i]; }}\n")
+        wants.append((want, affine))
+    names = {specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape)) for shape in SLICE_SHAPES
+             for kind in ("_bits", "_affine")}
+    total = sum(2 * want.size + affine["sums"].size for want, affine in wants)
     driver = (c_source(names) + "\n".join(lines) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
               "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
               'const char* edgebin_model_name(void) { return "edgebin_slice_kernel_test"; }\n')
     bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
     runner = QemuRunner(targets.load(target), timeout_s=120)
     got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
-                     count_instructions=False).outputs.ravel().astype(np.uint32)
+                     count_instructions=False).outputs.ravel()
     at = 0
-    for shape, want in zip(SLICE_SHAPES, wants, strict=True):
-        halves = got[at : at + 2 * want.size]
+    for shape, (want, affine) in zip(SLICE_SHAPES, wants, strict=True):
+        halves = got[at : at + 2 * want.size].astype(np.uint32)
         np.testing.assert_array_equal((halves[0::2] | halves[1::2] << 16).reshape(want.shape), want,
                                       err_msg=f"{shape}")
         at += 2 * want.size
+        sums = affine["sums"]
+        _assert_affine(got[at : at + sums.size].reshape(sums.shape), sums, affine["mul"], affine["add"])
+        at += sums.size
 
 
 def test_sliced_weight_bits_put_output_channels_in_lanes():
@@ -526,3 +547,5 @@ def test_slice_limits_match_hand_values():
     assert (le, gt) == (0b1, 0b10) and one == ((1 << 32) - 1) & ~0b1011
     assert binary_slice.inside_counts(5, 3, 1, 1, 5) == {2, 3} and binary_slice.inside_counts(4, 1, 2, 0, 2) == {1}
     assert binary_slice.fits(16, 32, 9) and not binary_slice.fits(8, 32, 9) and not binary_slice.fits(16, 16, 9)
+    assert binary_slice.fits(32, 32, 9, "_affine") and not binary_slice.fits(16, 32, 9, "_affine")  # 288, 144
+    assert not binary_slice.fits(32, 32, 9, "")  # int32 sums: the dense kernels

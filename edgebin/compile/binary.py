@@ -88,6 +88,8 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
                                     "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
     "edgebin_bconv2d_slice_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
                                     "const uint32_t* lim"), "uint32_t* out"),
+    "edgebin_bconv2d_slice_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul",
+                                      "const float* add"), "float* out"),
 }
 for _kernel in ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits"):
     _inputs, _output = _POINTERS[_kernel]  # MST-compression: the tree's tables after tapsum
@@ -517,12 +519,14 @@ class _Rewriter(PyExprMutator):
             words, plain_words = plan.word_ops()
             work = {"bit_ops": plan.bit_ops, "plain_bit_ops": plan.plain_bit_ops, "word_ops": words,
                     "plain_word_ops": plain_words, "depth": plan.depth}
-        elif self.dense and SLICED.get() and epilogue == "_bits" and binary_slice.fits(c, cout, kh * kw):
+        elif self.dense and SLICED.get() and binary_slice.fits(c, cout, kh * kw, epilogue):
             kernel, weights = "edgebin_bconv2d_slice", [const(binary_slice.pack_sliced_weight_bits(conv.codes))]
-            counts = {ny * nx for ny in binary_slice.inside_counts(h, kh, sh, ph, oh)
-                      for nx in binary_slice.inside_counts(w, kw, sw, pw, ow)}
-            slot, lim = binary_slice.slice_limits(const_array(extra[0]), const_array(extra[1]), c, kh * kw, counts)
-            extra = [const(slot), const(lim)]
+            if epilogue == "_bits":
+                counts = {ny * nx for ny in binary_slice.inside_counts(h, kh, sh, ph, oh)
+                          for nx in binary_slice.inside_counts(w, kw, sw, pw, ow)}
+                slot, lim = binary_slice.slice_limits(const_array(extra[0]), const_array(extra[1]), c, kh * kw,
+                                                      counts)
+                extra = [const(slot), const(lim)]
         elif (self.dense or self.mst) and dense_ok:
             kernel, weights = "edgebin_bconv2d_dense", [const(pack_dense_weight_bits(conv.codes)),
                                                        const(tap_sums(conv.codes))]

@@ -18,8 +18,16 @@ LIMIT_PLANES = 10
 LIMIT_WORDS = LIMIT_PLANES + 3  # EDGEBIN_SLICE_LIMIT_WORDS: the limit's planes, then the le, gt and one masks
 
 
-def fits(c: int, cout: int, taps: int) -> bool:
-    """True when the bit-sliced kernel takes a conv of c input and `cout` output channels over `taps` taps."""
+AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (about 14 instructions a lane), which
+# pays against the dense kernel only over a long reduction: 0.39 -> 0.31 per binary MAC at 288, and it would lose on
+# a 1x1 shortcut's 16 or 32
+
+
+def fits(c: int, cout: int, taps: int, epilogue: str = "_bits") -> bool:
+    """True when the bit-sliced kernel takes a conv of c input and `cout` output channels over `taps` taps with
+    `epilogue` ("_bits": the threshold; "_affine": floats, over a reduction of AFFINE_DEPTH or more)."""
+    if epilogue not in ("_bits", "_affine") or (epilogue == "_affine" and c * taps < AFFINE_DEPTH):
+        return False
     return c % BLOCK == 0 and cout % LANES == 0 and c * taps <= DEPTH
 
 

@@ -745,7 +745,10 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
  * per lane the limit L as bit planes 0 .. 9, then three masks: lanes whose bit is count <= L (dir = +1: sum =
  * nt c - 2 count >= thr), lanes whose bit is count > L (dir = -1), lanes that are always 1 (the rest are always
  * 0); `binary.slice_limits` computes them from dir and thr. The output word of a group is the 32 channels' bits of
- * the next layer's input, written whole. */
+ * the next layer's input, written whole.
+ * edgebin_bconv2d_slice_affine(bits, w, mul, add, n, c, ..., ow, out): the output of edgebin_bconv2d_dense_affine
+ * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_lanes): worth it
+ * over long reductions only (binary_slice.AFFINE_DEPTH). */
 #define EDGEBIN_SLICE_DEPTH 1023 /* count planes 0 .. 9 */
 #define EDGEBIN_SLICE_BLOCKS 64  /* 16-input blocks per output pixel and group */
 #define EDGEBIN_SLICE_LIMIT_WORDS 13
@@ -834,10 +837,32 @@ EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t
   for (int32_t b = 0; b < 6; ++b) planes[4 + b] = h[b];
 }
 
-EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
-                                                    const uint32_t* lim, int32_t n, int32_t c, int32_t h, int32_t wd,
-                                                    int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
-                                                    int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
+/* The 32 lanes' counts from their planes: per four lanes, each plane's four bits spread to bit 0 of four bytes by one
+ * multiply (n * 0x00204081: n, n << 7, n << 14, n << 21 do not overlap), shifted to the plane's bit and ORed in;
+ * planes 8 and 9 go to a second word. About 14 instructions a lane. */
+EDGEBIN_CORE void edgebin_slice_lanes(const uint32_t* planes, int32_t nplanes, int32_t* counts) {
+  uint32_t spreader = 0x00204081u;
+  __asm__("" : "+r"(spreader)); /* one MUL a plane: gcc would make it two shifted adds and a shift */
+#if defined(__GNUC__)
+#pragma GCC unroll 8
+#endif
+  for (int32_t q = 0; q < 32; q += 4) {
+    uint32_t low = 0, high = 0;
+    for (int32_t b = 0; b < nplanes; ++b) {
+      const uint32_t spread = (((planes[b] >> q) & 15u) * spreader) & 0x01010101u;
+      if (b < 8) low |= spread << b;
+      else high |= spread << (b - 8);
+    }
+    for (int32_t j = 0; j < 4; ++j) counts[q + j] = (int32_t)(((low >> (8 * j)) & 255u) | ((high >> (8 * j)) & 3u) << 8);
+  }
+}
+
+/* The bit-sliced conv: the next layer's bits (out_b, the threshold epilogue) or floats sum * mul + add (out_f). */
+EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                             const uint32_t* lim, const float* mul, const float* add, int32_t n,
+                                             int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                             int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh, int32_t ow,
+                                             uint32_t* out_b, float* out_f) {
   const int32_t words = (c + 31) / 32, groups = cout / 32, taps = kh * kw;
   const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)); /* planes the largest count needs */
   for (int32_t i = 0; i < n; ++i) {
@@ -851,7 +876,6 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const u
         int32_t kx0, kx1;
         edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
         const int32_t nt = (ky1 - ky0) * (kx1 - kx0);
-        uint32_t* row = out + (((int64_t)i * oh + y) * ow + x) * groups;
         for (int32_t g = 0; g < groups; ++g) {
           uint32_t planes[10];
           const uint32_t* wg = w + (int64_t)g * taps * c;
@@ -860,14 +884,38 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const u
           } else {
             edgebin_slice_count(image, wd, c, kw, taps, y0, x0, 0, kh, 0, kw, wg, planes);
           }
+          if (out_f) { /* sum = nt c - 2 count over the taps inside, as the dense kernels' affine epilogue */
+            int32_t counts[32];
+            edgebin_slice_lanes(planes, nplanes, counts);
+            float* dst = out_f + (((int64_t)i * cout + 32 * g) * oh + y) * ow + x;
+            for (int32_t j = 0; j < 32; ++j) {
+              const int32_t co = 32 * g + j;
+              dst[(int64_t)j * oh * ow] = (float)(nt * c - 2 * counts[j]) * mul[co] + add[co];
+            }
+            continue;
+          }
           const uint32_t* limit = lim + ((int64_t)slot[nt] * groups + g) * EDGEBIN_SLICE_LIMIT_WORDS;
           uint32_t above = 0; /* per lane: count > L, the borrow of L - count */
           for (int32_t b = 0; b < nplanes; ++b) above = (~limit[b] & planes[b]) | (~(limit[b] ^ planes[b]) & above);
-          row[g] = (~above & limit[10]) | (above & limit[11]) | limit[12];
+          out_b[(((int64_t)i * oh + y) * ow + x) * groups + g] = (~above & limit[10]) | (above & limit[11]) | limit[12];
         }
       }
     }
   }
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                                    const uint32_t* lim, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                    int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                    int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
+  edgebin_bconv2d_slice_core(bits, w, slot, lim, 0, 0, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_slice_affine(const uint32_t* bits, const uint32_t* w, const float* mul,
+                                                      const float* add, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                      int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                      int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
+  edgebin_bconv2d_slice_core(bits, w, 0, 0, mul, add, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, out);
 }
 
 #ifdef __cplusplus
