@@ -13,8 +13,9 @@ One run measures, on this machine:
 - host latency per binary conv layer against onnxruntime's FP32 conv of the same shape (`binary_layers.py`);
 - Cortex-M instructions per inference on QEMU (`--mcu-target`, default cortex-m4: since commit 5a6cf64 the W1A1
   model needs 107,748 B of RAM at 28x28, stack included, within cortex-m4's 128 KiB; docs/performance.md's last
-  run used cortex-m33, then the default) for INT8, INT4, ternary and W1A1, per conv layer (instructions per MAC),
-  and the weights' flash bytes (INT4 and ternary weights stay packed at 4 and 2 bits through the LUT kernels).
+  run used cortex-m33, then the default) for FP32 (the FP32 ONNX compiled to a float32 C bundle: TVM's plain
+  loops on the FPU, the baseline), INT8, INT4, ternary and W1A1, per conv layer (instructions per MAC), and the
+  weights' flash bytes (INT4 and ternary weights stay packed at 4 and 2 bits through the LUT kernels).
 The INT8 model is `edgebin export`'s PTQ of models/resnet8_fashion.pt, INT4 its data-free NUPES W4A8 (PowerQuant
 exponents, table-coded 4-bit weights), ternary a TWN QAT with 8-bit activations and W1A1 a binary QAT, both trained
 for `--epochs` on `--train-samples` images (enough for timing, which does not depend on the weights;
@@ -78,8 +79,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as lib_dir:
             lib = binary_layers.build_kernels(Path(lib_dir), binary_layers.RESNET8)
             layers = [binary_layers.time_layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
-        mcu = {name: _mcu(path / pipeline.MODEL_ONNX, args.mcu_target, args.samples, work / f"mcu-{name}")
-               for name, path in models.items()}
+        onnx = {"FP32": int8 / pipeline.FP32_ONNX} | {name: path / pipeline.MODEL_ONNX for name, path in models.items()}
+        mcu = {name: _mcu(path, args.mcu_target, args.samples, work / f"mcu-{name}") for name, path in onnx.items()}
     text = markdown(latency, layers, mcu, args, command)
     atomic_write_text(args.doc, text)
     print(text)
@@ -141,7 +142,8 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
              "ms per "
              f"inference, the lowest of {ROUNDS} medians of {args.repeat} runs (engines taking turns); speed-up = "
              "onnxruntime FP32 / engine. "
-             f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds.", "",
+             f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds; fewer than FP32 = FP32's "
+             "instructions / the model's.", "",
              "## Host, whole model", "", "| engine | ms | speed-up vs onnxruntime FP32 |", "|---|---:|---:|"]
     for name, ms in latency.items():
         lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× |")
@@ -154,11 +156,13 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
               "calls edgebin's pack and conv from Python through ctypes (about 0.4 µs a call of overhead).", "",
               binary_layers.markdown(layers, args.repeat).split("\n\n", 2)[2], "",
               f"## {mcu['INT8']['target']} (QEMU)", "",
-              "| model | instructions per inference | MACs | instructions per MAC | weights (flash) | arena (RAM) |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "| model | instructions per inference | fewer than FP32 | MACs | instructions per MAC | "
+              "weights (flash) | arena (RAM) |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in mcu.items():
-        lines.append(f"| {name} | {m['instructions']:,} | {m['macs']:,} | {m['instructions'] / m['macs']:.2f} | "
-                     f"{m['weights_bytes']:,} B | {m['arena_bytes']:,} B |")
+        lines.append(f"| {name} | {m['instructions']:,} | {mcu['FP32']['instructions'] / m['instructions']:.2f}× | "
+                     f"{m['macs']:,} | {m['instructions'] / m['macs']:.2f} | {m['weights_bytes']:,} B | "
+                     f"{m['arena_bytes']:,} B |")
     others = [name for name in mcu if name != "W1A1"]
     lines += ["", "Per conv and gemm layer (instructions per MAC, the kernel kind in brackets where not int8; a binary "
               "MAC is one ±1 × ±1 product):", "",
