@@ -163,7 +163,7 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
         lines.append(f"| {name} | {m['instructions']:,} | {mcu['FP32']['instructions'] / m['instructions']:.2f}× | "
                      f"{m['macs']:,} | {m['instructions'] / m['macs']:.2f} | {m['weights_bytes']:,} B | "
                      f"{m['arena_bytes']:,} B |")
-    others = [name for name in mcu if name != "W1A1"]
+    others = [name for name in mcu if name not in ("FP32", "W1A1")]  # FP32's ONNX names its nodes /Conv, /Conv_1...
     lines += ["", "Per conv and gemm layer (instructions per MAC, the kernel kind in brackets where not int8; a binary "
               "MAC is one ±1 × ±1 product):", "",
               "| layer | " + " | ".join(others) + " | W1A1 | W1A1 kernel |",
