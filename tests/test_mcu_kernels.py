@@ -305,9 +305,10 @@ def test_micro_kernel_bundle_calls_it_and_has_no_pad_kernels(bundles):
     plain, micro = (json.loads((bundles[name] / "bundle.json").read_text()) for name in ("plain", "micro"))
     assert (bundles["micro"] / MICRO_KERNEL_HEADER).is_file() and not (bundles["plain"] / MICRO_KERNEL_HEADER).exists()
     source = (bundles["micro"] / "kernels.c").read_text()
-    # stem (28 pixels a row: 4 columns a call), c1 and c2 (14: 2), fc (1): uint8 activations, as exported; the
-    # convs requantize their own sums (mcu_schedule.fuse_requant), the gemm's float epilogue stays TVM's
-    assert [source.count(f"{kernel}(") for kernel in ("matvec4_u8s8_rq", "matvec2_u8s8_rq", "matvec_u8s8")] == \
+    # stem (one input channel, 3x3: its windows read from the image), c1 and c2 (14 pixels a row: 2 columns a call),
+    # fc (1): uint8 activations, as exported; the convs requantize their own sums (mcu_schedule.fuse_requant), the
+    # gemm's float epilogue stays TVM's
+    assert [source.count(f"{kernel}(") for kernel in ("conv3x3_u8s8_rq", "matvec2_u8s8_rq", "matvec_u8s8")] == \
         [1, 2, 1]
     assert source.count("edgebin_rq_table(") == 3
     # c1 and c2 read ReLU outputs, whose uint8 zero point is 0: their padding is the conv's own, no pad kernel

@@ -6,7 +6,10 @@ Each case fixes a requant (grid exponent e, zero point, clip) and draws inputs, 
 `requant.round_f32_half_even` on t = sum G + A, the computation of the TVM epilogue the kernel replaces. Cases
 cover exact and near ties (G = 2^(e-3): sums 4 mod 8 are ties), saturation on both sides, int8 outputs
 (SSAT), a ReLU-like clip [zy, 255] (plain compares), a zero point folded apart from the rounding constant
-(plus = 0), every k % 4, n not a multiple of 4, and 1, 2 and 4 columns.
+(plus = 0), every k % 4 and k < 4, n odd, even and a multiple of 4 (one, two and four channels a pass of the spread
+form's loop), output strides past an immediate, and 1, 2 and 4 columns. Every case runs with the table in its first
+form, then in the spread form (edgebin_rq_spread) twice, the second call meeting its near ties in the table's cache;
+the 3x3 cases (`image`) run edgebin_conv3x3_*_rq on an image whose windows are the columns.
 """
 
 from __future__ import annotations
@@ -44,11 +47,21 @@ class Case:
     grid_bits: tuple[int, int] = (12, 6)  # otherwise G from 2^(e-12) to 2^(e-6)
     plus_apart: bool = False  # the zero point added after the rounding (requant.py's plus = 0)
     seed: int = 0
+    out_stride: int = 0  # bytes from one channel's outputs to the next; 0: the lanes (dense)
+    image: int = 0  # k = 9, 4 lanes: the columns are 3x3 windows of a 3-row image this wide (edgebin_conv3x3_*_rq)
+
+    @property
+    def stride(self) -> int:
+        return self.out_stride or self.lanes
 
     def data(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         lo, hi = (0, 256) if self.x_dtype == "uint8" else (-128, 128)
-        x = rng.integers(lo // 16 if self.ties else lo, hi // 16 if self.ties else hi, (self.lanes, self.k))
+        shape = (3, self.image) if self.image else (self.lanes, self.k)
+        x = rng.integers(lo // 16 if self.ties else lo, hi // 16 if self.ties else hi, shape)
+        image = x
+        if self.image:  # the windows start at column 1: x[p, 3 ky + kx] = image[ky, 1 + p + kx]
+            x = np.stack([image[:, 1 + p:4 + p].reshape(-1) for p in range(4)])
         w = rng.integers(-128, 128, (self.n, self.k))
         w[rng.random(w.shape) < 0.1] = -128  # the extreme SXTB16 and SMLAD see most
         if self.ties:
@@ -56,7 +69,7 @@ class Case:
         low, high = (1 << (self.e - b) for b in self.grid_bits)
         grid = np.full(self.n, 1 << (self.e - 3)) if self.ties else rng.integers(low, high, self.n)
         bias = rng.integers(-3000, 3000, self.n)
-        return {"x": x, "w": w, "grid": grid, "offset": bias * grid + self.addend}
+        return {"x": x, "image": image, "w": w, "grid": grid, "offset": bias * grid + self.addend}
 
     @property
     def plus(self) -> int:
@@ -91,6 +104,23 @@ CASES = [
     Case(27, 4, 1, 36, -7, lo=-128, hi=127, x_dtype="int8", grid_bits=(16, 13), seed=7),
     Case(144, 16, 4, 34, 143, plus_apart=True, seed=8),
     Case(10, 11, 4, 33, 128, ties=True, plus_apart=True, seed=9),
+    Case(9, 16, 4, 33, 0, out_stride=784, seed=10),  # the stem's output stride: four channels' stores up to 2,355 on
+    Case(3, 7, 4, 33, 5, seed=11),  # k < 4: the tail is the whole row
+    Case(2, 5, 2, 33, 5, seed=12),
+    Case(1, 6, 1, 33, 5, seed=13),
+    Case(14, 9, 2, 33, 7, out_stride=196, seed=14),  # k % 4 = 2: one pair for the tail's two bytes
+    Case(13, 10, 2, 33, 7, ties=True, seed=15),
+    Case(6, 8, 4, 33, 7, lo=-128, hi=127, x_dtype="int8", grid_bits=(16, 12), seed=16),
+    Case(18, 6, 1, 33, 9, out_stride=49, seed=17),
+    Case(9, 16, 4, 33, 0, image=30, out_stride=784, seed=18),  # the stem, its windows read from the image
+    Case(9, 11, 4, 33, 120, ties=True, image=7, seed=19),
+    Case(9, 5, 4, 33, 3, lo=-128, hi=127, x_dtype="int8", grid_bits=(16, 12), image=9, seed=20),
+    Case(9, 6, 4, 31, 0, lo=40, image=8, seed=21),  # no USAT: plain C
+    Case(40, 8, 1, 33, 5, seed=22),  # 20 pairs: two channels a pass, not four
+    Case(9, 12, 4, 33, 5, ties=True, out_stride=1100, seed=23),  # four channels' stride past an immediate: two
+    Case(13, 12, 2, 33, 7, ties=True, seed=24),
+    Case(14, 6, 1, 33, 7, ties=True, seed=27),
+    Case(7, 4, 4, 33, 9, ties=True, seed=26),
 ]
 
 
@@ -99,38 +129,59 @@ def _c_array(name: str, ctype: str, values: np.ndarray) -> str:
     return f"static const {ctype} {name}[] = {{{body}}};\n"
 
 
-def _call(case: Case, index: int, data: dict[str, np.ndarray]) -> str:
-    """C that runs case `index` and appends its n x lanes outputs (channel-major) to `output`."""
+def _call(case: Case, index: int, data: dict[str, np.ndarray], spread: int) -> str:
+    """C that runs case `index` with the table in its first (spread = 0) or spread form and appends its n x lanes
+    outputs (channel-major) to `output`; the spread form twice, as a kernel run calls it: the second call finds its
+    near ties in the table's cache."""
     rq = fused_requant_constants(case.info(data), case.k, case.x_dtype)
     assert rq is not None
     xt, suffix = ("uint8_t", "u8s8") if case.x_dtype == "uint8" else ("int8_t", "s8")
     kernel = f"edgebin_matvec{case.lanes if case.lanes > 1 else ''}_{suffix}_rq"
-    return (_c_array(f"x{index}", xt, data["x"]) + _c_array(f"w{index}", "int8_t", data["w"])
-            + _c_array(f"g{index}", "int32_t", data["grid"]) + _c_array(f"a{index}", "int64_t", data["offset"])
-            + f"static float* run{index}(float* output) {{\n"
-            f"  int32_t table[{2 * case.n}];\n  uint8_t out[{case.n * case.lanes}];\n"
+    name, words = f"{index}_{spread}", ((case.k + 1) // 2 + 5 if spread else 2)
+    arrays = "" if spread else (
+        _c_array(f"x{index}", xt, data["x"]) + (_c_array(f"i{index}", xt, data["image"]) if case.image else "")
+        + _c_array(f"w{index}", "int8_t", data["w"]) + _c_array(f"g{index}", "int32_t", data["grid"])
+        + _c_array(f"a{index}", "int64_t", data["offset"]))
+    bound = rq.window << (32 - rq.f)
+    constants = (f"{rq.s}, {rq.m}, {rq.f}, {rq.window}, {case.e}, {case.addend}ll, {case.zy}, {case.lo}, "
+                 f"{case.hi}")
+    if spread and case.image:  # the columns read from the image
+        spread_table = f"  edgebin_rq_spread_3x3(w{index}, {case.n}, {rq.s}, {bound}, table);\n"
+        call = (f"  edgebin_conv3x3_{suffix}_rq(i{index} + 1, {case.image}, {case.n}, table, out{name}, "
+                f"{case.stride}, a{index}, 1, {constants});\n")
+    else:
+        spread_table = (f"  edgebin_rq_spread(w{index}, {case.k}, {case.n}, {rq.s}, {bound}, {case.lanes}, table);\n"
+                        if spread else "")
+        call = (f"  {kernel}(x{index}, w{index}, {case.k}, {case.n}, table, out{name}, {case.stride}, a{index}, 1, "
+                f"{constants}, {spread});\n")
+    copy = (f"  for (int j = 0; j < {case.n}; ++j)\n    for (int p = 0; p < {case.lanes}; ++p)\n"
+            f"      *output++ = {'(float)' if case.lo >= 0 else '(float)(int8_t)'}out{name}[j * {case.stride} + p];\n")
+    again = f"  memset(out{name}, 0, sizeof(out{name}));\n{call}{copy}" if spread else ""
+    return (arrays + f"static uint8_t out{name}[{case.n * case.stride}];\n"
+            f"static float* run{name}(float* output) {{\n"
+            f"  int32_t table[{words * case.n}];\n"
             f"  edgebin_rq_table(g{index}, 1, a{index}, 1, {case.n}, {rq.m}, {rq.sh}, {rq.bias}, table);\n"
-            f"  {kernel}(x{index}, w{index}, {case.k}, {case.n}, table, out, {case.lanes}, a{index}, 1, {rq.s}, "
-            f"{rq.m}, {rq.f}, {rq.window}, {case.e}, {case.addend}ll, {case.zy}, {case.lo}, {case.hi});\n"
-            f"  for (int i = 0; i < {case.n * case.lanes}; ++i)\n"
-            f"    *output++ = {'(float)out[i]' if case.lo >= 0 else '(float)(int8_t)out[i]'};\n"
-            f"  return output;\n}}\n")
+            + spread_table + call + copy + again + "  return output;\n}\n")
 
 
 def driver_c() -> str:
-    """edgebin_requant_test(input, output): every case's outputs, in order (the input is not read)."""
+    """edgebin_requant_test(input, output): every case's outputs, in order, with the table in its first form, then
+    in the spread form, twice a case (the input is not read)."""
     data = [case.data() for case in CASES]
-    runs = "".join(_call(case, i, d) for i, (case, d) in enumerate(zip(CASES, data, strict=True)))
-    calls = "".join(f"  output = run{i}(output);\n" for i in range(len(CASES)))
-    return (f'#include <stdint.h>\n#include "{MICRO_KERNEL_HEADER}"\n\n{runs}\n'
+    runs = "".join(_call(case, i, d, spread) for spread in (0, 1)
+                   for i, (case, d) in enumerate(zip(CASES, data, strict=True)))
+    calls = "".join(f"  output = run{i}_{spread}(output);\n" for spread in (0, 1) for i in range(len(CASES)))
+    return (f'#include <stdint.h>\n#include <string.h>\n#include "{MICRO_KERNEL_HEADER}"\n\n{runs}\n'
             f"int edgebin_requant_test(const float* input, float* output) {{\n  (void)input;\n{calls}  return 0;\n}}\n")
 
 
 def reference() -> np.ndarray:
-    return np.concatenate([case.reference(case.data()).reshape(-1) for case in CASES]).astype(np.float32)
+    """What driver_c() writes: the two forms of the table give the same bits."""
+    outputs = [case.reference(case.data()).reshape(-1).astype(np.float32) for case in CASES]
+    return np.concatenate(outputs + [o for output in outputs for o in (output, output)])
 
 
-OUT_ELEMS = sum(case.n * case.lanes for case in CASES)
+OUT_ELEMS = 3 * sum(case.n * case.lanes for case in CASES)
 
 
 def test_cases_hit_ties_saturation_and_every_clip():

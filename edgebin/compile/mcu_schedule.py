@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import os
 import re
@@ -95,6 +96,11 @@ _INT8_MATVEC = re.compile(r"edgebin_matvec[24]?_(s8|u8s8)")  # the calls fuse_re
 # fuse_requant builds its table of channel constants once per run: a gemm's single call would pay it for nothing
 # (LeNet-5's fc layers: 1.39 -> 1.42 and 1.50 -> 1.56 instructions per MAC).
 _FUSED_MIN_CALLS = 8
+# The spread form of the table (edgebin_rq_spread): each channel's weights as int16 pairs, spread once per run instead
+# of once per call, for rows of at most SPREAD_PAIRS pairs (edgebin_kernels.h, EDGEBIN_RQS_PAIRS) whose table, 4
+# (ceil(k / 2) + 5) bytes a channel, fits in SPREAD_TABLE_BYTES of stack (ResNet-8's stack3.shortcut: 5,376).
+SPREAD_PAIRS = 32
+SPREAD_TABLE_BYTES = 6144
 
 
 @contextlib.contextmanager
@@ -752,7 +758,10 @@ def fuse_requant(mod):
     """`mod` with each int8 micro-kernel call whose epilogue is exactly one fixed requant (requant.FIXED_REQUANT)
     turned into the `_rq` kernel that requantizes its own sums (edgebin_kernels.h, edgebin_rq): no accumulators
     stored and reloaded, channel constants loaded once per call, 5 instructions per output on DSP cores. The
-    kernel's table of channel constants is built once per run (edgebin_rq_table). Outputs are the same bits."""
+    kernel's table of channel constants is built once per run (edgebin_rq_table); for short rows (at most
+    SPREAD_PAIRS int16 pairs, the table within SPREAD_TABLE_BYTES) it holds the weights too, spread once per run
+    (edgebin_rq_spread, the spread form), and a 3x3 conv of one input channel reads its windows from the image
+    instead of a gather (edgebin_conv3x3_*_rq). Outputs are the same bits."""
     calls: dict[str, list[list]] = {}
     for call in _kernel_calls(mod):
         calls.setdefault(call.args[0].name_hint, []).append(list(call.args[1].fields))
@@ -844,28 +853,147 @@ def _fuse_requant(func, largest: Callable[[Any], int | None]):
     calls = int(np.prod([int(d) for d in block.writes[0].source.shape])) // (n * lanes)
     if out is None or (lanes > 1 and strides[1] != 1) or calls < _FUSED_MIN_CALLS:
         return None
+    weights = _spread_weights(site.call_block, k, n, info, strides[0])
+    window = _window_image(func, site, k, lanes) if weights is not None else None
     table = tirx.decl_buffer((2 * n,), "int32", name="rq_table")
-    fused = tirx.call_extern("void", f"{name}_rq", call.args[1], call.args[2], k, n, table.access_ptr("r"), out,
-                             strides[0], offset.access_ptr("r"), _step(offset, n), rq.s, rq.m, rq.f, rq.window,
-                             info["e"], tirx.const(info["addend"], "int64"), info["zy"], info["lo"], info["hi"])
-    whole = [whole_region(b) for b in (table, offset, block.writes[0].source)]
-    new_block = s_tir.SBlock(site.call_block.iter_vars, [*site.call_block.reads, *whole[:2]], whole[2:],
+    # The spread form's table (over 1 KB in the shortcuts) is a C array on the stack, edgebin_rq_stack_table: TVM's
+    # codegen would make a buffer that size a static workspace, RAM held all the run.
+    stack = tirx.call_extern("handle", "edgebin_rq_stack") if weights is not None else None
+    constants = [offset.access_ptr("r"), _step(offset, n), rq.s, rq.m, rq.f, rq.window, info["e"],
+                 tirx.const(info["addend"], "int64"), info["zy"], info["lo"], info["hi"]]
+    columns = site.call_block.match_buffers[0].source.source
+    if window is not None:  # the columns read from the image: no gather, no buffer for them
+        image, row = window
+        fused = tirx.call_extern("void", f"edgebin_conv3x3_{name.rsplit('_', 1)[1]}_rq", tirx.address_of(image), row,
+                                 n, stack, out, strides[0], *constants)
+        reads = [*[r for r in site.call_block.reads if not r.source.same_as(columns)], whole_region(image.source),
+                 whole_region(offset)]
+        matched, first = site.call_block.match_buffers[1:2], site.at - 1
+    else:
+        fused = tirx.call_extern("void", f"{name}_rq", call.args[1], call.args[2], k, n,
+                                 table.access_ptr("r") if stack is None else stack, out, strides[0], *constants,
+                                 int(stack is not None))
+        reads = [*site.call_block.reads, *[whole_region(b) for b in ((table, offset) if stack is None else (offset,))]]
+        matched, first = site.call_block.match_buffers[:2], site.at
+    new_block = s_tir.SBlock(site.call_block.iter_vars, reads, [whole_region(block.writes[0].source)],
                              site.call_block.name_hint, tirx.Evaluate(fused), None, site.call_block.alloc_buffers,
-                             site.call_block.match_buffers[:2], site.call_block.annotations)
-    first = site.seq.seq[site.at]
+                             matched, site.call_block.annotations)
+    realize = site.seq.seq[site.at]
     stmts = list(site.seq.seq)
-    stmts[site.at:site.at + 2] = [s_tir.SBlockRealize(first.iter_values, first.predicate, new_block)]
-    replacement = stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)  # TVM refuses a SeqStmt of one
-    body = tvm_ffi.structural_map(func.body, (tirx.SeqStmt, lambda seq: replacement if seq.same_as(site.seq) else seq))
-    prepare = tirx.call_extern("void", "edgebin_rq_table", grid.access_ptr("r"), _step(grid, n),
-                               offset.access_ptr("r"), _step(offset, n), n, rq.m, rq.sh, rq.bias,
-                               table.access_ptr("w"))
+    stmts[first:site.at + 2] = [s_tir.SBlockRealize(realize.iter_values, realize.predicate, new_block)]
+    body = _replace_seq(func.body, site.seq, stmts)
+    prepare = [tirx.call_extern("void", "edgebin_rq_table", grid.access_ptr("r"), _step(grid, n),
+                                offset.access_ptr("r"), _step(offset, n), n, rq.m, rq.sh, rq.bias,
+                                table.access_ptr("w") if stack is None else stack)]
+    bound = rq.window << (32 - rq.f)
+    if window is not None:
+        prepare.append(tirx.call_extern("void", "edgebin_rq_spread_3x3", weights, n, rq.s, bound, stack))
+    elif stack is not None:
+        prepare.append(tirx.call_extern("void", "edgebin_rq_spread", weights, k, n, rq.s, bound, lanes, stack))
+    if stack is not None:
+        prepare.insert(0, tirx.call_extern("void", "edgebin_rq_stack_table", n * _spread_record(k)))
     root = body.block
-    allocs = [b for b in root.alloc_buffers if not b.same_as(acc)] + [table]
+    dropped = [acc] + ([columns] if window is not None else [])
+    allocs = [b for b in root.alloc_buffers if not any(b.same_as(d) for d in dropped)]
     root = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint,
-                        tirx.SeqStmt([tirx.Evaluate(prepare), root.body]), root.init, allocs, root.match_buffers,
-                        root.annotations)
+                        tirx.SeqStmt([*map(tirx.Evaluate, prepare), root.body]), root.init,
+                        allocs + ([table] if stack is None else []), root.match_buffers, root.annotations)
     return func.with_body(s_tir.SBlockRealize(body.iter_values, body.predicate, root))
+
+
+def _replace_seq(body, seq, stmts: list):
+    """`body` with the statements of `seq` replaced by `stmts`; one statement in the loop that held `seq` (TVM
+    refuses a SeqStmt of one, and a SeqStmt's map must give a SeqStmt)."""
+    if len(stmts) > 1:
+        return tvm_ffi.structural_map(body, (tirx.SeqStmt, lambda s: tirx.SeqStmt(stmts) if s.same_as(seq) else s))
+
+    def loop(node):
+        if not node.body.same_as(seq):
+            return node
+        return tirx.For(node.loop_var, node.min, node.extent, node.kind, stmts[0], node.thread_binding,
+                        node.annotations, node.step)
+    return tvm_ffi.structural_map(body, (tirx.For, loop))
+
+
+def _spread_weights(call_block, k: int, n: int, info: dict[str, int], stride: int):
+    """The address of the call's weights (n rows of k, the same every call) where its table can take the spread form
+    (edgebin_rq_spread: the kernel's channel loop in asm, which takes a USAT or SSAT clip and adds two channels'
+    output stride as an immediate), else None."""
+    if ((k + 1) // 2 > SPREAD_PAIRS or 4 * n * _spread_record(k) > SPREAD_TABLE_BYTES or not 0 < stride < 2048
+            or (info["lo"], info["hi"]) not in ((0, 255), (-128, 127))):
+        return None
+    region = call_block.match_buffers[1].source
+    fixed = [(iv.var, iv.dom.min) for iv in call_block.iter_vars if int(iv.dom.extent) == 1]
+    starts = [_substitute(r.min, fixed) for r in region.region]
+    if any(collect(start, tirx.Var) for start in starts):  # weights that move from call to call
+        return None
+    return tirx.address_of(tirx.BufferLoad(region.source, starts))
+
+
+def _spread_record(k: int) -> int:
+    """Words of a channel's record in the spread form's table (edgebin_kernels.h, EDGEBIN_RECORD)."""
+    return (k + 1) // 2 + 5
+
+
+def _window_image(func, site: _Site, k: int, lanes: int):
+    """(the image pixel at the call's first window, bytes an image row) where the call's 4 columns are 3x3 windows
+    of one input channel on by one pixel, gathered without padding by the loop nest just before the call and read
+    by nothing else: edgebin_conv3x3_*_rq reads them from the image itself. Else None."""
+    if k != 9 or lanes != 4 or site.at == 0:
+        return None
+    loops, inner = _loop_nest(site.seq.seq[site.at - 1])
+    store = inner.block.body if isinstance(inner, s_tir.SBlockRealize) else None
+    columns = site.call_block.match_buffers[0].source
+    if (not loops or not isinstance(store, tirx.BufferStore) or not store.buffer.same_as(columns.source)
+            or not isinstance(store.value, TensorLoad) or not _only_gathered(func.body, store.buffer)):
+        return None
+    bound = list(zip([iv.var for iv in inner.block.iter_vars], inner.iter_values, strict=True))
+    column = [_substitute(index, bound) for index in store.indices]
+    image = store.value.source
+    pixel = [_substitute(index, bound) for index in store.value.indices]
+    realize = site.seq.seq[site.at]
+    called = list(zip([iv.var for iv in site.call_block.iter_vars], realize.iter_values, strict=True))
+    start = [_substitute(r.min, called) for r in columns.region]
+    variables = [loop.loop_var for loop in loops]
+    outer = [v for v in collect([*column, *pixel, *start], tirx.Var) if not any(v.same_as(u) for u in variables)]
+    found = []
+    for at in (0, 1):  # the outer loops at 0 (where the gather fills the call's columns), and at 1: the same shape
+        fixed = [(v, at) for v in outer]
+        first = _flat(column, store.buffer, fixed) if at else _flat(start, store.buffer, fixed)
+        offsets = {}
+        for point in itertools.product(*[range(int(loop.extent)) for loop in loops]):
+            pairs = fixed + list(zip(variables, point, strict=True))
+            where, source = _flat(column, store.buffer, pairs), _flat(pixel, image, pairs)
+            if where is None or source is None or first is None:
+                return None
+            offsets[where - first] = source
+        found.append(offsets)
+    row = found[0].get(3, 0) - found[0].get(0, 0)
+    expected = {9 * p + i: p + (i // 3) * row + i % 3 for p in range(4) for i in range(9)}
+    if not 6 <= row < 2046:  # the kernel's rows are immediate offsets
+        return None
+    if any(sorted(offsets) != sorted(expected) or any(offsets[q] - offsets[0] != expected[q] for q in expected)
+           for offsets in found):
+        return None
+    zero = [(v, tirx.const(0, prim_dtype(v))) for v in variables]
+    return tirx.BufferLoad(image, [_substitute(i, zero) for i in pixel]), row
+
+
+def _only_gathered(body, buffer) -> bool:
+    """Whether `body` stores to `buffer` in one place (the gather) and reads it in one (the call's match buffer)."""
+    stores = [s for s in collect(body, tirx.BufferStore) if s.buffer.same_as(buffer)]
+    loads = [load for load in collect(body, TensorLoad) if load.source.same_as(buffer)]
+    matched = [m for m in collect(body, s_tir.MatchBufferRegion) if m.source.source.same_as(buffer)]
+    return len(stores) == 1 and not loads and len(matched) == 1
+
+
+def _flat(indices: list, buffer, pairs: list) -> int | None:
+    """The row-major element offset of `indices` into `buffer`, the variables of `pairs` set (others 0)."""
+    values = [_evaluate(index, pairs) for index in indices]
+    if None in values:
+        return None
+    shape = [int(d) for d in buffer.shape]
+    return sum(v * int(np.prod(shape[i + 1:])) for i, v in enumerate(values))
 
 
 def _step(buffer, n: int) -> int:
