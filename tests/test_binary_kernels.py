@@ -446,8 +446,7 @@ def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarra
     direction, threshold = sign_thresholds(scale, offset, next_shift, relu=True)
     y = np.maximum(sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1), 0)
     geometry = _geometry(*shape)
-    counts = {a * b for a in binary_slice.inside_counts(h, k, stride, pad, geometry[-2])
-              for b in binary_slice.inside_counts(w, k, stride, pad, geometry[-1])}
+    counts = binary_slice.tap_counts(h, w, k, k, (stride, stride), (pad, pad), *geometry[-2:])
     slot, lim = binary_slice.slice_limits(direction, threshold, c, k * k, counts)
     inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
               "w": binary_slice.pack_sliced_weight_bits(codes), "slot": slot, "lim": lim}

@@ -522,8 +522,7 @@ class _Rewriter(PyExprMutator):
         elif self.dense and SLICED.get() and binary_slice.fits(c, cout, kh * kw, epilogue):
             kernel, weights = "edgebin_bconv2d_slice", [const(binary_slice.pack_sliced_weight_bits(conv.codes))]
             if epilogue == "_bits":
-                counts = {ny * nx for ny in binary_slice.inside_counts(h, kh, sh, ph, oh)
-                          for nx in binary_slice.inside_counts(w, kw, sw, pw, ow)}
+                counts = binary_slice.tap_counts(h, w, kh, kw, conv.stride, conv.padding, oh, ow)
                 slot, lim = binary_slice.slice_limits(const_array(extra[0]), const_array(extra[1]), c, kh * kw,
                                                       counts)
                 extra = [const(slot), const(lim)]

@@ -18,8 +18,9 @@ LIMIT_PLANES = 10
 LIMIT_WORDS = LIMIT_PLANES + 3  # EDGEBIN_SLICE_LIMIT_WORDS: the limit's planes, then the le, gt and one masks
 
 
-AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (about 14 instructions a lane), which
-# pays against the dense kernel only over a long reduction: 0.39 -> 0.31 per binary MAC at 288, and it would lose on
+AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (four instructions a plane per four
+# lanes), which pays against the dense kernel only over a long reduction: 0.39 -> 0.36 per binary MAC at 288 and
+# 0.39 -> 0.29 at 576 (ResNet-8's stack2.conv2, stack3.conv2; tools/bench/mcu_layers.py), and by that cost would lose on
 # a 1x1 shortcut's 16 or 32
 
 
@@ -51,6 +52,14 @@ def inside_counts(size: int, k: int, stride: int, pad: int, out: int) -> set[int
         start = i * stride - pad
         counts.add(min(size - start, k) - max(-start, 0))
     return counts
+
+
+def tap_counts(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
+               oh: int, ow: int) -> set[int]:
+    """The counts of taps inside an h x w image over every output pixel of a kh x kw conv: the rows of
+    `slice_limits` the kernel reads."""
+    (sh, sw), (ph, pw) = stride, padding
+    return {ny * nx for ny in inside_counts(h, kh, sh, ph, oh) for nx in inside_counts(w, kw, sw, pw, ow)}
 
 
 def slice_limits(direction: np.ndarray, threshold: np.ndarray, c: int, taps: int,
@@ -91,4 +100,4 @@ def slice_limits(direction: np.ndarray, threshold: np.ndarray, c: int, taps: int
     return slot, lim.astype(np.uint32)
 
 
-__all__ = ["DEPTH", "LIMIT_WORDS", "fits", "inside_counts", "pack_sliced_weight_bits", "slice_limits"]
+__all__ = ["DEPTH", "LIMIT_WORDS", "fits", "inside_counts", "pack_sliced_weight_bits", "slice_limits", "tap_counts"]

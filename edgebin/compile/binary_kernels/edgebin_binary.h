@@ -738,9 +738,9 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
  * bits of output channels 32g .. 32g + 31 (`binary.pack_sliced_weight_bits`); XORed with the input bit spread to
  * the whole word (SBFX), it is one mismatch bit per lane, and carry-save adders sum these into bit planes
  * (Harley-Seal: ones, twos, fours, eights in registers, a word of weight 16 out per 16 inputs). In Thumb-2 assembly
- * a 16-input block is 111 instructions: per four inputs one LDM of their weight words, per input SBFX and EOR, then
- * 15 full adders of five instructions each; about 7 instructions per 32 binary MACs, where the dense count needs 7
- * per word of one channel plus its loads. Taps outside the image are skipped (they count nothing, as the graph's
+ * a 16-input block is 114 instructions: per four inputs one LDM of their weight words, per input SBFX and EOR, then
+ * 15 full adders of five instructions each and three MOVs; about 7 instructions per 32 binary MACs, where the dense
+ * count needs 7 per word of one channel plus its loads. Taps outside the image are skipped (they count nothing, as the graph's
  * zero padding), so a pixel with nt taps inside compares its count with its own limits: lim row slot[nt] holds
  * per lane the limit L as bit planes 0 .. 9, then three masks: lanes whose bit is count <= L (dir = +1: sum =
  * nt c - 2 count >= thr), lanes whose bit is count > L (dir = -1), lanes that are always 1 (the rest are always
@@ -839,7 +839,7 @@ EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t
 
 /* The 32 lanes' counts from their planes: per four lanes, each plane's four bits spread to bit 0 of four bytes by one
  * multiply (n * 0x00204081: n, n << 7, n << 14, n << 21 do not overlap), shifted to the plane's bit and ORed in;
- * planes 8 and 9 go to a second word. About 14 instructions a lane. */
+ * planes 8 and 9 go to a second word. Four instructions a plane per four lanes (UBFX, MUL, AND, ORR). */
 EDGEBIN_CORE void edgebin_slice_lanes(const uint32_t* planes, int32_t nplanes, int32_t* counts) {
   uint32_t spreader = 0x00204081u;
   __asm__("" : "+r"(spreader)); /* one MUL a plane: gcc would make it two shifted adds and a shift */
