@@ -548,3 +548,102 @@ def test_slice_limits_match_hand_values():
     assert binary_slice.fits(16, 32, 9) and not binary_slice.fits(8, 32, 9) and not binary_slice.fits(16, 16, 9)
     assert binary_slice.fits(32, 32, 9, "_affine") and not binary_slice.fits(16, 32, 9, "_affine")  # 288, 144
     assert not binary_slice.fits(32, 32, 9, "")  # int32 sums: the dense kernels
+
+
+# --- the paired kernel (16 output channels, two pixels a word) -----------------------------------------------------
+
+# 3x3 same padding over an even and an odd width (the last pair's second pixel missing), stride 2, c = 48 over two
+# words, a batch, a 1x1 conv and a 5x5 one whose borders leave a pixel of a pair with fewer taps than its neighbour.
+PAIR_SHAPES = [(1, 16, 6, 6, 16, 3, 1, 1), (2, 16, 5, 7, 16, 3, 1, 1), (1, 32, 7, 8, 16, 3, 2, 1),
+               (1, 48, 4, 5, 16, 3, 1, 1), (1, 16, 4, 6, 16, 1, 1, 0), (1, 16, 6, 7, 16, 5, 1, 2)]
+
+
+def _pair_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """The paired bits kernel's inputs for one shape (thresholds as `_slice_case`'s, constant channels included) and
+    the bits it must write, from the reference; and the affine kernel's slot, base, mul and add with the exact
+    sums."""
+    n, c, h, w, cout, k, stride, pad = shape
+    rng = np.random.default_rng(index + 70)
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
+    sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
+    scale = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
+    scale[:2] = 0.0
+    scale[2:4] = [1e-4, -1e-4]
+    offset, next_shift = rng.standard_normal(cout) + 0.37, rng.standard_normal(cout) * 0.2
+    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=False)
+    y = sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1)
+    oh, ow = _geometry(*shape)[-2:]
+    slot, lim = binary_slice.pair_limits(direction, threshold, codes, h, w, (stride, stride), (pad, pad), oh, ow)
+    inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
+              "w": binary_slice.pack_paired_weight_bits(codes), "slot": slot, "lim": lim}
+    slot_f, base = binary_slice.pair_bases(codes, h, w, (stride, stride), (pad, pad), oh, ow)
+    affine = {"slot_f": slot_f, "base": base, "mul": rng.standard_normal(cout).astype(np.float32),
+              "add": rng.standard_normal(cout).astype(np.float32)}
+    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift),
+            {**{name: np.ascontiguousarray(a) for name, a in affine.items()}, "sums": sums})
+
+
+@pytest.mark.parametrize("shape", PAIR_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_pair_kernel_equals_the_reference(tmp_path, shape):
+    """The portable C build of edgebin_bconv2d_pair_{bits,affine} against the reference: the next layer's bits, and
+    the floats sum · mul + add."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    assert binary_slice.pair_fits(shape[1], shape[4], shape[5], shape[5], shape[6], _geometry(*shape)[-1])
+    name, affine_name = (specialized_name(f"edgebin_bconv2d_pair{kind}", _geometry(*shape))
+                         for kind in ("_bits", "_affine"))
+    (tmp_path / "kernels.c").write_text(c_source({name, affine_name}))
+    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
+                    str(tmp_path / "lib.so")], check=True, timeout=120)
+    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    inputs, want, affine = _pair_case(0, shape)
+    out = np.empty(want.shape, dtype=np.uint32)
+    getattr(lib, name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
+    np.testing.assert_array_equal(out, want)
+    out_f = np.empty(affine["sums"].shape, dtype=np.float32)
+    getattr(lib, affine_name)(_ptr(inputs["bits"]), _ptr(inputs["w"]), *(_ptr(affine[k]) for k in
+                                                                         ("slot_f", "base", "mul", "add")), _ptr(out_f))
+    _assert_affine(out_f, affine["sums"], affine["mul"], affine["add"])
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_pair_kernel_on_cortex_m_equals_the_reference(tmp_path, target):
+    """The Thumb-2 build (LDRD of weight and mask words, carry-save adders in assembly) on QEMU, every shape, both
+    epilogues."""
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import write_driver_bundle
+    from edgebin.runners import QemuRunner
+
+    lines, calls, wants, names = [], [], [], set()
+    for i, shape in enumerate(PAIR_SHAPES):
+        inputs, want, affine = _pair_case(i, shape)
+        lines += [_c_array(f"{name}{i}", a) for name, a in [*inputs.items(), *list(affine.items())[:-1]]]
+        name, affine_name = (specialized_name(f"edgebin_bconv2d_pair{kind}", _geometry(*shape))
+                             for kind in ("_bits", "_affine"))
+        names |= {name, affine_name}
+        size = affine["sums"].size
+        calls.append(f"  {{ static uint32_t b[{want.size}]; {name}(bits{i}, w{i}, slot{i}, lim{i}, b);\n"
+                     f"    for (int i = 0; i < {want.size}; ++i) *out++ = (float)b[i]; }}\n"
+                     f"  {{ static float f[{size}];\n"
+                     f"    {affine_name}(bits{i}, w{i}, slot_f{i}, base{i}, mul{i}, add{i}, f);\n"
+                     f"    for (int i = 0; i < {size}; ++i) *out++ = f[i]; }}\n")
+        wants.append((want, affine))
+    total = sum(want.size + affine["sums"].size for want, affine in wants)
+    driver = (c_source(names) + "\n".join(lines) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
+              "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
+              'const char* edgebin_model_name(void) { return "edgebin_pair_kernel_test"; }\n')
+    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
+    runner = QemuRunner(targets.load(target), timeout_s=120)
+    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
+                     count_instructions=False).outputs.ravel()
+    at = 0
+    for shape, (want, affine) in zip(PAIR_SHAPES, wants, strict=True):
+        np.testing.assert_array_equal(got[at : at + want.size].astype(np.uint32).reshape(want.shape), want,
+                                      err_msg=f"{shape}")
+        at += want.size
+        sums = affine["sums"]
+        _assert_affine(got[at : at + sums.size].reshape(sums.shape), sums, affine["mul"], affine["add"])
+        at += sums.size

@@ -88,6 +88,10 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
                                     "const int32_t* dir", "const int32_t* thr"), "uint32_t* out"),
     "edgebin_bconv2d_slice_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
                                     "const uint32_t* lim"), "uint32_t* out"),
+    "edgebin_bconv2d_pair_bits": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
+                                   "const uint32_t* lim"), "uint32_t* out"),
+    "edgebin_bconv2d_pair_affine": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
+                                     "const int32_t* base", "const float* mul", "const float* add"), "float* out"),
     "edgebin_bconv2d_slice_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul",
                                       "const float* add"), "float* out"),
 }
@@ -503,7 +507,7 @@ class _Rewriter(PyExprMutator):
     def _conv_call(self, conv: _BinaryConv, bits, epilogue: str, extra: list):
         """One specialized conv kernel call: `epilogue` "" (int32), "_affine" (float) or "_bits" (the next layer's
         packed signs); the dense-column kernel where the target counts bits in software, or there the bit-sliced
-        one for a threshold epilogue whose channels fit its lanes (binary_slice)."""
+        one where the channels fit its lanes, or for 16 output channels the paired one (binary_slice)."""
         n, c, h, w = tensor_shape(conv.x)
         cout, _, kh, kw = conv.codes.shape
         _, _, oh, ow = conv.out_shape
@@ -519,6 +523,15 @@ class _Rewriter(PyExprMutator):
             words, plain_words = plan.word_ops()
             work = {"bit_ops": plan.bit_ops, "plain_bit_ops": plan.plain_bit_ops, "word_ops": words,
                     "plain_word_ops": plain_words, "depth": plan.depth}
+        elif self.dense and SLICED.get() and binary_slice.pair_fits(c, cout, kh, kw, sw, ow, epilogue):
+            kernel, weights = "edgebin_bconv2d_pair", [const(binary_slice.pack_paired_weight_bits(conv.codes))]
+            if epilogue == "_bits":
+                slot, lim = binary_slice.pair_limits(const_array(extra[0]), const_array(extra[1]), conv.codes, h, w,
+                                                     conv.stride, conv.padding, oh, ow)
+                extra = [const(slot), const(lim)]
+            else:
+                slot, base = binary_slice.pair_bases(conv.codes, h, w, conv.stride, conv.padding, oh, ow)
+                weights += [const(slot), const(base)]
         elif self.dense and SLICED.get() and binary_slice.fits(c, cout, kh * kw, epilogue):
             kernel, weights = "edgebin_bconv2d_slice", [const(binary_slice.pack_sliced_weight_bits(conv.codes))]
             if epilogue == "_bits":

@@ -1,10 +1,14 @@
-"""The tables of the bit-sliced binary conv (`edgebin_bconv2d_slice_bits`, binary_kernels/edgebin_binary.h).
+"""The tables of the bit-sliced binary convs (`edgebin_bconv2d_slice_*`, `edgebin_bconv2d_pair_*`,
+binary_kernels/edgebin_binary.h).
 
-On a core without a popcount instruction (Cortex-M) that kernel counts 32 output channels at once, one per bit
-lane, with carry-save adders; it takes the threshold epilogue's layers whose channels fit its lanes (`fits`).
-It reads the weights one word per input bit, holding the bits of 32 output channels (`pack_sliced_weight_bits`:
-the same parameters / 8 bytes as the other layouts), and per count of taps inside the image the limit its count
-of mismatches is compared with (`slice_limits`), derived from the epilogue's (dir, thr) of `sign_thresholds`.
+On a core without a popcount instruction (Cortex-M) those kernels count 32 lanes at once with carry-save adders.
+The sliced kernel's lanes are 32 output channels (`fits`): it reads the weights one word per input bit
+(`pack_sliced_weight_bits`, the same parameters / 8 bytes as the other layouts), and per count of taps inside the
+image the limit its count of mismatches is compared with (`slice_limits`), derived from the epilogue's (dir, thr)
+of `sign_thresholds`. The paired kernel's lanes are 16 output channels of two neighbouring pixels (`pair_fits`):
+its weight words hold the 16 channels' bits twice (`pack_paired_weight_bits`), and it counts taps outside the image
+too, so its limits (`pair_limits`) or float epilogue's bases (`pair_bases`) add those taps' mismatches back, per
+class of border pixels.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ LIMIT_PLANES = 10
 LIMIT_WORDS = LIMIT_PLANES + 3  # EDGEBIN_SLICE_LIMIT_WORDS: the limit's planes, then the le, gt and one masks
 
 
-AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (four instructions a plane per four
-# lanes), which pays against the dense kernel only over a long reduction: 0.39 -> 0.36 per binary MAC at 288 and
-# 0.39 -> 0.29 at 576 (ResNet-8's stack2.conv2, stack3.conv2; tools/bench/mcu_layers.py), and by that cost would lose on
-# a 1x1 shortcut's 16 or 32
+AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (a bit transpose, then a convert and
+# an FMA a lane), which pays against the dense kernel over a long reduction: 0.39 -> 0.31 per binary MAC at 288 and
+# 0.39 -> 0.25 at 576 (ResNet-8's stack2.conv2, stack3.conv2; tools/bench/mcu_layers.py), and would lose on a 1x1
+# shortcut's 16 or 32
 
 
 def fits(c: int, cout: int, taps: int, epilogue: str = "_bits") -> bool:
@@ -77,27 +81,135 @@ def slice_limits(direction: np.ndarray, threshold: np.ndarray, c: int, taps: int
     lim = np.zeros((len(rows), cout // LANES, LIMIT_WORDS), np.uint64)
     for row, nt in enumerate(rows):
         slot[nt] = row
-        valid = nt * c
         for co in range(cout):
-            d, t = int(direction[co]), int(threshold[co])
-            if d > 0:
-                limit, mode = (valid - t) // 2, 10
-            elif d < 0:
-                limit, mode = -(-(valid + t) // 2) - 1, 11
-            else:
-                limit, mode = (valid if t <= 0 else -1), 10
-            if limit >= valid:  # every count: the bit is 1 for dir = +1, 0 for dir = -1
-                limit, mode = 0, 12 if mode == 10 else None
-            elif limit < 0:  # no count
-                limit, mode = 0, 12 if mode == 11 else None
             g, bit = divmod(co, LANES)
-            lane = np.uint64(1 << bit)
-            for b in range(LIMIT_PLANES):
-                if limit >> b & 1:
-                    lim[row, g, b] |= lane
-            if mode is not None:
-                lim[row, g, mode] |= lane
+            _set_lane(lim[row, g], bit, *_lane_limit(int(direction[co]), int(threshold[co]), nt * c))
     return slot, lim.astype(np.uint32)
 
 
-__all__ = ["DEPTH", "LIMIT_WORDS", "fits", "inside_counts", "pack_sliced_weight_bits", "slice_limits", "tap_counts"]
+def _lane_limit(d: int, t: int, valid: int) -> tuple[int, int | None]:
+    """(L, mode) of one channel summing `valid` products: mode 10 (bit is count <= L), 11 (count > L), 12 (always 1)
+    or None (always 0); L is 0 for the constants."""
+    if d > 0:
+        limit, mode = (valid - t) // 2, 10
+    elif d < 0:
+        limit, mode = -(-(valid + t) // 2) - 1, 11
+    else:
+        limit, mode = (valid if t <= 0 else -1), 10
+    if limit >= valid:  # every count: the bit is 1 for dir = +1, 0 for dir = -1
+        return 0, 12 if mode == 10 else None
+    if limit < 0:  # no count
+        return 0, 12 if mode == 11 else None
+    return limit, mode
+
+
+def _set_lane(row: np.ndarray, bit: int, limit: int, mode: int | None) -> None:
+    """Write lane `bit`'s limit planes and mode mask into a uint64 row of LIMIT_WORDS."""
+    lane = np.uint64(1 << bit)
+    for b in range(LIMIT_PLANES):
+        if limit >> b & 1:
+            row[b] |= lane
+    if mode is not None:
+        row[mode] |= lane
+
+
+# --- the paired kernel (`edgebin_bconv2d_pair_bits`): 16 output channels, two pixels a word -----------------------
+
+PAIR_CHANNELS = 16  # output channels of the paired kernel: lanes 0-15 one pixel, 16-31 the next
+PAIR_BUFFER_WORDS = 2048  # EDGEBIN_PAIR_BUFFER_WORDS: kh rows of masks on the stack
+PAIR_ROWS = 16  # EDGEBIN_PAIR_ROWS: the tallest kernel
+PAIR_AFFINE_DEPTH = 144  # the float epilogue costs about 19 instructions a lane (its counts out of the planes by a
+# bit transpose, a convert and an FMA each): ResNet-8's stack1.conv2 (16 x 3 x 3) 0.52 -> 0.40 per binary MAC against
+# the dense kernel (tools/bench/mcu_layers.py); a 1x1 conv's 16 products an output would not carry it
+
+
+def pair_fits(c: int, cout: int, kh: int, kw: int, sw: int, ow: int, epilogue: str = "_bits") -> bool:
+    """True when the paired kernel takes a conv (16 output channels, its mask rows within PAIR_BUFFER_WORDS) with
+    `epilogue`: "_bits" (the threshold) or "_affine" (floats, over a reduction of PAIR_AFFINE_DEPTH or more)."""
+    cols = 2 * ((ow + 1) // 2 - 1) * sw + kw
+    if epilogue == "_affine" and c * kh * kw < PAIR_AFFINE_DEPTH:
+        return False
+    return (epilogue in ("_bits", "_affine") and cout == PAIR_CHANNELS and c % BLOCK == 0 and c * kh * kw <= DEPTH
+            and kh <= PAIR_ROWS and kh * cols * c <= PAIR_BUFFER_WORDS)
+
+
+def pack_paired_weight_bits(codes: np.ndarray) -> np.ndarray:
+    """(16, C, KH, KW) codes -> uint32 (KH·KW, C): the 16 channels' bits in both halves of each word."""
+    if codes.shape[0] != PAIR_CHANNELS:
+        raise ValueError(f"pack_paired_weight_bits: {codes.shape[0]} output channels, not {PAIR_CHANNELS}")
+    return pack_sliced_weight_bits(np.concatenate([codes, codes]))[0]
+
+
+def _inside(start: int, size: int, k: int) -> tuple[int, ...]:
+    """Which of k taps from `start` fall inside [0, size)."""
+    return tuple(j for j in range(k) if 0 <= start + j < size)
+
+
+def _pair_classes(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
+                  ow: int) -> tuple[np.ndarray, list[tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
+    """The paired kernel's rows: slot (oh + pairs,), the pair at row y and columns 2q, 2q + 1 reading row slot[y] +
+    slot[oh + q]; and per row (index, taps inside along y, along x for pixel 2q, for 2q + 1). Rows of the same taps
+    inside share a row class, pairs of the same taps inside (both pixels) a column class."""
+    (sh, sw), (ph, pw) = stride, padding
+    pairs = (ow + 1) // 2
+
+    def columns(x: int) -> tuple[int, ...]:
+        return _inside(min(x, ow - 1) * sw - pw, w, kw)  # a pair's missing second pixel: any columns (unread)
+
+    row_classes = sorted({_inside(y * sh - ph, h, kh) for y in range(oh)})
+    col_classes = sorted({(columns(2 * q), columns(2 * q + 1)) for q in range(pairs)})
+    if len(row_classes) * len(col_classes) > 127:
+        raise ValueError("pair tables: more than 127 classes of border pixels")
+    slot = np.zeros(oh + pairs, np.int8)
+    for y in range(oh):
+        slot[y] = row_classes.index(_inside(y * sh - ph, h, kh)) * len(col_classes)
+    for q in range(pairs):
+        slot[oh + q] = col_classes.index((columns(2 * q), columns(2 * q + 1)))
+    rows = [(r * len(col_classes) + k, ky_in, *cols) for r, ky_in in enumerate(row_classes)
+            for k, cols in enumerate(col_classes)]
+    return slot, rows
+
+
+def _pad_mismatches(ones: np.ndarray, ky_in: tuple[int, ...], kx_in: tuple[int, ...]) -> np.ndarray:
+    """Per output channel, the mismatches the taps outside the image add as input bit 0: its weight bits there."""
+    outside = np.ones(ones.shape[2:], bool)
+    outside[np.ix_(ky_in, kx_in)] = False
+    return ones[:, :, outside].sum(axis=(1, 2))
+
+
+def pair_limits(direction: np.ndarray, threshold: np.ndarray, codes: np.ndarray, h: int, w: int,
+                stride: tuple[int, int], padding: tuple[int, int], oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, lim) of `edgebin_bconv2d_pair_bits`: slot as `_pair_classes`; uint32 (rows, 1, LIMIT_WORDS) as
+    `slice_limits`' rows, lanes 0-15 for pixel 2q and 16-31 for 2q + 1.
+
+    The kernel counts every tap, those outside the image as input bit 0: there a lane mismatches where its weight
+    bit is 1 (code +1). So a lane's limit is `slice_limits`' for the taps inside plus those outside taps' weight
+    bits."""
+    cout, c, kh, kw = codes.shape
+    slot, rows = _pair_classes(h, w, kh, kw, stride, padding, oh, ow)
+    lim = np.zeros((len(rows), 1, LIMIT_WORDS), np.uint64)
+    for row, ky_in, *columns in rows:
+        for half, kx_in in enumerate(columns):
+            pads = _pad_mismatches(codes > 0, ky_in, kx_in)
+            for co in range(cout):
+                limit, mode = _lane_limit(int(direction[co]), int(threshold[co]), len(ky_in) * len(kx_in) * c)
+                _set_lane(lim[row, 0], half * PAIR_CHANNELS + co, limit + int(pads[co]) * (mode in (10, 11)), mode)
+    return slot, lim.astype(np.uint32)
+
+
+def pair_bases(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
+               ow: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, base) of `edgebin_bconv2d_pair_affine`: slot as `_pair_classes`; int32 (rows, 32) per lane the sum
+    before the mismatches, nt·c + 2·(outside taps' weight bits), so that sum = base - 2·count over every tap."""
+    cout, c, kh, kw = codes.shape
+    slot, rows = _pair_classes(h, w, kh, kw, stride, padding, oh, ow)
+    base = np.zeros((len(rows), 2 * PAIR_CHANNELS), np.int32)
+    for row, ky_in, *columns in rows:
+        for half, kx_in in enumerate(columns):
+            pads = _pad_mismatches(codes > 0, ky_in, kx_in)
+            base[row, half * PAIR_CHANNELS : (half + 1) * PAIR_CHANNELS] = len(ky_in) * len(kx_in) * c + 2 * pads
+    return slot, base
+
+
+__all__ = ["DEPTH", "LIMIT_WORDS", "fits", "inside_counts", "pack_paired_weight_bits", "pack_sliced_weight_bits",
+           "pair_bases", "pair_fits", "pair_limits", "slice_limits", "tap_counts"]

@@ -59,11 +59,13 @@ extern "C" { /* TVM's export_library compiles with g++ */
  * against (the host's model.so) defines EDGEBIN_BINARY_API empty before including it. */
 #if defined(__GNUC__)
 #define EDGEBIN_NO_UNROLL _Pragma("GCC unroll 1")
+#define EDGEBIN_UNROLL _Pragma("GCC unroll 32")
 /* The shared cores inline into each specialized kernel: the shape constants reach the loops, and a QEMU profile
  * charges the kernel's own symbol, that is its layer, with all of its instructions. */
 #define EDGEBIN_CORE static inline __attribute__((always_inline))
 #else
 #define EDGEBIN_NO_UNROLL
+#define EDGEBIN_UNROLL
 #define EDGEBIN_CORE static inline
 #endif
 
@@ -747,7 +749,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
  * 0); `binary.slice_limits` computes them from dir and thr. The output word of a group is the 32 channels' bits of
  * the next layer's input, written whole.
  * edgebin_bconv2d_slice_affine(bits, w, mul, add, n, c, ..., ow, out): the output of edgebin_bconv2d_dense_affine
- * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_lanes): worth it
+ * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_bytes): worth it
  * over long reductions only (binary_slice.AFFINE_DEPTH). */
 #define EDGEBIN_SLICE_DEPTH 1023 /* count planes 0 .. 9 */
 #define EDGEBIN_SLICE_BLOCKS 64  /* 16-input blocks per output pixel and group */
@@ -763,6 +765,24 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
   "ldmia %[wp]!, {%[x0], %[x1], %[x2], %[x3]}\n\t" EDGEBIN_MISMATCH("%[x0]", B0)                      \
   EDGEBIN_MISMATCH("%[x1]", B1) EDGEBIN_MISMATCH("%[x2]", B2) EDGEBIN_MISMATCH("%[x3]", B3)            \
   EDGEBIN_CSA("%[o]", "%[x0]", "%[x1]") EDGEBIN_CSA("%[o]", "%[x2]", "%[x3]") EDGEBIN_CSA("%[t]", "%[x0]", "%[x2]")
+
+#ifndef EDGEBIN_THUMB2_SWAR
+/* The portable form of a 16-input block: each mismatch word added into the planes p[0..3] with a ripple; returns
+ * what leaves plane 3, of weight 16 (at most one input a lane carries out of plane 3 in 16). */
+EDGEBIN_CORE uint32_t edgebin_slice_ripple16(const uint32_t* mismatch, uint32_t* p) {
+  uint32_t out = 0;
+  for (int i = 0; i < 16; ++i) {
+    uint32_t c = mismatch[i];
+    for (int b = 0; b < 4; ++b) {
+      const uint32_t t = p[b] & c;
+      p[b] ^= c;
+      c = t;
+    }
+    out |= c;
+  }
+  return out;
+}
+#endif
 
 /* Bits 0 .. 15 of a against the 16 weight words at *wp (advanced past them), added into the planes p[0..3] (ones,
  * twos, fours, eights); returns the carry word of weight 16. */
@@ -786,30 +806,93 @@ EDGEBIN_CORE uint32_t edgebin_slice16(const uint32_t** wp, uint32_t a, uint32_t*
   *wp = w;
   return s;
 #else
-  uint32_t carry[16];
-  for (int i = 0; i < 16; ++i) carry[i] = (*wp)[i] ^ (0u - ((a >> i) & 1u));
+  uint32_t mismatch[16];
+  for (int i = 0; i < 16; ++i) mismatch[i] = (*wp)[i] ^ (0u - ((a >> i) & 1u));
   *wp += 16;
-  /* the same sum, plane by plane: each input word added into p with a ripple; what leaves plane 3 has weight 16 */
-  uint32_t out = 0;
-  for (int i = 0; i < 16; ++i) {
-    uint32_t c = carry[i];
-    for (int b = 0; b < 4; ++b) {
-      const uint32_t t = p[b] & c;
-      p[b] ^= c;
-      c = t;
-    }
-    out |= c; /* at most one input a lane carries out of plane 3 in 16 */
-  }
-  return out;
+  return edgebin_slice_ripple16(mismatch, p);
+#endif
+}
+
+/* Two neighbouring pixels' blocks: 16 weight words at *wp against 16 mask words at *mp (each advanced past them),
+ * the mismatches added into the planes p[0..3]; returns the carry word of weight 16. With the masks in memory a
+ * four-input step is two LDRD of weight words, two of masks, four EOR and three adders: 110 instructions a block. */
+#define EDGEBIN_PAIR_QUAD                                                                                          \
+  "ldrd %[x0], %[x1], [%[wp]], #8\n\tldrd %[x2], %[x3], [%[mp]], #8\n\teor %[x0], %[x0], %[x2]\n\t"             \
+  "eor %[x1], %[x1], %[x3]\n\t" EDGEBIN_CSA("%[o]", "%[x0]", "%[x1]")                                            \
+  "ldrd %[x1], %[x2], [%[wp]], #8\n\tldrd %[x3], %[u], [%[mp]], #8\n\teor %[x1], %[x1], %[x3]\n\t"              \
+  "eor %[x2], %[x2], %[u]\n\t" EDGEBIN_CSA("%[o]", "%[x1]", "%[x2]") EDGEBIN_CSA("%[t]", "%[x0]", "%[x1]")
+
+EDGEBIN_CORE uint32_t edgebin_pair16(const uint32_t** wp, const uint32_t** mp, uint32_t* p) {
+#ifdef EDGEBIN_THUMB2_SWAR
+  uint32_t o = p[0], t = p[1], f = p[2], e = p[3], u, v, s, x0, x1, x2, x3;
+  const uint32_t* w = *wp;
+  const uint32_t* m = *mp;
+  __asm__(EDGEBIN_PAIR_QUAD "mov %[v], %[x0]\n\t" EDGEBIN_PAIR_QUAD EDGEBIN_CSA("%[f]", "%[v]", "%[x0]")
+          "mov %[s], %[v]\n\t" EDGEBIN_PAIR_QUAD "mov %[v], %[x0]\n\t" EDGEBIN_PAIR_QUAD
+          EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") EDGEBIN_CSA("%[e]", "%[s]", "%[v]")
+          : [o] "+r"(o), [t] "+r"(t), [f] "+r"(f), [e] "+r"(e), [wp] "+r"(w), [mp] "+r"(m), [u] "=&r"(u),
+            [v] "=&r"(v), [s] "=&r"(s), [x0] "=&r"(x0), [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
+          :
+          : "memory");
+  p[0] = o;
+  p[1] = t;
+  p[2] = f;
+  p[3] = e;
+  *wp = w;
+  *mp = m;
+  return s;
+#else
+  uint32_t mismatch[16];
+  for (int i = 0; i < 16; ++i) mismatch[i] = (*wp)[i] ^ (*mp)[i];
+  *wp += 16;
+  *mp += 16;
+  return edgebin_slice_ripple16(mismatch, p);
 #endif
 }
 
 #undef EDGEBIN_CSA
 #undef EDGEBIN_MISMATCH
 #undef EDGEBIN_QUAD
+#undef EDGEBIN_PAIR_QUAD
+
+/* The weight-16 words of `blocks` 16-input blocks into planes 4 .. 3 + high (high: the planes the most blocks need, a
+ * constant of the shape). Two words at a time: a full adder with plane 4 (five instructions), its weight-32 carry
+ * rippled through the planes above, as far as the pairs so far can reach (unrolled, the bounds fold). */
+EDGEBIN_CORE void edgebin_slice_high(const uint32_t* sixteens, int32_t blocks, int32_t high, uint32_t* planes) {
+  uint32_t h[6] = {0, 0, 0, 0, 0, 0};
+  int32_t i = 0;
+  EDGEBIN_UNROLL for (; i + 1 < blocks; i += 2) {
+    const uint32_t a = sixteens[i], b = sixteens[i + 1], u = h[0] ^ a;
+    uint32_t carry = (h[0] & a) | (u & b);
+    h[0] = u ^ b;
+    const int32_t reach = 1 + (32 - __builtin_clz((uint32_t)(i / 2 + 1))); /* pairs so far, in planes 5 .. */
+    for (int32_t k = 1; k < high && k < reach; ++k) {
+      const uint32_t t = h[k] & carry;
+      h[k] ^= carry;
+      carry = t;
+    }
+  }
+  if (i < blocks) { /* an odd block: a ripple from plane 4 */
+    uint32_t carry = sixteens[i];
+    for (int32_t k = 0; k < high; ++k) {
+      const uint32_t t = h[k] & carry;
+      h[k] ^= carry;
+      carry = t;
+    }
+  }
+  for (int32_t b = 0; b < 6; ++b) planes[4 + b] = h[b];
+}
+
+/* Per lane, the threshold epilogue's bit from the count planes and a limit row (binary_slice.slice_limits): the
+ * borrow of L - count gives count > L, then the row's masks pick each lane's sense or constant. */
+EDGEBIN_CORE uint32_t edgebin_slice_compare(const uint32_t* planes, int32_t nplanes, const uint32_t* limit) {
+  uint32_t above = 0;
+  for (int32_t b = 0; b < nplanes; ++b) above = (~limit[b] & planes[b]) | (~(limit[b] ^ planes[b]) & above);
+  return (~above & limit[10]) | (above & limit[11]) | limit[12];
+}
 
 /* The count planes of one group of 32 output channels at one output pixel (taps [ky0, ky1) x [kx0, kx1)). */
-EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t c, int32_t kw, int32_t taps,
+EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t c, int32_t kh, int32_t kw,
                                       int32_t y0, int32_t x0, int32_t ky0, int32_t ky1, int32_t kx0, int32_t kx1,
                                       const uint32_t* wg, uint32_t* planes) {
   const int32_t words = (c + 31) / 32;
@@ -817,43 +900,34 @@ EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t
   int32_t blocks = 0;
   for (int32_t b = 0; b < 4; ++b) planes[b] = 0;
   for (int32_t ky = ky0; ky < ky1; ++ky) {
-    for (int32_t kx = kx0; kx < kx1; ++kx) {
+    EDGEBIN_UNROLL for (int32_t kx = kx0; kx < kx1; ++kx) {
       const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
       const uint32_t* wp = wg + (ky * kw + kx) * c;
-      for (int32_t k = 0; k < c; k += 16) sixteens[blocks++] = edgebin_slice16(&wp, a[k >> 5] >> (k & 31), planes);
+      EDGEBIN_UNROLL for (int32_t k = 0; k < c; k += 16) sixteens[blocks++] = edgebin_slice16(&wp, a[k >> 5] >> (k & 31), planes);
     }
   }
-  /* the weight-16 words into planes 4 .. 3 + high, a ripple add each (high: the planes taps * c / 16 needs) */
-  const int32_t high = 32 - __builtin_clz((uint32_t)(taps * c / 16));
-  uint32_t h[6] = {0, 0, 0, 0, 0, 0};
-  for (int32_t i = 0; i < blocks; ++i) {
-    uint32_t carry = sixteens[i];
-    for (int32_t b = 0; b < high; ++b) {
-      const uint32_t t = h[b] & carry;
-      h[b] ^= carry;
-      carry = t;
-    }
-  }
-  for (int32_t b = 0; b < 6; ++b) planes[4 + b] = h[b];
+  edgebin_slice_high(sixteens, blocks, 32 - __builtin_clz((uint32_t)(kh * kw * c / 16)), planes);
 }
 
-/* The 32 lanes' counts from their planes: per four lanes, each plane's four bits spread to bit 0 of four bytes by one
- * multiply (n * 0x00204081: n, n << 7, n << 14, n << 21 do not overlap), shifted to the plane's bit and ORed in;
- * planes 8 and 9 go to a second word. Four instructions a plane per four lanes (UBFX, MUL, AND, ORR). */
-EDGEBIN_CORE void edgebin_slice_lanes(const uint32_t* planes, int32_t nplanes, int32_t* counts) {
-  uint32_t spreader = 0x00204081u;
-  __asm__("" : "+r"(spreader)); /* one MUL a plane: gcc would make it two shifted adds and a shift */
-#if defined(__GNUC__)
-#pragma GCC unroll 8
-#endif
-  for (int32_t q = 0; q < 32; q += 4) {
-    uint32_t low = 0, high = 0;
-    for (int32_t b = 0; b < nplanes; ++b) {
-      const uint32_t spread = (((planes[b] >> q) & 15u) * spreader) & 0x01010101u;
-      if (b < 8) low |= spread << b;
-      else high |= spread << (b - 8);
-    }
-    for (int32_t j = 0; j < 4; ++j) counts[q + j] = (int32_t)(((low >> (8 * j)) & 255u) | ((high >> (8 * j)) & 3u) << 8);
+/* Planes 0 .. 7 of 32 lanes -> 8 words, byte g of word l the low 8 bits of lane 8g + l's count: each byte of the
+ * planes is an 8 x 8 bit matrix (row: plane, column: lane), transposed in place by three stages of masked swaps
+ * (off-diagonal blocks of 4, then 2, then 1 bits), 12 swaps of four instructions for all 32 lanes. */
+EDGEBIN_CORE void edgebin_slice_bytes(const uint32_t* planes, uint32_t* x) {
+  for (int32_t b = 0; b < 8; ++b) x[b] = planes[b];
+  for (int32_t r = 0; r < 4; ++r) {
+    const uint32_t t = ((x[r] >> 4) ^ x[r + 4]) & 0x0F0F0F0Fu;
+    x[r + 4] ^= t;
+    x[r] ^= t << 4;
+  }
+  for (int32_t r = 0; r < 8; r += (r & 1) ? 3 : 1) { /* rows 0, 1, 4, 5 with 2, 3, 6, 7 */
+    const uint32_t t = ((x[r] >> 2) ^ x[r + 2]) & 0x33333333u;
+    x[r + 2] ^= t;
+    x[r] ^= t << 2;
+  }
+  for (int32_t r = 0; r < 8; r += 2) {
+    const uint32_t t = ((x[r] >> 1) ^ x[r + 1]) & 0x55555555u;
+    x[r + 1] ^= t;
+    x[r] ^= t << 1;
   }
 }
 
@@ -880,24 +954,25 @@ EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_
           uint32_t planes[10];
           const uint32_t* wg = w + (int64_t)g * taps * c;
           if (nt != taps) { /* interior pixels pass constant bounds: their tap loops unroll */
-            edgebin_slice_count(image, wd, c, kw, taps, y0, x0, ky0, ky1, kx0, kx1, wg, planes);
+            edgebin_slice_count(image, wd, c, kh, kw, y0, x0, ky0, ky1, kx0, kx1, wg, planes);
           } else {
-            edgebin_slice_count(image, wd, c, kw, taps, y0, x0, 0, kh, 0, kw, wg, planes);
+            edgebin_slice_count(image, wd, c, kh, kw, y0, x0, 0, kh, 0, kw, wg, planes);
           }
           if (out_f) { /* sum = nt c - 2 count over the taps inside, as the dense kernels' affine epilogue */
-            int32_t counts[32];
-            edgebin_slice_lanes(planes, nplanes, counts);
+            uint32_t bytes[8];
+            edgebin_slice_bytes(planes, bytes);
             float* dst = out_f + (((int64_t)i * cout + 32 * g) * oh + y) * ow + x;
-            for (int32_t j = 0; j < 32; ++j) {
+            EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
+              int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
+              if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
+              if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
               const int32_t co = 32 * g + j;
-              dst[(int64_t)j * oh * ow] = (float)(nt * c - 2 * counts[j]) * mul[co] + add[co];
+              dst[(int64_t)j * oh * ow] = (float)(nt * c - 2 * count) * mul[co] + add[co];
             }
             continue;
           }
           const uint32_t* limit = lim + ((int64_t)slot[nt] * groups + g) * EDGEBIN_SLICE_LIMIT_WORDS;
-          uint32_t above = 0; /* per lane: count > L, the borrow of L - count */
-          for (int32_t b = 0; b < nplanes; ++b) above = (~limit[b] & planes[b]) | (~(limit[b] ^ planes[b]) & above);
-          out_b[(((int64_t)i * oh + y) * ow + x) * groups + g] = (~above & limit[10]) | (above & limit[11]) | limit[12];
+          out_b[(((int64_t)i * oh + y) * ow + x) * groups + g] = edgebin_slice_compare(planes, nplanes, limit);
         }
       }
     }
@@ -916,6 +991,123 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_slice_affine(const uint32_t* bits, const
                                                       int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                       int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
   edgebin_bconv2d_slice_core(bits, w, 0, 0, mul, add, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, out);
+}
+
+/* --- The paired bit-sliced conv (Cortex-M, 16 output channels) -------------------------------------------------
+ * edgebin_bconv2d_pair_bits(bits, w, slot, lim, n, c, ..., ow, out): the output of edgebin_bconv2d_bits for
+ * cout == 16 and c % 16 == 0 (binary_slice.pair_fits). Sixteen channels fill half the bit-sliced kernel's lanes, so
+ * here the lanes hold two neighbouring output pixels: x in lanes 0 .. 15, x + 1 in 16 .. 31. The weight word of tap t
+ * and channel ch, w[t * c + ch], holds the 16 channels' bits twice (`binary_slice.pack_paired_weight_bits`). An input
+ * bit's mask now differs between the halves, which one SBFX cannot make; so per input row a buffer holds, for each
+ * column e and channel, the word whose low half is the spread bit of pixel e - pw and whose high half that of pixel
+ * e - pw + sw (0 for a pixel outside the image), made once per row and kept while the kh output rows that read it run.
+ * The taps of a pair then lie side by side in the buffer: every pair runs the same unrolled blocks, taps outside
+ * the image included as input bit 0. Their mismatches, the weight bits at those taps, are added into the limits
+ * instead (`binary_slice.pair_limits`): the pair at output row y, columns 2q and 2q + 1, compares with lim row
+ * slot[y] + slot[oh + q], and its word is split into the two pixels' output words.
+ * edgebin_bconv2d_pair_affine(bits, w, slot, base, mul, add, n, ..., out): the floats of
+ * edgebin_bconv2d_slice_affine for 16 output channels, sum = base[row][lane] - 2 count with base the taps inside
+ * times c plus twice the outside taps' weight bits (`binary_slice.pair_bases`). */
+#define EDGEBIN_PAIR_BUFFER_WORDS 2048 /* kh rows of masks on the stack: 8 KB at most */
+#define EDGEBIN_PAIR_ROWS 16
+
+/* Row r's masks for every column (rows outside the image: all 0). */
+EDGEBIN_CORE void edgebin_pair_masks(const uint32_t* image, int32_t r, int32_t h, int32_t wd, int32_t c, int32_t sw,
+                                     int32_t pw, int32_t cols, uint32_t* row) {
+  const int32_t words = (c + 31) / 32;
+  uint32_t pair_bit = 0x00010001u;
+  __asm__("" : "+r"(pair_bit)); /* in a register: AND with a shifted operand, one instruction for shift and mask */
+  const int inside = r >= 0 && r < h;
+  const uint32_t* pixels = image + (int64_t)(inside ? r : 0) * wd * words; /* outside: read, then masked off */
+  for (int32_t e = 0; e < cols; ++e) {
+    const int32_t lo = e - pw, hi = lo + sw;
+    const uint32_t keep_lo = inside && lo >= 0 && lo < wd ? 0xFFFFu : 0u, keep_hi = inside && hi >= 0 && hi < wd;
+    const uint32_t* a = pixels + (keep_lo ? lo : 0) * words;
+    const uint32_t* b = pixels + (keep_hi ? hi : 0) * words;
+    for (int32_t k = 0; k < c; k += 16) {
+      uint32_t both = ((a[k >> 5] >> (k & 31)) & keep_lo) | (keep_hi ? (b[k >> 5] >> (k & 31)) << 16 : 0u);
+      for (int32_t ch = 0; ch < 16; ++ch) {
+        const uint32_t bit = (both >> ch) & pair_bit;
+        row[ch] = (bit << 16) - bit;
+      }
+      row += 16;
+    }
+  }
+}
+
+/* The paired conv: the next layer's bits (out_b, limits lim) or floats (base - 2 count) * mul + add (out_f, NCHW). */
+EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                            const uint32_t* lim, const int32_t* base, const float* mul,
+                                            const float* add, int32_t n, int32_t c, int32_t h, int32_t wd, int32_t kh,
+                                            int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
+                                            int32_t ow, uint32_t* out_b, float* out_f) {
+  const int32_t pairs = (ow + 1) / 2, cols = 2 * (pairs - 1) * sw + kw, span = cols * c, taps = kh * kw;
+  const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)), high = 32 - __builtin_clz((uint32_t)(taps * c / 16));
+  uint32_t masks[EDGEBIN_PAIR_BUFFER_WORDS];
+  const uint32_t* rows[EDGEBIN_PAIR_ROWS];
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t* image = bits + (int64_t)i * h * wd * ((c + 31) / 32);
+    int32_t held[EDGEBIN_PAIR_ROWS];
+    for (int32_t j = 0; j < kh; ++j) held[j] = -h - ph - 1; /* no row */
+    for (int32_t y = 0; y < oh; ++y) {
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        const int32_t r = y * sh - ph + ky, at = (r + ph) % kh; /* kh consecutive rows: kh distinct places */
+        if (held[at] != r) {
+          edgebin_pair_masks(image, r, h, wd, c, sw, pw, cols, masks + at * span);
+          held[at] = r;
+        }
+        rows[ky] = masks + at * span;
+      }
+      for (int32_t q = 0; q < pairs; ++q) {
+        uint32_t planes[10] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+        uint32_t sixteens[EDGEBIN_SLICE_BLOCKS];
+        int32_t blocks = 0;
+        const uint32_t* wp = w;
+        EDGEBIN_UNROLL for (int32_t ky = 0; ky < kh; ++ky) {
+          const uint32_t* mp = rows[ky] + 2 * q * sw * c;
+          EDGEBIN_UNROLL for (int32_t k = 0; k < kw * c; k += 16) sixteens[blocks++] = edgebin_pair16(&wp, &mp, planes);
+        }
+        edgebin_slice_high(sixteens, blocks, high, planes);
+        const int32_t row = slot[y] + slot[oh + q];
+        if (out_f) {
+          uint32_t bytes[8];
+          edgebin_slice_bytes(planes, bytes);
+          const int32_t* sum0 = base + row * 32;
+          float* dst = out_f + ((int64_t)i * 16 * oh + y) * ow + 2 * q;
+          EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
+            int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
+            if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
+            if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
+            if (j < 16 || 2 * q + 1 < ow) {
+              dst[(int64_t)(j & 15) * oh * ow + (j >> 4)] = (float)(sum0[j] - 2 * count) * mul[j & 15] + add[j & 15];
+            }
+          }
+          continue;
+        }
+        const uint32_t word = edgebin_slice_compare(planes, nplanes, lim + row * EDGEBIN_SLICE_LIMIT_WORDS);
+        uint32_t* dst = out_b + ((int64_t)i * oh + y) * ow + 2 * q;
+        dst[0] = word & 0xFFFFu;
+        if (2 * q + 1 < ow) dst[1] = word >> 16;
+      }
+    }
+  }
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_pair_bits(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                                   const uint32_t* lim, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                   int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                   int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
+  (void)cout;
+  edgebin_bconv2d_pair_core(bits, w, slot, lim, 0, 0, 0, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, out, 0);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_pair_affine(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                                     const int32_t* base, const float* mul, const float* add,
+                                                     int32_t n, int32_t c, int32_t h, int32_t wd, int32_t cout,
+                                                     int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
+                                                     int32_t pw, int32_t oh, int32_t ow, float* out) {
+  (void)cout;
+  edgebin_bconv2d_pair_core(bits, w, slot, 0, base, mul, add, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, 0, out);
 }
 
 #ifdef __cplusplus
