@@ -784,6 +784,12 @@ EDGEBIN_CORE uint32_t edgebin_slice_ripple16(const uint32_t* mismatch, uint32_t*
 }
 #endif
 
+/* Sixteen inputs from four four-input steps Q0 .. Q3 (each leaving its weight-4 carry in x0): the weight-4 words
+ * into fours (f) two at a time, the weight-8 carries into eights (e); the weight-16 carry ends in s. */
+#define EDGEBIN_SIXTEEN(Q0, Q1, Q2, Q3)                                                                         \
+  Q0 "mov %[v], %[x0]\n\t" Q1 EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") "mov %[s], %[v]\n\t" Q2 "mov %[v], %[x0]\n\t" \
+  Q3 EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") EDGEBIN_CSA("%[e]", "%[s]", "%[v]")
+
 /* Bits 0 .. 15 of a against the 16 weight words at *wp (advanced past them), added into the planes p[0..3] (ones,
  * twos, fours, eights); returns the carry word of weight 16. */
 EDGEBIN_CORE uint32_t edgebin_slice16(const uint32_t** wp, uint32_t a, uint32_t* p) {
@@ -791,10 +797,8 @@ EDGEBIN_CORE uint32_t edgebin_slice16(const uint32_t** wp, uint32_t a, uint32_t*
   register uint32_t x0 __asm__("r0"), x1 __asm__("r1"), x2 __asm__("r2"), x3 __asm__("r3");
   uint32_t o = p[0], t = p[1], f = p[2], e = p[3], u, v, s;
   const uint32_t* w = *wp;
-  __asm__(EDGEBIN_QUAD("0", "1", "2", "3") "mov %[v], %[x0]\n\t" EDGEBIN_QUAD("4", "5", "6", "7")
-          EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") "mov %[s], %[v]\n\t" EDGEBIN_QUAD("8", "9", "10", "11")
-          "mov %[v], %[x0]\n\t" EDGEBIN_QUAD("12", "13", "14", "15") EDGEBIN_CSA("%[f]", "%[v]", "%[x0]")
-          EDGEBIN_CSA("%[e]", "%[s]", "%[v]")
+  __asm__(EDGEBIN_SIXTEEN(EDGEBIN_QUAD("0", "1", "2", "3"), EDGEBIN_QUAD("4", "5", "6", "7"),
+                         EDGEBIN_QUAD("8", "9", "10", "11"), EDGEBIN_QUAD("12", "13", "14", "15"))
           : [o] "+r"(o), [t] "+r"(t), [f] "+r"(f), [e] "+r"(e), [wp] "+r"(w), [u] "=&r"(u), [v] "=&r"(v),
             [s] "=&r"(s), [x0] "=&r"(x0), [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
           : [a] "r"(a)
@@ -827,9 +831,7 @@ EDGEBIN_CORE uint32_t edgebin_pair16(const uint32_t** wp, const uint32_t** mp, u
   uint32_t o = p[0], t = p[1], f = p[2], e = p[3], u, v, s, x0, x1, x2, x3;
   const uint32_t* w = *wp;
   const uint32_t* m = *mp;
-  __asm__(EDGEBIN_PAIR_QUAD "mov %[v], %[x0]\n\t" EDGEBIN_PAIR_QUAD EDGEBIN_CSA("%[f]", "%[v]", "%[x0]")
-          "mov %[s], %[v]\n\t" EDGEBIN_PAIR_QUAD "mov %[v], %[x0]\n\t" EDGEBIN_PAIR_QUAD
-          EDGEBIN_CSA("%[f]", "%[v]", "%[x0]") EDGEBIN_CSA("%[e]", "%[s]", "%[v]")
+  __asm__(EDGEBIN_SIXTEEN(EDGEBIN_PAIR_QUAD, EDGEBIN_PAIR_QUAD, EDGEBIN_PAIR_QUAD, EDGEBIN_PAIR_QUAD)
           : [o] "+r"(o), [t] "+r"(t), [f] "+r"(f), [e] "+r"(e), [wp] "+r"(w), [mp] "+r"(m), [u] "=&r"(u),
             [v] "=&r"(v), [s] "=&r"(s), [x0] "=&r"(x0), [x1] "=&r"(x1), [x2] "=&r"(x2), [x3] "=&r"(x3)
           :
@@ -854,6 +856,7 @@ EDGEBIN_CORE uint32_t edgebin_pair16(const uint32_t** wp, const uint32_t** mp, u
 #undef EDGEBIN_MISMATCH
 #undef EDGEBIN_QUAD
 #undef EDGEBIN_PAIR_QUAD
+#undef EDGEBIN_SIXTEEN
 
 /* The weight-16 words of `blocks` 16-input blocks into planes 4 .. 3 + high (high: the planes the most blocks need, a
  * constant of the shape). Two words at a time: a full adder with plane 4 (five instructions), its weight-32 carry
