@@ -350,6 +350,23 @@ def _c_array(name: str, a: np.ndarray) -> str:
     return f"static const {kind} {name}[{max(len(values), 1)}] = {{{', '.join(values) or '0'}}};"
 
 
+def _qemu_outputs(tmp_path: Path, target: str, names: set[str], arrays: list[str], calls: list[str],
+                  total: int) -> np.ndarray:
+    """Run kernel calls on QEMU: a bundle whose model.c defines the specialized kernels `names`, the C arrays and an
+    edgebin_model_run of `calls` writing `total` floats; those floats."""
+    from edgebin import targets
+    from edgebin.compile.mcu_emit import write_driver_bundle
+    from edgebin.runners import QemuRunner
+
+    driver = (c_source(names) + "\n".join(arrays) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
+              "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
+              'const char* edgebin_model_name(void) { return "edgebin_kernel_test"; }\n')
+    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
+    runner = QemuRunner(targets.load(target), timeout_s=120)
+    return runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
+                      count_instructions=False).outputs.ravel()
+
+
 def _dense_case(index: int, shape: tuple[int, ...]) -> tuple[list[str], str, int, dict]:
     """C arrays, driver statements and output size of one shape's four kernel calls, and what they must give."""
     n, c, h, w, cout, k, stride, pad = shape
@@ -392,21 +409,11 @@ def _dense_case(index: int, shape: tuple[int, ...]) -> tuple[list[str], str, int
 def test_dense_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
     """The Cortex-M build of the dense kernels (Thumb-2 SWAR count, USADA8, two channels a pass, the threshold
     epilogue's bits gathered in a register) against the integer reference, every epilogue and MST-compression."""
-    from edgebin import targets
-    from edgebin.compile.mcu_emit import write_driver_bundle
-    from edgebin.runners import QemuRunner
-
     cases = [_dense_case(i, shape) for i, shape in enumerate(M_SHAPES)]
     names = {specialized_name(kernel, _geometry(*shape)) for shape in M_SHAPES for kernel in M_KERNELS}
     total = sum(size for _, _, size, _ in cases)
-    driver = (c_source(names) + "\n".join(line for lines, _, _, _ in cases for line in lines) + "\n\n"
-              "int edgebin_model_run(const float* input, float* out) {\n  (void)input;\n"
-              + "".join(calls for _, calls, _, _ in cases) + "  return 0;\n}\n"
-              'const char* edgebin_model_name(void) { return "edgebin_dense_kernels_test"; }\n')
-    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
-    runner = QemuRunner(targets.load(target), timeout_s=120)
-    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
-                     count_instructions=False).outputs.ravel()
+    got = _qemu_outputs(tmp_path, target, names, [line for lines, _, _, _ in cases for line in lines],
+                        [calls for _, calls, _, _ in cases], total)
     at = 0
     for shape, (_, _, size, want) in zip(M_SHAPES, cases, strict=True):
         sums, n_sums = want["sums"], want["sums"].size
@@ -428,12 +435,11 @@ SLICE_SHAPES = [(1, 16, 7, 6, 32, 3, 2, 1), (2, 32, 5, 5, 64, 3, 1, 1), (1, 48, 
                 (1, 16, 8, 8, 32, 1, 2, 0), (1, 16, 5, 6, 32, 5, 1, 2)]
 
 
-def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
-    """The bits kernel's inputs for one shape (thresholds from `sign_thresholds`, with constant channels both ways
-    and limits no count reaches) and the bits it must write, from the reference; and the affine kernel's mul and add
-    with the exact sums."""
+def _threshold_case(rng: np.random.Generator, shape: tuple[int, ...], relu: bool) -> tuple[np.ndarray, ...]:
+    """A binary conv's float input, codes and exact sums; a threshold epilogue's (dir, thr) from `sign_thresholds`,
+    with constant channels, thresholds beyond every sum (the same bit at every pixel) and, with relu, a channel
+    relu holds at a constant 0; and the next layer's bits they must give."""
     n, c, h, w, cout, k, stride, pad = shape
-    rng = np.random.default_rng(index + 40)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
     sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
@@ -441,10 +447,21 @@ def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarra
     scale[:2] = 0.0  # constant channels
     scale[2:4] = [1e-4, -1e-4]  # thresholds beyond every sum: the same bit at every pixel
     offset, next_shift = rng.standard_normal(cout) + 0.37, rng.standard_normal(cout) * 0.2
-    offset[1] = -1.0  # with shift -1 below: relu(-1) - 1 < 0, a constant 0
-    next_shift[1] = -1.0
-    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=True)
-    y = np.maximum(sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1), 0)
+    if relu:
+        offset[1] = -1.0  # with shift -1 below: relu(-1) - 1 < 0, a constant 0
+        next_shift[1] = -1.0
+    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=relu)
+    y = sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1)
+    return x, codes, sums, direction, threshold, pack_activation_bits(np.maximum(y, 0) if relu else y, next_shift)
+
+
+def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, dict]:
+    """The bits kernel's inputs for one shape (thresholds from `sign_thresholds`, with constant channels both ways
+    and limits no count reaches) and the bits it must write, from the reference; and the affine kernel's mul and add
+    with the exact sums."""
+    n, c, h, w, cout, k, stride, pad = shape
+    rng = np.random.default_rng(index + 40)
+    x, codes, sums, direction, threshold, want = _threshold_case(rng, shape, relu=True)
     geometry = _geometry(*shape)
     counts = binary_slice.tap_counts(h, w, k, k, (stride, stride), (pad, pad), *geometry[-2:])
     slot, lim = binary_slice.slice_limits(direction, threshold, c, k * k, counts)
@@ -452,8 +469,7 @@ def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarra
               "w": binary_slice.pack_sliced_weight_bits(codes), "slot": slot, "lim": lim}
     affine = {"mul": rng.standard_normal(cout).astype(np.float32), "add": rng.standard_normal(cout).astype(np.float32),
               "sums": sums}
-    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift),
-            affine)
+    return {name: np.ascontiguousarray(a) for name, a in inputs.items()}, want, affine
 
 
 @pytest.mark.parametrize("shape", SLICE_SHAPES, ids=lambda s: "x".join(map(str, s)))
@@ -484,10 +500,6 @@ def test_slice_kernels_equal_the_reference(tmp_path, shape):
 def test_slice_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
     """The Thumb-2 build (carry-save adders in assembly, LDM weight words, SBFX masks) on QEMU, every shape, both
     epilogues."""
-    from edgebin import targets
-    from edgebin.compile.mcu_emit import write_driver_bundle
-    from edgebin.runners import QemuRunner
-
     lines, calls, wants = [], [], []
     for i, shape in enumerate(SLICE_SHAPES):
         inputs, want, affine = _slice_case(i, shape)
@@ -505,13 +517,7 @@ def test_slice_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
     names = {specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape)) for shape in SLICE_SHAPES
              for kind in ("_bits", "_affine")}
     total = sum(2 * want.size + affine["sums"].size for want, affine in wants)
-    driver = (c_source(names) + "\n".join(lines) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
-              "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
-              'const char* edgebin_model_name(void) { return "edgebin_slice_kernel_test"; }\n')
-    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
-    runner = QemuRunner(targets.load(target), timeout_s=120)
-    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
-                     count_instructions=False).outputs.ravel()
+    got = _qemu_outputs(tmp_path, target, names, lines, calls, total)
     at = 0
     for shape, (want, affine) in zip(SLICE_SHAPES, wants, strict=True):
         halves = got[at : at + 2 * want.size].astype(np.uint32)
@@ -564,15 +570,7 @@ def _pair_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray
     sums."""
     n, c, h, w, cout, k, stride, pad = shape
     rng = np.random.default_rng(index + 70)
-    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
-    codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
-    sums = binary_conv2d_reference(np.where(x >= 0, 1, -1), codes, (stride, stride), (pad, pad))
-    scale = rng.uniform(0.01, 0.1, cout) * rng.choice([-1, 1], cout)
-    scale[:2] = 0.0
-    scale[2:4] = [1e-4, -1e-4]
-    offset, next_shift = rng.standard_normal(cout) + 0.37, rng.standard_normal(cout) * 0.2
-    direction, threshold = sign_thresholds(scale, offset, next_shift, relu=False)
-    y = sums * scale.reshape(1, -1, 1, 1) + offset.reshape(1, -1, 1, 1)
+    x, codes, sums, direction, threshold, want = _threshold_case(rng, shape, relu=False)
     oh, ow = _geometry(*shape)[-2:]
     slot, lim = binary_slice.pair_limits(direction, threshold, codes, h, w, (stride, stride), (pad, pad), oh, ow)
     inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
@@ -580,7 +578,7 @@ def _pair_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray
     slot_f, base = binary_slice.pair_bases(codes, h, w, (stride, stride), (pad, pad), oh, ow)
     affine = {"slot_f": slot_f, "base": base, "mul": rng.standard_normal(cout).astype(np.float32),
               "add": rng.standard_normal(cout).astype(np.float32)}
-    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, pack_activation_bits(y, next_shift),
+    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, want,
             {**{name: np.ascontiguousarray(a) for name, a in affine.items()}, "sums": sums})
 
 
@@ -613,10 +611,6 @@ def test_pair_kernel_equals_the_reference(tmp_path, shape):
 def test_pair_kernel_on_cortex_m_equals_the_reference(tmp_path, target):
     """The Thumb-2 build (LDRD of weight and mask words, carry-save adders in assembly) on QEMU, every shape, both
     epilogues."""
-    from edgebin import targets
-    from edgebin.compile.mcu_emit import write_driver_bundle
-    from edgebin.runners import QemuRunner
-
     lines, calls, wants, names = [], [], [], set()
     for i, shape in enumerate(PAIR_SHAPES):
         inputs, want, affine = _pair_case(i, shape)
@@ -632,13 +626,7 @@ def test_pair_kernel_on_cortex_m_equals_the_reference(tmp_path, target):
                      f"    for (int i = 0; i < {size}; ++i) *out++ = f[i]; }}\n")
         wants.append((want, affine))
     total = sum(want.size + affine["sums"].size for want, affine in wants)
-    driver = (c_source(names) + "\n".join(lines) + "\n\nint edgebin_model_run(const float* input, float* out) {\n"
-              "  (void)input;\n" + "".join(calls) + "  return 0;\n}\n"
-              'const char* edgebin_model_name(void) { return "edgebin_pair_kernel_test"; }\n')
-    bundle = write_driver_bundle(tmp_path / "bundle", {"model.c": driver}, 1, total, target=target)
-    runner = QemuRunner(targets.load(target), timeout_s=120)
-    got = runner.run(runner.build(bundle, tmp_path / "build"), np.zeros((1, 1), np.float32),
-                     count_instructions=False).outputs.ravel()
+    got = _qemu_outputs(tmp_path, target, names, lines, calls, total)
     at = 0
     for shape, (want, affine) in zip(PAIR_SHAPES, wants, strict=True):
         np.testing.assert_array_equal(got[at : at + want.size].astype(np.uint32).reshape(want.shape), want,

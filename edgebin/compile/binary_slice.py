@@ -49,13 +49,14 @@ def pack_sliced_weight_bits(codes: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(words.transpose(0, 2, 1)).astype(np.uint32)
 
 
+def _inside(start: int, size: int, k: int) -> tuple[int, ...]:
+    """Which of k taps from `start` fall inside [0, size)."""
+    return tuple(j for j in range(k) if 0 <= start + j < size)
+
+
 def inside_counts(size: int, k: int, stride: int, pad: int, out: int) -> set[int]:
     """How many of an axis's k taps fall inside an input of `size`, over the `out` output positions."""
-    counts = set()
-    for i in range(out):
-        start = i * stride - pad
-        counts.add(min(size - start, k) - max(-start, 0))
-    return counts
+    return {len(_inside(i * stride - pad, size, k)) for i in range(out)}
 
 
 def tap_counts(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int],
@@ -118,9 +119,9 @@ def _set_lane(row: np.ndarray, bit: int, limit: int, mode: int | None) -> None:
 PAIR_CHANNELS = 16  # output channels of the paired kernel: lanes 0-15 one pixel, 16-31 the next
 PAIR_BUFFER_WORDS = 2048  # EDGEBIN_PAIR_BUFFER_WORDS: kh rows of masks on the stack
 PAIR_ROWS = 16  # EDGEBIN_PAIR_ROWS: the tallest kernel
-PAIR_AFFINE_DEPTH = 144  # the float epilogue costs about 19 instructions a lane (its counts out of the planes by a
-# bit transpose, a convert and an FMA each): ResNet-8's stack1.conv2 (16 x 3 x 3) 0.52 -> 0.40 per binary MAC against
-# the dense kernel (tools/bench/mcu_layers.py); a 1x1 conv's 16 products an output would not carry it
+PAIR_AFFINE_DEPTH = 144  # the float epilogue (its counts out of the planes by a bit transpose, a convert and an FMA
+# each) at 144: ResNet-8's stack1.conv2 (16 x 3 x 3) 0.52 -> 0.40 per binary MAC against the dense kernel
+# (tools/bench/mcu_layers.py); shorter reductions were not measured and stay dense
 
 
 def pair_fits(c: int, cout: int, kh: int, kw: int, sw: int, ow: int, epilogue: str = "_bits") -> bool:
@@ -140,17 +141,15 @@ def pack_paired_weight_bits(codes: np.ndarray) -> np.ndarray:
     return pack_sliced_weight_bits(np.concatenate([codes, codes]))[0]
 
 
-def _inside(start: int, size: int, k: int) -> tuple[int, ...]:
-    """Which of k taps from `start` fall inside [0, size)."""
-    return tuple(j for j in range(k) if 0 <= start + j < size)
-
-
-def _pair_classes(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
-                  ow: int) -> tuple[np.ndarray, list[tuple[int, tuple[int, ...], tuple[int, ...], tuple[int, ...]]]]:
-    """The paired kernel's rows: slot (oh + pairs,), the pair at row y and columns 2q, 2q + 1 reading row slot[y] +
-    slot[oh + q]; and per row (index, taps inside along y, along x for pixel 2q, for 2q + 1). Rows of the same taps
-    inside share a row class, pairs of the same taps inside (both pixels) a column class."""
+def _pair_halves(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
+                 ow: int) -> tuple[np.ndarray, int, list[tuple[int, int, int, np.ndarray]]]:
+    """The paired kernel's classes of border pixels: slot (oh + pairs,), the pair at row y and columns 2q, 2q + 1
+    reading row slot[y] + slot[oh + q]; the number of rows; and per row and half (0: pixel 2q, 1: 2q + 1) the row,
+    the half, the products inside (taps inside · C) and per output channel the mismatches that the taps outside add
+    as input bit 0 (its weight bits there). Rows of the same taps inside share a row class, pairs of the same taps
+    inside (both pixels) a column class."""
     (sh, sw), (ph, pw) = stride, padding
+    _, c, kh, kw = codes.shape
     pairs = (ow + 1) // 2
 
     def columns(x: int) -> tuple[int, ...]:
@@ -165,49 +164,42 @@ def _pair_classes(h: int, w: int, kh: int, kw: int, stride: tuple[int, int], pad
         slot[y] = row_classes.index(_inside(y * sh - ph, h, kh)) * len(col_classes)
     for q in range(pairs):
         slot[oh + q] = col_classes.index((columns(2 * q), columns(2 * q + 1)))
-    rows = [(r * len(col_classes) + k, ky_in, *cols) for r, ky_in in enumerate(row_classes)
-            for k, cols in enumerate(col_classes)]
-    return slot, rows
-
-
-def _pad_mismatches(ones: np.ndarray, ky_in: tuple[int, ...], kx_in: tuple[int, ...]) -> np.ndarray:
-    """Per output channel, the mismatches the taps outside the image add as input bit 0: its weight bits there."""
-    outside = np.ones(ones.shape[2:], bool)
-    outside[np.ix_(ky_in, kx_in)] = False
-    return ones[:, :, outside].sum(axis=(1, 2))
+    ones, halves = codes > 0, []
+    for r, ky_in in enumerate(row_classes):
+        for k, both in enumerate(col_classes):
+            for half, kx_in in enumerate(both):
+                outside = np.ones((kh, kw), bool)
+                outside[np.ix_(ky_in, kx_in)] = False
+                halves.append((r * len(col_classes) + k, half, len(ky_in) * len(kx_in) * c,
+                               ones[:, :, outside].sum(axis=(1, 2))))
+    return slot, len(row_classes) * len(col_classes), halves
 
 
 def pair_limits(direction: np.ndarray, threshold: np.ndarray, codes: np.ndarray, h: int, w: int,
                 stride: tuple[int, int], padding: tuple[int, int], oh: int, ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """(slot, lim) of `edgebin_bconv2d_pair_bits`: slot as `_pair_classes`; uint32 (rows, 1, LIMIT_WORDS) as
+    """(slot, lim) of `edgebin_bconv2d_pair_bits`: slot as `_pair_halves`; uint32 (rows, 1, LIMIT_WORDS) as
     `slice_limits`' rows, lanes 0-15 for pixel 2q and 16-31 for 2q + 1.
 
     The kernel counts every tap, those outside the image as input bit 0: there a lane mismatches where its weight
     bit is 1 (code +1). So a lane's limit is `slice_limits`' for the taps inside plus those outside taps' weight
     bits."""
-    cout, c, kh, kw = codes.shape
-    slot, rows = _pair_classes(h, w, kh, kw, stride, padding, oh, ow)
-    lim = np.zeros((len(rows), 1, LIMIT_WORDS), np.uint64)
-    for row, ky_in, *columns in rows:
-        for half, kx_in in enumerate(columns):
-            pads = _pad_mismatches(codes > 0, ky_in, kx_in)
-            for co in range(cout):
-                limit, mode = _lane_limit(int(direction[co]), int(threshold[co]), len(ky_in) * len(kx_in) * c)
-                _set_lane(lim[row, 0], half * PAIR_CHANNELS + co, limit + int(pads[co]) * (mode in (10, 11)), mode)
+    slot, rows, halves = _pair_halves(codes, h, w, stride, padding, oh, ow)
+    lim = np.zeros((rows, 1, LIMIT_WORDS), np.uint64)
+    for row, half, valid, pads in halves:
+        for co in range(codes.shape[0]):
+            limit, mode = _lane_limit(int(direction[co]), int(threshold[co]), valid)
+            _set_lane(lim[row, 0], half * PAIR_CHANNELS + co, limit + int(pads[co]) * (mode in (10, 11)), mode)
     return slot, lim.astype(np.uint32)
 
 
 def pair_bases(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
                ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """(slot, base) of `edgebin_bconv2d_pair_affine`: slot as `_pair_classes`; int32 (rows, 32) per lane the sum
+    """(slot, base) of `edgebin_bconv2d_pair_affine`: slot as `_pair_halves`; int32 (rows, 32) per lane the sum
     before the mismatches, nt·c + 2·(outside taps' weight bits), so that sum = base - 2·count over every tap."""
-    cout, c, kh, kw = codes.shape
-    slot, rows = _pair_classes(h, w, kh, kw, stride, padding, oh, ow)
-    base = np.zeros((len(rows), 2 * PAIR_CHANNELS), np.int32)
-    for row, ky_in, *columns in rows:
-        for half, kx_in in enumerate(columns):
-            pads = _pad_mismatches(codes > 0, ky_in, kx_in)
-            base[row, half * PAIR_CHANNELS : (half + 1) * PAIR_CHANNELS] = len(ky_in) * len(kx_in) * c + 2 * pads
+    slot, rows, halves = _pair_halves(codes, h, w, stride, padding, oh, ow)
+    base = np.zeros((rows, 2 * PAIR_CHANNELS), np.int32)
+    for row, half, valid, pads in halves:
+        base[row, half * PAIR_CHANNELS : (half + 1) * PAIR_CHANNELS] = valid + 2 * pads
     return slot, base
 
 

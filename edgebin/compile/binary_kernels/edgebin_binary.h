@@ -934,6 +934,14 @@ EDGEBIN_CORE void edgebin_slice_bytes(const uint32_t* planes, uint32_t* x) {
   }
 }
 
+/* Lane j's count: its low 8 bits from edgebin_slice_bytes' words, planes 8 and 9 a bit each (where there are). */
+EDGEBIN_CORE int32_t edgebin_slice_lane(const uint32_t* bytes, const uint32_t* planes, int32_t nplanes, int32_t j) {
+  int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
+  if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
+  if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
+  return count;
+}
+
 /* The bit-sliced conv: the next layer's bits (out_b, the threshold epilogue) or floats sum * mul + add (out_f). */
 EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
                                              const uint32_t* lim, const float* mul, const float* add, int32_t n,
@@ -966,9 +974,7 @@ EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_
             edgebin_slice_bytes(planes, bytes);
             float* dst = out_f + (((int64_t)i * cout + 32 * g) * oh + y) * ow + x;
             EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
-              int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
-              if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
-              if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
+              const int32_t count = edgebin_slice_lane(bytes, planes, nplanes, j);
               const int32_t co = 32 * g + j;
               dst[(int64_t)j * oh * ow] = (float)(nt * c - 2 * count) * mul[co] + add[co];
             }
@@ -1078,9 +1084,7 @@ EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t
           const int32_t* sum0 = base + row * 32;
           float* dst = out_f + ((int64_t)i * 16 * oh + y) * ow + 2 * q;
           EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
-            int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
-            if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
-            if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
+            const int32_t count = edgebin_slice_lane(bytes, planes, nplanes, j);
             if (j < 16 || 2 * q + 1 < ow) {
               dst[(int64_t)(j & 15) * oh * ow + (j >> 4)] = (float)(sum0[j] - 2 * count) * mul[j & 15] + add[j & 15];
             }
