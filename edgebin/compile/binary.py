@@ -18,12 +18,12 @@ an optional ReLU) feeds only the next binary conv's sign, the threshold epilogue
 that conv's packed input bits directly, `[max(0,] acc · mul + add [)] + shift >= 0` as one integer comparison
 per channel (`sign_thresholds`): no float tensor, no packing kernel, no ReLU kernel in between.
 
+A conv plus a per-channel constant (a ResNet shortcut's bias) becomes one affine kernel with mul = scale and add =
+bias (on a Cortex-M the shortcut's cast, multiply and bias add then leave TVM's elementwise kernel that follows).
 With the per-tap kernels (host, Raspberry Pi; not the dense Cortex-M ones, whose float output the memory planner
-reuses in place) two more epilogues take the float ops that would follow: a conv plus a per-channel constant (a
-ResNet shortcut's bias) becomes `edgebin_bconv2d_affine` with mul = scale and add = bias, and
-`relu(batch_norm(conv)[0] + res)` (a ResNet block's second conv, its residual add and ReLU) becomes
-`edgebin_bconv2d_residual`, which reads `res` in its epilogue. TVM's untuned elementwise kernels for those adds
-took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters).
+reuses in place) `relu(batch_norm(conv)[0] + res)` (a ResNet block's second conv, its residual add and ReLU)
+becomes `edgebin_bconv2d_residual`, which reads `res` in its epilogue. TVM's untuned elementwise kernels for those
+adds took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters).
 
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
@@ -269,7 +269,7 @@ class _Rewriter(PyExprMutator):
     def __init__(self, mod, func: relax.Function, dense: bool, mst: bool) -> None:
         super().__init__(mod)
         self.dense, self.mst = dense, mst
-        self.fuse = not dense and not mst  # bias and residual epilogues: the per-tap kernels (host, Raspberry Pi)
+        self.fuse = not dense and not mst  # the residual epilogue: the per-tap kernels (host, Raspberry Pi)
         self.mst_layers: list[tuple[str, dict, relax.Var]] = []  # (kernel, work the tree saves, its call's result)
         self.bits_of: dict = {}  # (input variable, shift bytes) -> the packed-bits tensor already emitted
         self.graph = BindingGraph(func, mod)
@@ -284,7 +284,7 @@ class _Rewriter(PyExprMutator):
             if conv is not None:
                 self.rewritten["conv2d"] += 1
                 return self._emit_conv(conv)
-        if op == "relax.add" and self.fuse:
+        if op == "relax.add" and not self.mst:
             biased = self._biased_conv(call)
             if biased is not None:
                 self.rewritten["conv2d+bias"] += 1
@@ -316,7 +316,7 @@ class _Rewriter(PyExprMutator):
     def _folded_into_bias(self, call) -> bool:
         """True when the conv's only user is a bias add that `_biased_conv` folds it into (see
         `_folded_into_batch_norm`)."""
-        if not self.fuse:
+        if self.mst:
             return False
         var = self.graph.var_of.get(call)
         users = self.graph.users.get(var, []) if var is not None else []

@@ -22,18 +22,12 @@ LIMIT_PLANES = 10
 LIMIT_WORDS = LIMIT_PLANES + 3  # EDGEBIN_SLICE_LIMIT_WORDS: the limit's planes, then the le, gt and one masks
 
 
-AFFINE_DEPTH = 256  # the float epilogue takes its 32 counts out of the planes (a bit transpose, then a convert and
-# an FMA a lane), which pays against the dense kernel over a long reduction: 0.39 -> 0.31 per binary MAC at 288 and
-# 0.39 -> 0.25 at 576 (ResNet-8's stack2.conv2, stack3.conv2; tools/bench/mcu_layers.py), and would lose on a 1x1
-# shortcut's 16 or 32
-
-
 def fits(c: int, cout: int, taps: int, epilogue: str = "_bits") -> bool:
     """True when the bit-sliced kernel takes a conv of c input and `cout` output channels over `taps` taps with
-    `epilogue` ("_bits": the threshold; "_affine": floats, over a reduction of AFFINE_DEPTH or more)."""
-    if epilogue not in ("_bits", "_affine") or (epilogue == "_affine" and c * taps < AFFINE_DEPTH):
-        return False
-    return c % BLOCK == 0 and cout % LANES == 0 and c * taps <= DEPTH
+    `epilogue` ("_bits": the threshold; "_affine": floats). The float epilogue beat the dense kernel at every depth
+    measured on the cortex-m4, ResNet-8's 1x1 shortcuts included (tools/bench/mcu_layers.py, per binary MAC): 1.50
+    -> 0.82 at 16 products, 0.74 -> 0.55 at 32, and at 288 and 576 0.39 -> 0.27 and 0.24."""
+    return epilogue in ("_bits", "_affine") and c % BLOCK == 0 and cout % LANES == 0 and c * taps <= DEPTH
 
 
 def pack_sliced_weight_bits(codes: np.ndarray) -> np.ndarray:
@@ -120,7 +114,7 @@ PAIR_CHANNELS = 16  # output channels of the paired kernel: lanes 0-15 one pixel
 PAIR_BUFFER_WORDS = 2048  # EDGEBIN_PAIR_BUFFER_WORDS: kh rows of masks on the stack
 PAIR_ROWS = 16  # EDGEBIN_PAIR_ROWS: the tallest kernel
 PAIR_AFFINE_DEPTH = 144  # the float epilogue (its counts out of the planes by a bit transpose, a convert and an FMA
-# each) at 144: ResNet-8's stack1.conv2 (16 x 3 x 3) 0.52 -> 0.40 per binary MAC against the dense kernel
+# each) at 144: ResNet-8's stack1.conv2 (16 x 3 x 3) 0.52 -> 0.33 per binary MAC against the dense kernel
 # (tools/bench/mcu_layers.py); shorter reductions were not measured and stay dense
 
 
@@ -194,12 +188,13 @@ def pair_limits(direction: np.ndarray, threshold: np.ndarray, codes: np.ndarray,
 
 def pair_bases(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
                ow: int) -> tuple[np.ndarray, np.ndarray]:
-    """(slot, base) of `edgebin_bconv2d_pair_affine`: slot as `_pair_halves`; int32 (rows, 32) per lane the sum
-    before the mismatches, nt·c + 2·(outside taps' weight bits), so that sum = base - 2·count over every tap."""
+    """(slot, base) of `edgebin_bconv2d_pair_affine`: slot as `_pair_halves`; int32 (rows, 16, 2) per channel and
+    pixel of the pair the sum before the mismatches, nt·c + 2·(outside taps' weight bits), so that sum = base -
+    2·count over every tap (a channel's two pixels side by side: one LDRD)."""
     slot, rows, halves = _pair_halves(codes, h, w, stride, padding, oh, ow)
-    base = np.zeros((rows, 2 * PAIR_CHANNELS), np.int32)
+    base = np.zeros((rows, PAIR_CHANNELS, 2), np.int32)
     for row, half, valid, pads in halves:
-        base[row, half * PAIR_CHANNELS : (half + 1) * PAIR_CHANNELS] = valid + 2 * pads
+        base[row, :, half] = valid + 2 * pads
     return slot, base
 
 

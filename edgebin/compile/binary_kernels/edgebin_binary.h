@@ -749,8 +749,8 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
  * 0); `binary.slice_limits` computes them from dir and thr. The output word of a group is the 32 channels' bits of
  * the next layer's input, written whole.
  * edgebin_bconv2d_slice_affine(bits, w, mul, add, n, c, ..., ow, out): the output of edgebin_bconv2d_dense_affine
- * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_bytes): worth it
- * over long reductions only (binary_slice.AFFINE_DEPTH). */
+ * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_bytes), then
+ * converted and scaled four lanes at a time (edgebin_slice_floats). */
 #define EDGEBIN_SLICE_DEPTH 1023 /* count planes 0 .. 9 */
 #define EDGEBIN_SLICE_BLOCKS 64  /* 16-input blocks per output pixel and group */
 #define EDGEBIN_SLICE_LIMIT_WORDS 13
@@ -916,30 +916,81 @@ EDGEBIN_CORE void edgebin_slice_count(const uint32_t* image, int32_t wd, int32_t
  * planes is an 8 x 8 bit matrix (row: plane, column: lane), transposed in place by three stages of masked swaps
  * (off-diagonal blocks of 4, then 2, then 1 bits), 12 swaps of four instructions for all 32 lanes. */
 EDGEBIN_CORE void edgebin_slice_bytes(const uint32_t* planes, uint32_t* x) {
-  for (int32_t b = 0; b < 8; ++b) x[b] = planes[b];
-  for (int32_t r = 0; r < 4; ++r) {
-    const uint32_t t = ((x[r] >> 4) ^ x[r + 4]) & 0x0F0F0F0Fu;
-    x[r + 4] ^= t;
-    x[r] ^= t << 4;
+  uint32_t t[8]; /* in registers: x itself is read back byte by byte */
+  EDGEBIN_UNROLL for (int32_t b = 0; b < 8; ++b) t[b] = planes[b];
+  EDGEBIN_UNROLL for (int32_t r = 0; r < 4; ++r) {
+    const uint32_t u = ((t[r] >> 4) ^ t[r + 4]) & 0x0F0F0F0Fu;
+    t[r + 4] ^= u;
+    t[r] ^= u << 4;
   }
-  for (int32_t r = 0; r < 8; r += (r & 1) ? 3 : 1) { /* rows 0, 1, 4, 5 with 2, 3, 6, 7 */
-    const uint32_t t = ((x[r] >> 2) ^ x[r + 2]) & 0x33333333u;
-    x[r + 2] ^= t;
-    x[r] ^= t << 2;
+  EDGEBIN_UNROLL for (int32_t r = 0; r < 4; ++r) { /* rows 0, 1, 4, 5 with 2, 3, 6, 7 */
+    const int32_t a = r + (r & 2);
+    const uint32_t u = ((t[a] >> 2) ^ t[a + 2]) & 0x33333333u;
+    t[a + 2] ^= u;
+    t[a] ^= u << 2;
   }
-  for (int32_t r = 0; r < 8; r += 2) {
-    const uint32_t t = ((x[r] >> 1) ^ x[r + 1]) & 0x55555555u;
-    x[r + 1] ^= t;
-    x[r] ^= t << 1;
+  EDGEBIN_UNROLL for (int32_t r = 0; r < 8; r += 2) {
+    const uint32_t u = ((t[r] >> 1) ^ t[r + 1]) & 0x55555555u;
+    t[r + 1] ^= u;
+    t[r] ^= u << 1;
   }
+  EDGEBIN_UNROLL for (int32_t b = 0; b < 8; ++b) x[b] = t[b];
+#ifdef EDGEBIN_THUMB2_SWAR
+  /* The words to memory, each lane's byte read back by one LDRB (edgebin_slice_lane, the float epilogues): held in
+   * registers, the eight words left too few for the epilogue's pointers, which gcc then reloaded per lane. */
+  __asm__("" : : "r"(x) : "memory");
+#endif
 }
 
 /* Lane j's count: its low 8 bits from edgebin_slice_bytes' words, planes 8 and 9 a bit each (where there are). */
 EDGEBIN_CORE int32_t edgebin_slice_lane(const uint32_t* bytes, const uint32_t* planes, int32_t nplanes, int32_t j) {
+#if defined(EDGEBIN_THUMB2_SWAR) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  int32_t count = ((const uint8_t*)bytes)[4 * (j & 7) + (j >> 3)];
+#else
   int32_t count = (int32_t)((bytes[j & 7] >> (j & 24)) & 255u);
+#endif
   if (nplanes > 8) count |= (int32_t)((planes[8] >> j) & 1u) << 8;
   if (nplanes > 9) count |= (int32_t)((planes[9] >> j) & 1u) << 9;
   return count;
+}
+
+#if defined(EDGEBIN_THUMB2_SWAR) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define EDGEBIN_FLOAT_ASM 1
+/* Two counts (bytes at offsets A and B of bp) subtracted twice from their sums (registers SA, SB: nc for both in the
+ * 32-lane kernel, a pair's base words in the paired one), moved to S registers D0, D0 + 1 by one VMOV. */
+#define EDGEBIN_TWO_SUMS(A, B, SA, SB, D0, D1)                                                            \
+  "ldrb %[c0], [%[bp], #" A "]\n\tldrb %[c1], [%[bp], #" B "]\n\tsub %[c0], " SA ", %[c0], lsl #1\n\t" \
+  "sub %[c1], " SB ", %[c1], lsl #1\n\tvmov " D0 ", " D1 ", %[c0], %[c1]\n\t"
+#endif
+
+/* The float epilogue of the 32-lane kernel at one pixel: lane j's (nc - 2 count) * mul[j] + add[j] to
+ * dst[j * stride]. In Thumb-2 four lanes take 28 instructions (per two lanes one VMOV, per four one VLDM of the
+ * muls and one of the adds), counts below 256 only (planes 8 and 9 empty: the rest take the C loop). */
+EDGEBIN_CORE void edgebin_slice_floats(const uint32_t* bytes, const uint32_t* planes, int32_t nplanes, int32_t nc,
+                                       const float* mul, const float* add, float* dst, int32_t stride) {
+#ifdef EDGEBIN_FLOAT_ASM
+  if (nplanes <= 8 || (planes[8] | (nplanes > 9 ? planes[9] : 0u)) == 0) {
+    const uint8_t* by = (const uint8_t*)bytes;
+    const int32_t step = stride * (int32_t)sizeof(float);
+    EDGEBIN_UNROLL for (int32_t j = 0; j < 32; j += 4) { /* lanes j .. j + 3: bytes b, b + 4, b + 8, b + 12 */
+      const uint8_t* bp = by + 4 * (j & 7) + (j >> 3);
+      uint32_t c0, c1;
+      __asm__ volatile(EDGEBIN_TWO_SUMS("0", "4", "%[nc]", "%[nc]", "s0", "s1") EDGEBIN_TWO_SUMS("8", "12", "%[nc]", "%[nc]", "s2", "s3")
+              "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
+              "vldmia %[mp]!, {s4-s7}\n\tvldmia %[ap]!, {s8-s11}\n\t"
+              "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t"
+              "vstr s8, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s9, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
+              "vstr s10, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s11, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
+              : [mp] "+r"(mul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0), [c1] "=&r"(c1)
+              : [bp] "r"(bp), [nc] "r"(nc), [step] "r"(step)
+              : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
+    }
+    return;
+  }
+#endif
+  EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
+    dst[(int64_t)j * stride] = (float)(nc - 2 * edgebin_slice_lane(bytes, planes, nplanes, j)) * mul[j] + add[j];
+  }
 }
 
 /* The bit-sliced conv: the next layer's bits (out_b, the threshold epilogue) or floats sum * mul + add (out_f). */
@@ -973,11 +1024,7 @@ EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_
             uint32_t bytes[8];
             edgebin_slice_bytes(planes, bytes);
             float* dst = out_f + (((int64_t)i * cout + 32 * g) * oh + y) * ow + x;
-            EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
-              const int32_t count = edgebin_slice_lane(bytes, planes, nplanes, j);
-              const int32_t co = 32 * g + j;
-              dst[(int64_t)j * oh * ow] = (float)(nt * c - 2 * count) * mul[co] + add[co];
-            }
+            edgebin_slice_floats(bytes, planes, nplanes, nt * c, mul + 32 * g, add + 32 * g, dst, oh * ow);
             continue;
           }
           const uint32_t* limit = lim + ((int64_t)slot[nt] * groups + g) * EDGEBIN_SLICE_LIMIT_WORDS;
@@ -1044,6 +1091,44 @@ EDGEBIN_CORE void edgebin_pair_masks(const uint32_t* image, int32_t r, int32_t h
   }
 }
 
+/* The paired kernel's float epilogue: channel ch's two pixels (lanes ch and ch + 16), (sums[2 ch + k] - 2 count) *
+ * mul[ch] + add2[2 ch + k] to dst[ch * stride + k], k = 0, 1 (second: whether the pair has a second pixel); add2
+ * holds each add twice, as FMA accumulates into its addend. In Thumb-2 two channels take 26 instructions: an LDRD
+ * of their sums, one VMOV per two, one VLDM of the muls and one of the adds, one VSTM per channel. */
+EDGEBIN_CORE void edgebin_pair_floats(const uint32_t* bytes, const uint32_t* planes, int32_t nplanes,
+                                      const int32_t* sums, const float* mul, const float* add2, int32_t second,
+                                      float* dst, int32_t stride) {
+#ifdef EDGEBIN_FLOAT_ASM
+  if (second && (nplanes <= 8 || (planes[8] | (nplanes > 9 ? planes[9] : 0u)) == 0)) {
+    const uint8_t* by = (const uint8_t*)bytes;
+    const int32_t step = stride * (int32_t)sizeof(float);
+    EDGEBIN_UNROLL for (int32_t ch = 0; ch < 16; ch += 2) { /* lanes ch, ch + 16, ch + 1, ch + 17: b, b + 2, b + 4, b + 6 */
+      const uint8_t* bp = by + 4 * (ch & 7) + (ch >> 3);
+      uint32_t c0, c1, s0, s1;
+      __asm__ volatile("ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("0", "2", "%[s0]", "%[s1]", "s0", "s1")
+                       "ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("4", "6", "%[s0]", "%[s1]", "s2", "s3")
+                       "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
+                       "vldmia %[mp]!, {s4-s5}\n\tvldmia %[ap]!, {s8-s11}\n\t"
+                       "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s4\n\tvfma.f32 s10, s2, s5\n\tvfma.f32 s11, s3, s5\n\t"
+                       "vstmia %[o], {s8-s9}\n\tadd %[o], %[o], %[step]\n\tvstmia %[o], {s10-s11}\n\t"
+                       "add %[o], %[o], %[step]\n\t"
+                       : [sp] "+r"(sums), [mp] "+r"(mul), [ap] "+r"(add2), [o] "+r"(dst), [c0] "=&r"(c0),
+                         [c1] "=&r"(c1), [s0] "=&r"(s0), [s1] "=&r"(s1)
+                       : [bp] "r"(bp), [step] "r"(step)
+                       : "s0", "s1", "s2", "s3", "s4", "s5", "s8", "s9", "s10", "s11", "memory");
+    }
+    return;
+  }
+#endif
+  EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
+    const int32_t ch = j & 15, k = j >> 4;
+    if (k < 1 + second) {
+      const int32_t count = edgebin_slice_lane(bytes, planes, nplanes, j);
+      dst[(int64_t)ch * stride + k] = (float)(sums[2 * ch + k] - 2 * count) * mul[ch] + add2[2 * ch + k];
+    }
+  }
+}
+
 /* The paired conv: the next layer's bits (out_b, limits lim) or floats (base - 2 count) * mul + add (out_f, NCHW). */
 EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
                                             const uint32_t* lim, const int32_t* base, const float* mul,
@@ -1054,6 +1139,8 @@ EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t
   const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)), high = 32 - __builtin_clz((uint32_t)(taps * c / 16));
   uint32_t masks[EDGEBIN_PAIR_BUFFER_WORDS];
   const uint32_t* rows[EDGEBIN_PAIR_ROWS];
+  float add2[32]; /* each add twice, for edgebin_pair_floats */
+  for (int32_t j = 0; j < 32; ++j) add2[j] = out_f ? add[j >> 1] : 0.0f;
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t* image = bits + (int64_t)i * h * wd * ((c + 31) / 32);
     int32_t held[EDGEBIN_PAIR_ROWS];
@@ -1081,14 +1168,8 @@ EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t
         if (out_f) {
           uint32_t bytes[8];
           edgebin_slice_bytes(planes, bytes);
-          const int32_t* sum0 = base + row * 32;
           float* dst = out_f + ((int64_t)i * 16 * oh + y) * ow + 2 * q;
-          EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
-            const int32_t count = edgebin_slice_lane(bytes, planes, nplanes, j);
-            if (j < 16 || 2 * q + 1 < ow) {
-              dst[(int64_t)(j & 15) * oh * ow + (j >> 4)] = (float)(sum0[j] - 2 * count) * mul[j & 15] + add[j & 15];
-            }
-          }
+          edgebin_pair_floats(bytes, planes, nplanes, base + row * 32, mul, add2, 2 * q + 1 < ow, dst, oh * ow);
           continue;
         }
         const uint32_t word = edgebin_slice_compare(planes, nplanes, lim + row * EDGEBIN_SLICE_LIMIT_WORDS);
