@@ -8,6 +8,7 @@ import shutil
 from collections import Counter
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -17,6 +18,7 @@ from edgebin import zoo
 from edgebin.compile import host, importer
 from edgebin.compile.binary import BinaryToPacked, uses_binary_kernels
 from edgebin.compile.kernels import op_census
+from edgebin.compile.mcu_manifest import layer_weights
 from edgebin.compile.tvm_adapter import call_op_name
 from edgebin.export.qat import export_qat
 from edgebin.quant import Recipe, qat
@@ -95,6 +97,8 @@ def test_cortex_m4_bundle_runs_the_binary_convs_on_packed_bits(binary_onnx, tmp_
     manifest = json.loads((bundle / "bundle.json").read_text())
     convs = [k for k in manifest["kernels"] if k["kind"] == "binary"]
     assert len(convs) == BINARY_CONVS and all(k["macs"] > 0 and k["layer"] for k in convs)
+    elements = layer_weights(onnx.load(str(binary_onnx)))  # packed at a bit a weight, twice in the paired kernel
+    assert all(elements[k["layer"]] / 8 <= k["packed_weight_bytes"] <= elements[k["layer"]] / 4 for k in convs)
     kernels_c = (bundle / "kernels.c").read_text()
     assert '#include "edgebin_binary.h"' in kernels_c and (bundle / "edgebin_binary.h").is_file()
     runner = QemuRunner(targets.load("cortex-m4"), timeout_s=300)

@@ -65,6 +65,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
             "live_bytes": sum(graph.tensor_bytes[name] for name, (first, last) in lifetimes.items()
                               if first <= step <= last and not (name in plan.reuses and first == step)),
             **({"weights": record["weights"]} if "weights" in record else {}),
+            **({"packed_weight_bytes": _packed_weight_bytes(call)} if record.get("ops") == ["binary_conv2d"] else {}),
         })
     graph_input, graph_output = _real_inputs(model)[0], model.graph.output[0]
     return {
@@ -87,6 +88,12 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         "sources": list(sources),
         **({"lut_weights": _named(lowered.lut_layers, kernels)} if getattr(lowered, "lut_layers", None) else {}),
     }
+
+
+def _packed_weight_bytes(call) -> int:
+    """A binary conv call's packed weight bits in flash: its first constant (binary.py passes the input bits, then
+    the weights, then the epilogue's tables)."""
+    return next(int(v.nbytes) for v in call.args if v.kind == CONST)
 
 
 def _named(lut_layers: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -116,13 +116,16 @@ def _model_and_inputs(model: Path, data: str, samples: int, work: Path) -> tuple
 
 def weight_bytes(manifest: dict, weights: dict[str, int]) -> list[int | None]:
     """Flash bytes of each kernel call's weight: a packed low-bit weight's codes and table (bundle.json
-    `lut_weights`), an int8 layer's weight elements (`weights`: layer -> elements); None for other kernels."""
+    `lut_weights`), a binary conv's packed bits (`packed_weight_bytes`), an int8 layer's weight elements
+    (`weights`: layer -> elements); None for other kernels."""
     packed = {r["kernel"]: r["codes_bytes"] + r["table_bytes"] for r in manifest.get("lut_weights", [])
               if r["form"] != "int8"}
     found: list[int | None] = []
     for kernel in manifest["kernels"]:
         if kernel["name"] in packed:
             found.append(packed[kernel["name"]])
+        elif "packed_weight_bytes" in kernel:
+            found.append(kernel["packed_weight_bytes"])
         elif kernel["macs"] and kernel["kind"] == "int8" and kernel["layer"] in weights:
             found.append(weights[kernel["layer"]])
         else:

@@ -42,7 +42,9 @@ import binary_layers  # noqa: E402  (the per-layer table, same directory)
 from edgebin import pipeline, targets  # noqa: E402
 from edgebin.atomic import atomic_write_text  # noqa: E402
 from edgebin.compile import host  # noqa: E402
+from edgebin.compile.importer import load_onnx  # noqa: E402
 from edgebin.compile.mcu_emit import compile_bundle  # noqa: E402
+from edgebin.compile.mcu_manifest import layer_weights  # noqa: E402
 from edgebin.pipeline_qat import TrainingOptions  # noqa: E402
 from edgebin.quant import Recipe  # noqa: E402
 from edgebin.report.schema import cpu_name  # noqa: E402
@@ -128,8 +130,10 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
     calls: dict[str, int] = {}
     for kernel in manifest["kernels"]:
         calls[kernel["symbol"]] = calls.get(kernel["symbol"], 0) + 1
+    elements = layer_weights(load_onnx(onnx_path))
     layers = [{"layer": k["layer"], "kind": k["kind"], "macs": k["macs"],
-               "instructions": per_symbol.get(k["symbol"], 0) / calls[k["symbol"]]}
+               "instructions": per_symbol.get(k["symbol"], 0) / calls[k["symbol"]],
+               "weights": elements.get(k["layer"]), "packed_weight_bytes": k.get("packed_weight_bytes")}
               for k in manifest["kernels"] if k["macs"]]
     return {"instructions": result.instructions, "macs": manifest["macs"], "weights_bytes": manifest["weights_bytes"],
             "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
@@ -173,6 +177,14 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
         cells = [_per_mac(by_layer[name].get(r["layer"])) for name in others]
         lines.append(f"| {r['layer']} | " + " | ".join(cells) + f" | {r['instructions'] / r['macs']:.2f} | "
                      f"{r['kind']} |")
+    binary = [r for r in mcu["W1A1"]["layers"] if r["kind"] == "binary"]
+    if binary:
+        instructions, macs = sum(r["instructions"] for r in binary), sum(r["macs"] for r in binary)
+        packed, weights = sum(r["packed_weight_bytes"] or 0 for r in binary), sum(r["weights"] or 0 for r in binary)
+        lines += ["", f"W1A1's binary convs together: {instructions:,.0f} instructions for {macs:,} binary MACs, "
+                  f"{instructions / macs:.2f} per binary MAC. Their weight bits as the kernels read them (bundle.json "
+                  f"`packed_weight_bytes`): {packed:,} B for {weights:,} binary weights, "
+                  f"{packed / (weights / 8):.2f}× parameters / 8 ({weights // 8:,} B)."]
     return "\n".join(lines) + "\n"
 
 
