@@ -975,15 +975,16 @@ EDGEBIN_CORE void edgebin_slice_floats(const uint32_t* bytes, const uint32_t* pl
     EDGEBIN_UNROLL for (int32_t j = 0; j < 32; j += 4) { /* lanes j .. j + 3: bytes b, b + 4, b + 8, b + 12 */
       const uint8_t* bp = by + 4 * (j & 7) + (j >> 3);
       uint32_t c0, c1;
-      __asm__ volatile(EDGEBIN_TWO_SUMS("0", "4", "%[nc]", "%[nc]", "s0", "s1") EDGEBIN_TWO_SUMS("8", "12", "%[nc]", "%[nc]", "s2", "s3")
-              "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
-              "vldmia %[mp]!, {s4-s7}\n\tvldmia %[ap]!, {s8-s11}\n\t"
-              "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t"
-              "vstr s8, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s9, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
-              "vstr s10, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s11, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
-              : [mp] "+r"(mul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0), [c1] "=&r"(c1)
-              : [bp] "r"(bp), [nc] "r"(nc), [step] "r"(step)
-              : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
+      __asm__ volatile(EDGEBIN_TWO_SUMS("0", "4", "%[nc]", "%[nc]", "s0", "s1")
+                       EDGEBIN_TWO_SUMS("8", "12", "%[nc]", "%[nc]", "s2", "s3")
+                       "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
+                       "vldmia %[mp]!, {s4-s7}\n\tvldmia %[ap]!, {s8-s11}\n\t"
+                       "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t"
+                       "vstr s8, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s9, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
+                       "vstr s10, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s11, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
+                       : [mp] "+r"(mul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0), [c1] "=&r"(c1)
+                       : [bp] "r"(bp), [nc] "r"(nc), [step] "r"(step)
+                       : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
     }
     return;
   }
@@ -1127,7 +1128,7 @@ EDGEBIN_CORE void edgebin_pair_floats(const uint32_t* bytes, const uint32_t* pla
   if (second && (nplanes <= 8 || (planes[8] | (nplanes > 9 ? planes[9] : 0u)) == 0)) {
     const uint8_t* by = (const uint8_t*)bytes;
     const int32_t step = stride * (int32_t)sizeof(float);
-    EDGEBIN_UNROLL for (int32_t ch = 0; ch < 16; ch += 2) { /* lanes ch, ch + 16, ch + 1, ch + 17: b, b + 2, b + 4, b + 6 */
+    EDGEBIN_UNROLL for (int32_t ch = 0; ch < 16; ch += 2) { /* lanes ch, ch + 16, ch + 1, ch + 17 at bp + 0, 2, 4, 6 */
       const uint8_t* bp = by + 4 * (ch & 7) + (ch >> 3);
       uint32_t c0, c1, s0, s1;
       __asm__ volatile("ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("0", "2", "%[s0]", "%[s1]", "s0", "s1")
@@ -1153,6 +1154,10 @@ EDGEBIN_CORE void edgebin_pair_floats(const uint32_t* bytes, const uint32_t* pla
     }
   }
 }
+
+#ifdef EDGEBIN_FLOAT_ASM
+#undef EDGEBIN_TWO_SUMS
+#endif
 
 /* The paired conv: the next layer's bits (out_b, limits lim) or floats (base - 2 count) * mul + add (out_f, NCHW). */
 EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
