@@ -166,6 +166,15 @@ def _geometry(n: int, c: int, h: int, w: int, cout: int, k: int, stride: int, pa
     return (n, c, h, w, cout, k, k, stride, stride, pad, pad, oh, ow)
 
 
+def _specialized_library(tmp: Path, names: set[str], flags: tuple[str, ...] = ("-O2",),
+                         timeout: int = 120) -> ctypes.CDLL:
+    """The specialized kernels `names` (`c_source`, as a model links them) built natively into tmp/lib.so, loaded."""
+    (tmp / "kernels.c").write_text(c_source(names))
+    subprocess.run([CC, "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp / "kernels.c"), "-o",
+                    str(tmp / "lib.so")], check=True, timeout=timeout)
+    return ctypes.CDLL(str(tmp / "lib.so"))
+
+
 @pytest.fixture(scope="module", params=list(VARIANTS))
 def host_kernels(request, tmp_path_factory) -> ctypes.CDLL:
     """The shape-specialized host kernels of HOST_SHAPES (`c_source`, as a model links them), per compile variant."""
@@ -173,11 +182,7 @@ def host_kernels(request, tmp_path_factory) -> ctypes.CDLL:
     names = {specialized_name("edgebin_bpack_nchw_f32", (s[0], s[1], s[2] * s[3])) for s in HOST_SHAPES}
     for kernel in ("edgebin_bconv2d", "edgebin_bconv2d_affine", "edgebin_bconv2d_residual", "edgebin_bconv2d_bits"):
         names |= {specialized_name(kernel, _geometry(*s)) for s in HOST_SHAPES}
-    tmp = tmp_path_factory.mktemp(f"host-{request.param}")
-    (tmp / "kernels.c").write_text(c_source(names))
-    subprocess.run([CC, "-O3", "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp / "kernels.c"), "-o",
-                    str(tmp / "lib.so")], check=True, timeout=300)
-    return ctypes.CDLL(str(tmp / "lib.so"))
+    return _specialized_library(tmp_path_factory.mktemp(f"host-{request.param}"), names, ("-O3", *flags), 300)
 
 
 def _assert_affine(got: np.ndarray, sums: np.ndarray, mul: np.ndarray, add: np.ndarray,
@@ -254,11 +259,8 @@ def test_dense_column_kernels_equal_the_reference(tmp_path, popcount, n, c, h, w
     plain = specialized_name("edgebin_bconv2d_dense", geometry)
     affine = specialized_name("edgebin_bconv2d_dense_affine", geometry)
     tree = specialized_name("edgebin_bconv2d_dense_mst", geometry)
-    (tmp_path / "kernels.c").write_text(c_source({plain, affine, tree}))
-    flags = ["-march=native"] if popcount == "builtin" else ["-mno-popcnt"]
-    subprocess.run([CC, "-O2", "-shared", "-fPIC", *flags, f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
-                    str(tmp_path / "lib.so")], check=True, timeout=120)
-    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    flags = ("-O2", "-march=native" if popcount == "builtin" else "-mno-popcnt")
+    lib = _specialized_library(tmp_path, {plain, affine, tree}, flags)
     rng = np.random.default_rng(c + 7 * cout)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     shift = np.zeros(c, dtype=np.float32)
@@ -298,10 +300,7 @@ def test_threshold_epilogue_writes_the_next_layers_bits(tmp_path, dense, relu):
     n, c, h, w, cout, k, stride, pad = 1, 16, 6, 6, 40, 3, 1, 1
     geometry = (n, c, h, w, cout, k, k, stride, stride, pad, pad, h, w)
     name = specialized_name("edgebin_bconv2d_dense_bits" if dense else "edgebin_bconv2d_bits", geometry)
-    (tmp_path / "kernels.c").write_text(c_source({name}))
-    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
-                    str(tmp_path / "lib.so")], check=True, timeout=120)
-    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    lib = _specialized_library(tmp_path, {name})
     rng = np.random.default_rng(5)
     x = rng.standard_normal((n, c, h, w)).astype(np.float32)
     codes = rng.choice(np.array([-1, 1], dtype=np.int8), size=(cout, c, k, k))
@@ -481,10 +480,7 @@ def test_slice_kernels_equal_the_reference(tmp_path, shape):
         pytest.skip("no C compiler")
     bits_name, affine_name = (specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape))
                               for kind in ("_bits", "_affine"))
-    (tmp_path / "kernels.c").write_text(c_source({bits_name, affine_name}))
-    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
-                    str(tmp_path / "lib.so")], check=True, timeout=120)
-    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    lib = _specialized_library(tmp_path, {bits_name, affine_name})
     inputs, want, affine = _slice_case(0, shape)
     out = np.empty(want.shape, dtype=np.uint32)
     getattr(lib, bits_name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
@@ -593,10 +589,7 @@ def test_pair_kernel_equals_the_reference(tmp_path, shape):
     assert binary_slice.pair_fits(shape[1], shape[4], shape[5], shape[5], shape[6], _geometry(*shape)[-1])
     name, affine_name = (specialized_name(f"edgebin_bconv2d_pair{kind}", _geometry(*shape))
                          for kind in ("_bits", "_affine"))
-    (tmp_path / "kernels.c").write_text(c_source({name, affine_name}))
-    subprocess.run([CC, "-O2", "-shared", "-fPIC", f"-I{KERNEL_DIR}", str(tmp_path / "kernels.c"), "-o",
-                    str(tmp_path / "lib.so")], check=True, timeout=120)
-    lib = ctypes.CDLL(str(tmp_path / "lib.so"))
+    lib = _specialized_library(tmp_path, {name, affine_name})
     inputs, want, affine = _pair_case(0, shape)
     out = np.empty(want.shape, dtype=np.uint32)
     getattr(lib, name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
