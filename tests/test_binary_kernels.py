@@ -19,6 +19,7 @@ from edgebin.compile.binary import (
     pack_activation_bits,
     pack_dense_weight_bits,
     pack_weight_bits,
+    relu_folded_shift,
     sign_thresholds,
     specialized_name,
     tap_sums,
@@ -242,6 +243,58 @@ def test_shape_specialized_kernels_equal_the_reference(host_kernels, shape):
     np.testing.assert_array_equal(out_b, pack_activation_bits(y, next_shift))
 
 
+# (n, c, hw): two words a pixel with the second partial and an odd pixel count, pixels not a multiple of 4, one word
+PACK_SHAPES = [(2, 40, 21), (1, 16, 30), (1, 32, 8)]
+PACK_KERNELS = ("edgebin_bpack_nchw_f32", "edgebin_bpack_add_nchw_f32")
+
+
+def _pack_case(shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """x, y (N, C, HW) and a shift with the edges of a sign read off the sum: sums of exactly 0 (x = -shift, x = -y),
+    -0.0 in x, y and the shift, +inf shifts (a folded ReLU)."""
+    n, c, hw = shape
+    rng = np.random.default_rng(c * 7 + hw)
+    x = rng.standard_normal((n, c, hw)).astype(np.float32)
+    y = rng.standard_normal((n, c, hw)).astype(np.float32)
+    shift = (rng.standard_normal(c) * 0.3).astype(np.float32)
+    shift[:3] = (-0.0, 0.0, np.inf)
+    x[:, 3:, ::5] = -shift[3:, None]  # x + shift == 0
+    y[:, :, 1::4] = -x[:, :, 1::4]  # x + y == 0
+    x[:, :, 2::7] = -0.0
+    y[:, :, 2::7] = -0.0
+    return x, y, shift
+
+
+def _packed(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """pack_activation_bits of an (N, C, HW) tensor: (N, HW, words)."""
+    n, c, hw = x.shape
+    return pack_activation_bits(x.reshape(n, c, hw, 1), shift)[:, :, 0]
+
+
+def test_relu_folds_into_the_packing_shift():
+    rng = np.random.default_rng(5)
+    shift = np.array([-0.5, -0.0, 0.0, 0.25, -1e-30], np.float32)
+    v = rng.standard_normal((1, 5, 40)).astype(np.float32)
+    v[0, :, :5] = -shift[:, None]  # v + shift == 0
+    v[0, :, 5] = 0.0
+    want = pack_activation_bits(np.maximum(v, 0).reshape(1, 5, 5, 8), shift)
+    assert (want[..., 0] >> 1 & 7 == 7).all()  # channels 1-3, shifts >= 0: always set
+    np.testing.assert_array_equal(pack_activation_bits(v.reshape(1, 5, 5, 8), relu_folded_shift(shift)), want)
+
+
+def test_packing_kernels_equal_the_reference(tmp_path):
+    """edgebin_bpack_nchw_f32 and edgebin_bpack_add_nchw_f32 (portable C) on the sums' edge cases."""
+    names = {specialized_name(k, s) for s in PACK_SHAPES for k in PACK_KERNELS}
+    lib = _specialized_library(tmp_path, names, ("-O2", "-DEDGEBIN_NO_AVX512"))
+    for shape in PACK_SHAPES:
+        n, c, hw = shape
+        x, y, shift = _pack_case(shape)
+        bits = np.empty((n, hw, words_for(c)), dtype=np.uint32)
+        getattr(lib, specialized_name("edgebin_bpack_nchw_f32", shape))(_ptr(x), _ptr(shift), _ptr(bits))
+        np.testing.assert_array_equal(bits, _packed(x, shift))
+        getattr(lib, specialized_name("edgebin_bpack_add_nchw_f32", shape))(_ptr(x), _ptr(y), _ptr(shift), _ptr(bits))
+        np.testing.assert_array_equal(bits, _packed(x + y, shift))
+
+
 def test_c_source_rejects_other_kernels():
     with pytest.raises(ValueError, match="not a specialized kernel"):
         c_source({"edgebin_matvec_s8__1_2"})
@@ -339,13 +392,18 @@ M_KERNELS = ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_b
              "edgebin_bconv2d_dense_mst")
 
 
+def _float_literal(v: float) -> str:
+    """v as an exact C float literal (hexadecimal; infinities by gcc's builtin)."""
+    return ("-" if v < 0 else "") + "__builtin_inff()" if np.isinf(v) else v.hex() + "f"
+
+
 def _c_array(name: str, a: np.ndarray) -> str:
     """A static const C array of `a`'s values, exactly (floats as hexadecimal literals)."""
     kind = {np.dtype(np.uint32): "uint32_t", np.dtype(np.int32): "int32_t", np.dtype(np.int8): "int8_t",
             np.dtype(np.float32): "float"}[a.dtype]
     flat = a.ravel()
-    values = [float(v).hex() + "f" for v in flat] if kind == "float" else [f"{int(v)}" + ("u" * (kind == "uint32_t"))
-                                                                          for v in flat]
+    suffix = "u" * (kind == "uint32_t")
+    values = [_float_literal(float(v)) if kind == "float" else f"{int(v)}{suffix}" for v in flat]
     return f"static const {kind} {name}[{max(len(values), 1)}] = {{{', '.join(values) or '0'}}};"
 
 
@@ -424,6 +482,33 @@ def test_dense_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
         np.testing.assert_array_equal(got[at + size - n_sums : at + size].reshape(sums.shape), sums,
                                       err_msg=f"{shape} MST")
         at += size
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_packing_kernels_on_cortex_m_equal_the_reference(tmp_path, target):
+    """The Thumb-2 packing (each bit the sum's sign bit, four pixels a step in assembly) on the edge cases."""
+    lines, calls, wants = [], [], []
+    for i, shape in enumerate(PACK_SHAPES):
+        n, c, hw = shape
+        x, y, shift = _pack_case(shape)
+        lines += [_c_array(f"x{i}", x), _c_array(f"y{i}", y), _c_array(f"s{i}", shift)]
+        size = n * hw * words_for(c)
+        plain, added = (specialized_name(k, shape) for k in PACK_KERNELS)
+        for call, want in ((f"{plain}(x{i}, s{i}, b)", _packed(x, shift)),
+                           (f"{added}(x{i}, y{i}, s{i}, b)", _packed(x + y, shift))):
+            calls.append(f"  {{ static uint32_t b[{size}]; {call};\n"
+                         f"    for (int i = 0; i < {size}; ++i) {{\n"
+                         f"      *out++ = (float)(b[i] & 0xFFFFu);\n      *out++ = (float)(b[i] >> 16);\n    }} }}\n")
+            wants.append(want)
+    names = {specialized_name(k, s) for s in PACK_SHAPES for k in PACK_KERNELS}
+    got = _qemu_outputs(tmp_path, target, names, lines, calls, sum(2 * w.size for w in wants))
+    at = 0
+    for want in wants:
+        halves = got[at : at + 2 * want.size].astype(np.uint32)
+        np.testing.assert_array_equal((halves[0::2] | halves[1::2] << 16).reshape(want.shape), want)
+        at += 2 * want.size
 
 
 # --- the bit-sliced threshold kernel (Cortex-M) ------------------------------------------------------------------

@@ -74,6 +74,7 @@ HEADER = KERNEL_DIR / "edgebin_binary.h"
 WORD_BITS = 32
 _POINTERS = {  # each kernel of HEADER: its pointer parameters before its integer shape ones, and its output
     "edgebin_bpack_nchw_f32": (("const float* x", "const float* shift"), "uint32_t* out"),
+    "edgebin_bpack_add_nchw_f32": (("const float* x", "const float* y", "const float* shift"), "uint32_t* out"),
     "edgebin_bconv2d": (("const uint32_t* bits", "const uint32_t* w"), "int32_t* out"),
     "edgebin_bconv2d_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul", "const float* add"),
                                "float* out"),
@@ -223,6 +224,13 @@ def sign_thresholds(mul: np.ndarray, add: np.ndarray, shift: np.ndarray, *, relu
         threshold = np.where(shift >= 0, 0, threshold)
     limit = 2**30  # beyond any sum a layer can reach: keeps the comparison in int32
     return direction.astype(np.int32), np.clip(threshold, -limit, limit).astype(np.int32)
+
+
+def relu_folded_shift(shift: np.ndarray) -> np.ndarray:
+    """The shift with which v's packed bits are relu(v)'s with `shift`: relu(v) + shift >= 0 holds for every v when
+    shift >= 0 (+inf then), and is v + shift >= 0 when shift < 0 (float32 rounding keeps the sign of v + shift)."""
+    shift = np.asarray(shift, np.float32)
+    return np.where(shift >= 0, np.float32(np.inf), shift).astype(np.float32)
 
 
 def pack_activation_bits(x: np.ndarray, shift: np.ndarray) -> np.ndarray:
@@ -485,8 +493,32 @@ class _Rewriter(PyExprMutator):
             direction, threshold = sign_thresholds(mul, add, conv.shift, relu=relu)
             return self._conv_call(source, self._input_bits(source), "_bits", [const(direction), const(threshold)])
         n, c, h, w = tensor_shape(conv.x)
+        summed = self._packed_sum(conv.x) if self.dense else None
+        if summed is not None:  # a residual block's end: its add (and ReLU) go into the packing kernel
+            (a, b), relu = summed
+            self.rewritten["add+relu+pack" if relu else "add+pack"] += 1
+            shift = relu_folded_shift(conv.shift) if relu else conv.shift
+            return self._extern("edgebin_bpack_add_nchw_f32", (n, c, h * w),
+                                [self.visit_expr(a), self.visit_expr(b), const(shift)],
+                                (n, h, w, words_for(c)), "uint32", "binary_pack_add")
         return self._extern("edgebin_bpack_nchw_f32", (n, c, h * w), [self.visit_expr(conv.x), const(conv.shift)],
                             (n, h, w, words_for(c)), "uint32", "binary_pack")
+
+    def _packed_sum(self, x) -> tuple[tuple[relax.Expr, relax.Expr], bool] | None:
+        """((a, b), ReLU?) when `x` is [relu](a + b) of two float tensors of x's shape (a ResNet block's residual
+        add): `edgebin_bpack_add_nchw_f32` then packs the sum's signs without writing it, the ReLU folded into the
+        shift (`relu_folded_shift`). The add and ReLU stay for other users, if any; on Cortex-M TVM's kernel for
+        them took about 10 instructions an element."""
+        value, relu = self.value(x), False
+        if call_op_name(value) == "relax.nn.relu":
+            value, relu = self.value(value.args[0]), True
+        if call_op_name(value) != "relax.add":
+            return None
+        shape = tensor_shape(x)
+        if any(tensor_shape(a) != shape or tensor_dtype(a) != "float32" or const_array(self.value(a)) is not None
+               for a in value.args):
+            return None
+        return (value.args[0], value.args[1]), relu
 
     def _bits_producer(self, x) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], bool] | None:
         """(conv, its BatchNorm as mul/add, ReLU?) when `x` is [relu](batch_norm(binary conv)[0]), used only here."""
@@ -633,5 +665,5 @@ def uses_binary_kernels(mod) -> bool:
 
 __all__ = ["BinaryToPacked", "DENSE_COLUMN_WORDS", "HEADER", "KERNEL_DIR", "binary_conv2d_reference",
            "binary_kernel_names", "binary_macs", "c_source", "called_in_source", "kernel_of", "pack_activation_bits",
-           "pack_dense_weight_bits", "pack_weight_bits", "specialized_name", "tap_sums", "uses_binary_kernels",
-           "words_for"]
+           "pack_dense_weight_bits", "pack_weight_bits", "relu_folded_shift", "specialized_name", "tap_sums",
+           "uses_binary_kernels", "words_for"]

@@ -17,7 +17,8 @@ Kinds, decided from the kernel's TIR blocks, first match wins:
   elementwise work whose activations are all integer (requantization, the int8 residual add).
 - `convert`: only quantize/dequantize of a float tensor: the graph input, the float output, or the edge of a
   float fallback. Counted apart so a fully integer model reads `float: 0`. Packing a float tensor's signs into
-  bits for a binary layer (`edgebin_bpack_*`) is a conversion too.
+  bits for a binary layer (`edgebin_bpack_nchw_f32`) is a conversion too; adding two float tensors before packing
+  (`edgebin_bpack_add_nchw_f32`, a binary ResNet's residual add) is `float`.
 - `binary`: a binary conv on packed bits (XNOR/popcount, `edgebin_bconv2d` of binary_kernels/edgebin_binary.h),
   counted only when a model has one.
 - `lut4` (`lut2` .. `lut7`): an int8-activation conv or gemm whose weights stay b-bit codes into a table of int8
@@ -47,7 +48,7 @@ from edgebin.compile.tvm_adapter import (
 
 KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
 _EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do, by name prefix
-    "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert"}
+    "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert", "edgebin_bpack_add_nchw_f32": "float"}
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 

@@ -10,6 +10,9 @@
  *   x[(i * c + ch) * hw + p] + shift[ch] >= 0 (sign(0) = +1, as the exported graph's GreaterOrEqual), with
  *   words = ceil(c / 32); bits for channels >= c are 0. One word row per pixel, channels packed: NHWC bits from
  *   an NCHW float tensor. The add happens in float32 exactly as in the ONNX graph, so the bits are the graph's.
+ * edgebin_bpack_add_nchw_f32(x, y, shift, n, c, hw, bits)
+ *   The same bits of (x + y) + shift, in that float32 order: a ResNet block's residual add packed for the next
+ *   binary convs without writing the sum (BinaryToPacked folds the ReLU between them into shift).
  * edgebin_bconv2d(bits, w, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out)
  *   out[((i * cout + co) * oh + y) * ow + x] = sum over the taps inside the image and the c channels of a * w,
  *   an int32 in NCHW. Padding is zero in the exported graph (a padded tap contributes 0, neither +1 nor -1), so
@@ -86,6 +89,10 @@ extern "C" { /* TVM's export_library compiles with g++ */
 #if defined(__ARM_FEATURE_SIMD32) && defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
 #define EDGEBIN_BINARY_USADA8 1
 #endif
+/* Thumb-2 (Cortex-M): the software bit count, the bit-sliced kernels' assembly and the packing loop below. */
+#if defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
+#define EDGEBIN_THUMB2_SWAR 1
+#endif
 
 static inline int32_t edgebin_popcount32(uint32_t v) {
 #if defined(__POPCNT__) || defined(__aarch64__) || defined(__ARM_NEON)
@@ -127,28 +134,101 @@ static inline int32_t edgebin_popcount32(uint32_t v) {
 typedef uint16_t edgebin_u16_alias __attribute__((may_alias)); /* 16-bit elements in the uint32_t buffer */
 #endif
 
-EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shift, int32_t n, int32_t c,
-                                                int32_t hw, uint32_t* bits) {
-  /* Pixels in blocks of EDGEBIN_BPACK_BLOCK: each channel's plane is read contiguously and ORs its bit into the
-   * block's words, a loop over pixels that compilers vectorize (a compare and a masked OR per 16 pixels). */
+#if defined(EDGEBIN_THUMB2_SWAR) && defined(__ARM_FP)
+#define EDGEBIN_PACK_ASM 1
+/* One channel of four pixels: the shift (from *--sp, plus 0.0 so that -0.0 is +0.0), each sum's sign bit shifted
+ * into the words n0 .. n3 from below (ADDS puts the sign in the carry, ADC doubles the word and adds it). */
+#define EDGEBIN_PACK_SIGNS                                                                                        \
+  "vadd.f32 s0, s0, s8\n\tvadd.f32 s1, s1, s8\n\tvadd.f32 s2, s2, s8\n\tvadd.f32 s3, s3, s8\n\t"             \
+  "vmov %[u], %[v], s0, s1\n\tadds %[u], %[u], %[u]\n\tadc %[n0], %[n0], %[n0]\n\tadds %[v], %[v], %[v]\n\t"   \
+  "adc %[n1], %[n1], %[n1]\n\tvmov %[u], %[v], s2, s3\n\tadds %[u], %[u], %[u]\n\tadc %[n2], %[n2], %[n2]\n\t" \
+  "adds %[v], %[v], %[v]\n\tadc %[n3], %[n3], %[n3]\n\t"
+
+/* (Every operand the loop writes is early-clobber, so that no input shares its register: stride and nc, both 32,
+ * did.) Four pixels' words of channels [c0, c0 + nc): xp (and yp) at channel c0 + nc - 1's first pixel, sp at shift + c0 +
+ * nc, stride the bytes between two channels' planes; neg[j] gets pixel j's sign bits, channel c0 in bit 0. One
+ * channel is 20 instructions (25 with the addend): about 5 (6.25) an element. */
+EDGEBIN_CORE void edgebin_bpack4(const float* xp, const float* yp, const float* sp, int32_t nc, int32_t stride,
+                                 uint32_t* neg) {
+  uint32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0, u, v;
+  if (yp) {
+    __asm__ volatile("1:\n\tvldmdb %[sp]!, {s8}\n\tvldmia %[xp], {s0-s3}\n\tvldmia %[yp], {s4-s7}\n\t"
+                     "vadd.f32 s8, s8, %[zero]\n\tsub %[xp], %[xp], %[st]\n\tsub %[yp], %[yp], %[st]\n\t"
+                     "vadd.f32 s0, s0, s4\n\tvadd.f32 s1, s1, s5\n\tvadd.f32 s2, s2, s6\n\tvadd.f32 s3, s3, s7\n\t"
+                     EDGEBIN_PACK_SIGNS "subs %[k], %[k], #1\n\tbne 1b\n\t"
+                     : [n0] "+&r"(n0), [n1] "+&r"(n1), [n2] "+&r"(n2), [n3] "+&r"(n3), [u] "=&r"(u), [v] "=&r"(v),
+                       [xp] "+&r"(xp), [yp] "+&r"(yp), [sp] "+&r"(sp), [k] "+&r"(nc)
+                     : [st] "r"(stride), [zero] "t"(0.0f)
+                     : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "cc", "memory");
+  } else {
+    __asm__ volatile("1:\n\tvldmdb %[sp]!, {s8}\n\tvldmia %[xp], {s0-s3}\n\tvadd.f32 s8, s8, %[zero]\n\t"
+                     "sub %[xp], %[xp], %[st]\n\t" EDGEBIN_PACK_SIGNS "subs %[k], %[k], #1\n\tbne 1b\n\t"
+                     : [n0] "+&r"(n0), [n1] "+&r"(n1), [n2] "+&r"(n2), [n3] "+&r"(n3), [u] "=&r"(u), [v] "=&r"(v),
+                       [xp] "+&r"(xp), [sp] "+&r"(sp), [k] "+&r"(nc)
+                     : [st] "r"(stride), [zero] "t"(0.0f)
+                     : "s0", "s1", "s2", "s3", "s8", "cc", "memory");
+  }
+  neg[0] = n0;
+  neg[1] = n1;
+  neg[2] = n2;
+  neg[3] = n3;
+}
+#undef EDGEBIN_PACK_SIGNS
+#endif
+
+/* Pack x (+ y) + shift >= 0 (y may be 0: no addend). On Cortex-M with an FPU four pixels at a time
+ * (edgebin_bpack4): each bit from the sum's sign rather than a float compare (VCMP and VMRS an element; the
+ * portable loop below took 11 instructions an element on Cortex-M4). The sign is the comparison's answer for every
+ * sum but a NaN (whose bit then follows its sign bit) once -0.0 is out of the way: a sum is -0.0 only when both
+ * terms are, and the shift is added to +0.0 first. */
+EDGEBIN_CORE void edgebin_bpack_core(const float* x, const float* y, const float* shift, int32_t n, int32_t c,
+                                     int32_t hw, uint32_t* bits) {
   const int32_t words = (c + 31) / 32;
   for (int32_t i = 0; i < n; ++i) {
     for (int32_t k = 0; k < words; ++k) {
       const int32_t c0 = k * 32, c1 = c - c0 < 32 ? c : c0 + 32;
-      for (int32_t p0 = 0; p0 < hw; p0 += EDGEBIN_BPACK_BLOCK) {
+      const int64_t first = ((int64_t)i * c + c0) * hw; /* channel c0's plane */
+      uint32_t* dst = bits + (int64_t)i * hw * words + k;
+      int32_t p0 = 0;
+#ifdef EDGEBIN_PACK_ASM
+      const uint32_t keep = c1 - c0 == 32 ? 0xFFFFFFFFu : (1u << (c1 - c0)) - 1u;
+      const int64_t last = first + (int64_t)(c1 - c0 - 1) * hw;
+      for (; p0 + 4 <= hw; p0 += 4) {
+        uint32_t neg[4];
+        edgebin_bpack4(x + last + p0, y ? y + last + p0 : 0, shift + c1, c1 - c0, hw * (int32_t)sizeof(float), neg);
+        for (int32_t j = 0; j < 4; ++j) dst[(int64_t)(p0 + j) * words] = ~neg[j] & keep;
+      }
+#endif
+      /* Pixels in blocks of EDGEBIN_BPACK_BLOCK: each channel's plane is read contiguously and ORs its bit into the
+       * block's words, a loop over pixels that compilers vectorize (a compare and a masked OR per 16 pixels). */
+      for (; p0 < hw; p0 += EDGEBIN_BPACK_BLOCK) {
         const int32_t np = hw - p0 < EDGEBIN_BPACK_BLOCK ? hw - p0 : EDGEBIN_BPACK_BLOCK;
         uint32_t acc[EDGEBIN_BPACK_BLOCK] = {0};
         for (int32_t ch = c0; ch < c1; ++ch) {
-          const float* plane = x + ((int64_t)i * c + ch) * hw + p0;
+          const float* xp = x + first + (int64_t)(ch - c0) * hw + p0;
+          const float* yp = y ? y + first + (int64_t)(ch - c0) * hw + p0 : 0;
           const float s = shift[ch];
           const int32_t b = ch - c0;
-          for (int32_t j = 0; j < np; ++j) acc[j] |= (uint32_t)(plane[j] + s >= 0.0f) << b;
+          if (yp) {
+            for (int32_t j = 0; j < np; ++j) acc[j] |= (uint32_t)(xp[j] + yp[j] + s >= 0.0f) << b;
+          } else {
+            for (int32_t j = 0; j < np; ++j) acc[j] |= (uint32_t)(xp[j] + s >= 0.0f) << b;
+          }
         }
-        uint32_t* dst = bits + ((int64_t)i * hw + p0) * words + k;
-        for (int32_t j = 0; j < np; ++j) dst[(int64_t)j * words] = acc[j];
+        for (int32_t j = 0; j < np; ++j) dst[(int64_t)(p0 + j) * words] = acc[j];
       }
     }
   }
+}
+
+EDGEBIN_BINARY_API void edgebin_bpack_nchw_f32(const float* x, const float* shift, int32_t n, int32_t c,
+                                                int32_t hw, uint32_t* bits) {
+  edgebin_bpack_core(x, 0, shift, n, c, hw, bits);
+}
+
+EDGEBIN_BINARY_API void edgebin_bpack_add_nchw_f32(const float* x, const float* y, const float* shift, int32_t n,
+                                                    int32_t c, int32_t hw, uint32_t* bits) {
+  edgebin_bpack_core(x, y, shift, n, c, hw, bits);
 }
 
 /* The taps [lo, hi) of a k-tap window starting at input position `start` (negative in the padding) that fall
@@ -451,11 +531,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_bits(const uint32_t* bits, const uint32_
  * words summed (<= 12), then their byte sums (<= 24) added into the total, by one USADA8 on DSP cores. On Thumb-2
  * each mask is an immediate of the AND and each shift the SUB's or ADD's shifted operand: five instructions from a
  * word to its 4-bit counts, three to byte sums. (gcc rewrites (v & 0xAAAAAAAA) >> 1 as (v >> 1) & 0x55555555, a
- * shift the AND cannot fold: seven and four.) */
-#if defined(__thumb2__) && !defined(EDGEBIN_NO_SIMD)
-#define EDGEBIN_THUMB2_SWAR 1
-#endif
-
+ * shift the AND cannot fold: seven and four.) EDGEBIN_THUMB2_SWAR (defined above) selects these paths. */
 /* The bit counts of v's eight 4-bit fields, each <= 4. */
 EDGEBIN_CORE uint32_t edgebin_nibble_counts(uint32_t v) {
 #ifdef EDGEBIN_THUMB2_SWAR
