@@ -23,7 +23,9 @@ bias (on a Cortex-M the shortcut's cast, multiply and bias add then leave TVM's 
 With the per-tap kernels (host, Raspberry Pi; not the dense Cortex-M ones, whose float output the memory planner
 reuses in place) `relu(batch_norm(conv)[0] + res)` (a ResNet block's second conv, its residual add and ReLU)
 becomes `edgebin_bconv2d_residual`, which reads `res` in its epilogue. TVM's untuned elementwise kernels for those
-adds took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters).
+adds took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters). With the dense
+kernels instead, a block's `[relu](a + b)` that feeds binary convs is packed by `edgebin_bpack_add_nchw_f32`, the sum
+never written and the ReLU folded into the shift (`relu_folded_shift`).
 
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
