@@ -136,18 +136,20 @@ typedef uint16_t edgebin_u16_alias __attribute__((may_alias)); /* 16-bit element
 
 #if defined(EDGEBIN_THUMB2_SWAR) && defined(__ARM_FP)
 #define EDGEBIN_PACK_ASM 1
-/* One channel of four pixels: the shift (from *--sp, plus 0.0 so that -0.0 is +0.0), each sum's sign bit shifted
- * into the words n0 .. n3 from below (ADDS puts the sign in the carry, ADC doubles the word and adds it). */
+/* One channel of four pixels, after the loads: the shift (s8) added to the four sums (s0-s3), each sum's sign bit
+ * shifted into its pixel's word n0 .. n3 from below (ADDS puts the sign in the carry, ADC doubles the word and adds
+ * it). */
 #define EDGEBIN_PACK_SIGNS                                                                                        \
   "vadd.f32 s0, s0, s8\n\tvadd.f32 s1, s1, s8\n\tvadd.f32 s2, s2, s8\n\tvadd.f32 s3, s3, s8\n\t"             \
   "vmov %[u], %[v], s0, s1\n\tadds %[u], %[u], %[u]\n\tadc %[n0], %[n0], %[n0]\n\tadds %[v], %[v], %[v]\n\t"   \
   "adc %[n1], %[n1], %[n1]\n\tvmov %[u], %[v], s2, s3\n\tadds %[u], %[u], %[u]\n\tadc %[n2], %[n2], %[n2]\n\t" \
   "adds %[v], %[v], %[v]\n\tadc %[n3], %[n3], %[n3]\n\t"
 
-/* (Every operand the loop writes is early-clobber, so that no input shares its register: stride and nc, both 32,
- * did.) Four pixels' words of channels [c0, c0 + nc): xp (and yp) at channel c0 + nc - 1's first pixel, sp at shift + c0 +
- * nc, stride the bytes between two channels' planes; neg[j] gets pixel j's sign bits, channel c0 in bit 0. One
- * channel is 20 instructions (25 with the addend): about 5 (6.25) an element. */
+/* Four pixels' sign words over channels [c0, c0 + nc), the last channel first: xp (and yp) at the four pixels of
+ * channel c0 + nc - 1, sp at shift + c0 + nc (read downwards, each shift plus 0.0 so that -0.0 is +0.0), stride the
+ * bytes between two channels' planes; neg[j] gets pixel j's sign bits, channel c0 in bit 0. One channel is 20
+ * instructions (25 with the addend): about 5 (6.25) an element. Every operand the loop writes is early-clobber, so
+ * that no input shares its register (stride and nc, both 32 in one test, did). */
 EDGEBIN_CORE void edgebin_bpack4(const float* xp, const float* yp, const float* sp, int32_t nc, int32_t stride,
                                  uint32_t* neg) {
   uint32_t n0 = 0, n1 = 0, n2 = 0, n3 = 0, u, v;
