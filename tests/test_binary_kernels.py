@@ -557,6 +557,19 @@ def _slice_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarra
     return {name: np.ascontiguousarray(a) for name, a in inputs.items()}, want, affine
 
 
+def _check_bits_and_affine(lib: ctypes.CDLL, names: tuple[str, str], inputs: dict[str, np.ndarray], want: np.ndarray,
+                           affine: dict[str, np.ndarray], affine_args: list[np.ndarray]) -> None:
+    """A bit-sliced kernel pair built natively: the threshold kernel's bits (called on `inputs`) equal `want`, the
+    float kernel's outputs (called on the input bits, the weights and `affine_args`) sum · mul + add."""
+    bits_name, affine_name = names
+    out = np.empty(want.shape, dtype=np.uint32)
+    getattr(lib, bits_name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
+    np.testing.assert_array_equal(out, want)
+    out_f = np.empty(affine["sums"].shape, dtype=np.float32)
+    getattr(lib, affine_name)(_ptr(inputs["bits"]), _ptr(inputs["w"]), *(_ptr(a) for a in affine_args), _ptr(out_f))
+    _assert_affine(out_f, affine["sums"], affine["mul"], affine["add"])
+
+
 @pytest.mark.parametrize("shape", SLICE_SHAPES, ids=lambda s: "x".join(map(str, s)))
 def test_slice_kernels_equal_the_reference(tmp_path, shape):
     """The portable C build of edgebin_bconv2d_slice_{bits,affine} (a ripple add per input) against the
@@ -565,15 +578,9 @@ def test_slice_kernels_equal_the_reference(tmp_path, shape):
         pytest.skip("no C compiler")
     bits_name, affine_name = (specialized_name(f"edgebin_bconv2d_slice{kind}", _geometry(*shape))
                               for kind in ("_bits", "_affine"))
-    lib = _specialized_library(tmp_path, {bits_name, affine_name})
     inputs, want, affine = _slice_case(0, shape)
-    out = np.empty(want.shape, dtype=np.uint32)
-    getattr(lib, bits_name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
-    np.testing.assert_array_equal(out, want)
-    out_f = np.empty(affine["sums"].shape, dtype=np.float32)
-    getattr(lib, affine_name)(_ptr(inputs["bits"]), _ptr(inputs["w"]), _ptr(affine["mul"]), _ptr(affine["add"]),
-                              _ptr(out_f))
-    _assert_affine(out_f, affine["sums"], affine["mul"], affine["add"])
+    _check_bits_and_affine(_specialized_library(tmp_path, {bits_name, affine_name}), (bits_name, affine_name),
+                           inputs, want, affine, [affine["mul"], affine["add"]])
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
@@ -674,15 +681,9 @@ def test_pair_kernel_equals_the_reference(tmp_path, shape):
     assert binary_slice.pair_fits(shape[1], shape[4], shape[5], shape[5], shape[6], _geometry(*shape)[-1])
     name, affine_name = (specialized_name(f"edgebin_bconv2d_pair{kind}", _geometry(*shape))
                          for kind in ("_bits", "_affine"))
-    lib = _specialized_library(tmp_path, {name, affine_name})
     inputs, want, affine = _pair_case(0, shape)
-    out = np.empty(want.shape, dtype=np.uint32)
-    getattr(lib, name)(*(_ptr(a) for a in inputs.values()), _ptr(out))
-    np.testing.assert_array_equal(out, want)
-    out_f = np.empty(affine["sums"].shape, dtype=np.float32)
-    getattr(lib, affine_name)(_ptr(inputs["bits"]), _ptr(inputs["w"]), *(_ptr(affine[k]) for k in
-                                                                         ("slot_f", "base", "mul", "add")), _ptr(out_f))
-    _assert_affine(out_f, affine["sums"], affine["mul"], affine["add"])
+    _check_bits_and_affine(_specialized_library(tmp_path, {name, affine_name}), (name, affine_name), inputs, want,
+                           affine, [affine[k] for k in ("slot_f", "base", "mul", "add")])
 
 
 @pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
