@@ -27,6 +27,7 @@ from edgebin.quant import Recipe, qat
 SHAPE = (1, 1, 12, 12)
 TARGET = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
 BINARY_CONVS = 8  # ResNet-8: stack{1,2,3}.conv{1,2} and the shortcuts of stacks 2 and 3; stem and head: 8-bit
+FUSED_SHORTCUTS = 2  # on Cortex-M, stack2's and stack3's conv2 and shortcut run as one kernel
 
 
 @pytest.fixture(scope="module")
@@ -55,15 +56,16 @@ def test_binary_to_packed_rewrites_every_binary_conv(binary_onnx, dense):
     calls = [b for b in mod["main"].body.blocks[0].bindings
              if getattr(b.value, "args", None) and getattr(b.value.args[0], "name_hint", "").startswith(
                  "edgebin_binary_conv2d")]
-    assert len(calls) == BINARY_CONVS
+    assert len(calls) == BINARY_CONVS - dense * FUSED_SHORTCUTS
     kinds = sorted(b.value.args[0].name_hint.rstrip("0123456789").removeprefix("edgebin_binary_conv2d")
                    for b in calls)
     # conv1 of each stack: BatchNorm and ReLU feed only conv2's sign, so it writes conv2's input bits (threshold
     # epilogue). Host kernels: conv2 with its BatchNorm, the residual add and the ReLU in its epilogue; the shortcuts
-    # (a bias, no BatchNorm) with scale and bias as the affine epilogue. Dense (Cortex-M) kernels: conv2 with its
-    # BatchNorm (float out for the residual add, which the memory planner writes in place); shortcuts as the host's.
+    # (a bias, no BatchNorm) with scale and bias as the affine epilogue. Dense (Cortex-M) kernels: stack1's conv2
+    # writes its counts (its BatchNorm, the residual add and the ReLU go into the packing of stack2's input bits);
+    # stack2's and stack3's conv2 with the shortcut and the add.
     if dense:
-        assert kinds == ["_affine"] * 5 + ["_bits"] * 3
+        assert kinds == ["_bits"] * 3 + ["_counts"] + ["_shortcut"] * FUSED_SHORTCUTS
     else:
         assert kinds == ["_affine", "_affine", "_bits", "_bits", "_bits", "_residual", "_residual", "_residual"]
         ops = Counter(call_op_name(b.value) for b in mod["main"].body.blocks[0].bindings)
@@ -97,9 +99,12 @@ def test_cortex_m4_bundle_runs_the_binary_convs_on_packed_bits(binary_onnx, tmp_
     bundle = compile_bundle(binary_onnx, targets.load("cortex-m4"), tmp_path / "bundle")
     manifest = json.loads((bundle / "bundle.json").read_text())
     convs = [k for k in manifest["kernels"] if k["kind"] == "binary"]
-    assert len(convs) == BINARY_CONVS and all(k["macs"] > 0 and k["layer"] for k in convs)
+    layers = [k["layer"].split(" + ") for k in convs if k["macs"] > 0 and k["layer"]]
+    assert len(layers) == len(convs) and sum(map(len, layers)) == BINARY_CONVS  # "stack2.conv2 + stack2.shortcut"
+    assert sorted(map(len, layers)) == [1] * (BINARY_CONVS - 2 * FUSED_SHORTCUTS) + [2] * FUSED_SHORTCUTS
     elements = layer_weights(onnx.load(str(binary_onnx)))  # packed at a bit a weight, twice in the paired kernel
-    assert all(elements[k["layer"]] / 8 <= k["packed_weight_bytes"] <= elements[k["layer"]] / 4 for k in convs)
+    weights = [sum(elements[name] for name in names) for names in layers]
+    assert all(n / 8 <= k["packed_weight_bytes"] <= n / 4 for k, n in zip(convs, weights, strict=True))
     kernels_c = (bundle / "kernels.c").read_text()
     assert '#include "edgebin_binary.h"' in kernels_c and (bundle / "edgebin_binary.h").is_file()
     runner = QemuRunner(targets.load("cortex-m4"), timeout_s=300)
@@ -149,11 +154,14 @@ def test_w1a1_resnet8_at_28x28_fits_cortex_m4(tmp_path):
     target = targets.load("cortex-m4")
     bundle = compile_bundle(tmp_path / "model.onnx", target, tmp_path / "bundle")
     manifest = json.loads((bundle / "bundle.json").read_text())
-    assert manifest["arena_bytes"] <= 2 * 50_176 + 4_096  # the skip tensor and one conv output, plus bits
-    # stack1's and stack2's residual add + ReLU go into the packing of the next stack's input bits (never written);
-    # stack3's, which the pooling reads, is written over its conv input
-    assert set(re.findall(r"edgebin_bpack_add_nchw_f32__[0-9_]+", (bundle / "kernels.c").read_text())) == {
-        "edgebin_bpack_add_nchw_f32__1_16_784", "edgebin_bpack_add_nchw_f32__1_32_196"}
+    assert manifest["arena_bytes"] <= 50_176 + 16_384  # the skip tensor, stack1.conv2's counts (a byte each), bits
+    # stack1's conv2 writes counts, its BatchNorm, residual add and ReLU go into the packing of stack2's input bits
+    # (never written as floats); stack2's and stack3's adds into their conv + shortcut kernels, stack2's ReLU into
+    # the packing's shift; stack3's ReLU, which the pooling reads, is written over its input
+    kernels_c = (bundle / "kernels.c").read_text()
+    assert set(re.findall(r"edgebin_bpack_\w+?__[0-9_]+", kernels_c)) == {
+        "edgebin_bpack_nchw_f32__1_16_784", "edgebin_bpack_pair_add__1_16_28_28", "edgebin_bpack_nchw_f32__1_32_196"}
+    assert len(set(re.findall(r"edgebin_bconv2d_slice_shortcut__[0-9_]+", kernels_c))) == FUSED_SHORTCUTS
     assert sum("in_place_of" in t for t in manifest["tensors"]) == 1
     runner = QemuRunner(target, timeout_s=300)
     elf = runner.build(bundle, tmp_path / "fw")

@@ -716,3 +716,189 @@ def test_pair_kernel_on_cortex_m_equals_the_reference(tmp_path, target):
         sums = affine["sums"]
         _assert_affine(got[at : at + sums.size].reshape(sums.shape), sums, affine["mul"], affine["add"])
         at += sums.size
+
+
+# (block conv, (shortcut channels, input height, width, stride)): ResNet-8's downsampling blocks at small sizes (16
+# and 32 shortcut channels, stride 2, an odd input), a batch, and a conv of 576 products whose counts pass 255
+# (the C epilogue) beside a stride-1 shortcut over three 16-channel blocks.
+SHORTCUT_SHAPES = [((1, 32, 7, 7, 32, 3, 1, 1), (16, 14, 13, 2)), ((2, 32, 5, 5, 64, 3, 1, 1), (32, 9, 10, 2)),
+                   ((1, 64, 4, 4, 32, 3, 1, 1), (48, 4, 4, 1))]
+
+
+def _shortcut_case(index: int, shape: tuple[int, ...], short: tuple[int, ...]) -> tuple[dict[str, np.ndarray],
+                                                                                        dict[str, np.ndarray]]:
+    """`edgebin_bconv2d_slice_shortcut`'s inputs in call order, and the exact sums of both convs with mul, smul and
+    the combined add."""
+    inputs, _, affine = _slice_case(index, shape)
+    n, cout = shape[0], shape[4]
+    sc, sh, sw, stride = short
+    rng = np.random.default_rng(index + 90)
+    signs = np.where(rng.standard_normal((n, sc, sh, sw)) >= 0, 1, -1)
+    codes = np.where(rng.standard_normal((cout, sc, 1, 1)) >= 0, 1, -1).astype(np.int8)
+    ssums = binary_conv2d_reference(signs, codes, (stride, stride), (0, 0))
+    assert ssums.shape == affine["sums"].shape
+    call = {"bits": inputs["bits"], "w": inputs["w"],
+            "sbits": pack_activation_bits(signs.astype(np.float32), np.zeros(sc, np.float32)),
+            "sweights": binary_slice.pack_sliced_weight_bits(codes), "mul": affine["mul"],
+            "smul": rng.standard_normal(cout).astype(np.float32), "add": affine["add"]}
+    return ({name: np.ascontiguousarray(a) for name, a in call.items()},
+            {"sums": affine["sums"], "ssums": ssums})
+
+
+def _shortcut_name(shape: tuple[int, ...], short: tuple[int, ...]) -> str:
+    return specialized_name("edgebin_bconv2d_slice_shortcut", (*_geometry(*shape), *short[:3], short[3], short[3]))
+
+
+def _assert_shortcut_sum(got: np.ndarray, call: dict[str, np.ndarray], sums: dict[str, np.ndarray]) -> None:
+    """Each float equals (sum · mul + add) + shortcut sum · smul, each step rounded once (an FMA) or twice."""
+    def steps(acc: np.ndarray, s: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
+        m = m.reshape(1, -1, 1, 1)
+        return [acc + s.astype(np.float32) * m,
+                (acc.astype(np.float64) + s.astype(np.float64) * m.astype(np.float64)).astype(np.float32)]
+
+    zero = np.zeros_like(sums["sums"], np.float32)
+    firsts = steps(zero + call["add"].reshape(1, -1, 1, 1), sums["sums"], call["mul"])
+    ok = np.zeros(got.shape, bool)
+    for first in firsts:
+        for want in steps(first, sums["ssums"], call["smul"]):
+            ok |= got == want
+    assert ok.all(), f"{(~ok).sum()} of {ok.size} floats differ"
+
+
+@pytest.mark.parametrize(("shape", "short"), SHORTCUT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_shortcut_kernel_equals_the_reference(tmp_path, shape, short):
+    """The portable C build of edgebin_bconv2d_slice_shortcut: a block's conv and its 1x1 shortcut in one kernel."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    assert binary_slice.shortcut_fits(short[0], 1, 1, (0, 0))
+    name = _shortcut_name(shape, short)
+    call, sums = _shortcut_case(0, shape, short)
+    out = np.empty(sums["sums"].shape, dtype=np.float32)
+    getattr(_specialized_library(tmp_path, {name}), name)(*(_ptr(a) for a in call.values()), _ptr(out))
+    _assert_shortcut_sum(out, call, sums)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_shortcut_kernel_on_cortex_m_equals_the_reference(tmp_path, target):
+    """The Thumb-2 build (the float epilogue's two counts in assembly) on QEMU, every shape."""
+    lines, calls, cases, names = [], [], [], set()
+    for i, (shape, short) in enumerate(SHORTCUT_SHAPES):
+        call, sums = _shortcut_case(i, shape, short)
+        lines += [_c_array(f"{name}{i}", a) for name, a in call.items()]
+        name = _shortcut_name(shape, short)
+        names.add(name)
+        size = sums["sums"].size
+        calls.append(f"  {{ static float f[{size}]; {name}({', '.join(f'{k}{i}' for k in call)}, f);\n"
+                     f"    for (int i = 0; i < {size}; ++i) *out++ = f[i]; }}\n")
+        cases.append((call, sums))
+    got = _qemu_outputs(tmp_path, target, names, lines, calls, sum(s["sums"].size for _, s in cases))
+    at = 0
+    for call, sums in cases:
+        size = sums["sums"].size
+        _assert_shortcut_sum(got[at : at + size].reshape(sums["sums"].shape), call, sums)
+        at += size
+
+
+
+
+# The paired kernel's shapes of at most 255 products (its counts in a byte), and one of stride 2.
+COUNT_SHAPES = [PAIR_SHAPES[0], PAIR_SHAPES[1], PAIR_SHAPES[4], (1, 16, 7, 8, 16, 3, 2, 1)]
+
+
+def _pair_add_case(index: int, shape: tuple[int, ...]) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
+                                                                  np.ndarray]:
+    """`edgebin_bconv2d_pair_counts`' inputs for one shape; the counts it must give, (taps · c - sum) / 2 as (N, 16,
+    OH, OW); a residual; and `edgebin_bpack_pair_add`'s (mul, add) per channel, interleaved (add never -0.0)."""
+    n, c, h, w, cout, k, stride, pad = shape
+    x, codes, sums, *_ = _threshold_case(np.random.default_rng(index + 110), shape, relu=False)
+    oh, ow = _geometry(*shape)[-2:]
+    slot, delta = binary_slice.pair_deltas(codes, h, w, (stride, stride), (pad, pad), oh, ow)
+    inputs = {"bits": pack_activation_bits(x, np.zeros(c, np.float32)),
+              "w": binary_slice.pack_paired_weight_bits(codes), "slot": slot, "delta": delta}
+    rng = np.random.default_rng(index + 111)
+    res = rng.standard_normal(sums.shape).astype(np.float32)
+    ma = (np.stack([rng.standard_normal(cout), rng.standard_normal(cout)], axis=1) * [0.05, 1]).astype(np.float32)
+    return ({name: np.ascontiguousarray(a) for name, a in inputs.items()}, (k * k * c - sums) // 2, res,
+            np.ascontiguousarray(ma + np.float32(0.0)))
+
+
+def _pair_count_bytes(words: np.ndarray, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """(N, OH, pairs, 8) words of `edgebin_bconv2d_pair_counts` -> counts (N, 16, OH, OW): lane j of a pair is byte
+    j // 8 of word j % 8, lanes 0-15 its first pixel's channels, 16-31 its second's."""
+    n, cout, oh, ow = shape
+    lanes = np.arange(32)
+    counts = (words[..., lanes % 8] >> (8 * (lanes // 8)).astype(np.uint32)) & 255  # (N, OH, pairs, 32)
+    pixels = counts.reshape(n, oh, -1, 2, cout).transpose(0, 4, 1, 2, 3).reshape(n, cout, oh, -1)
+    return pixels[..., :ow]
+
+
+def _pair_add_bits(counts: np.ndarray, res: np.ndarray, ma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The bits `edgebin_bpack_pair_add` must write, (count · mul + res) + add >= 0, its first step rounded twice or
+    once (an FMA)."""
+    mul, add = (ma[:, j].reshape(1, -1, 1, 1) for j in (0, 1))
+    twice = counts.astype(np.float32) * mul + res
+    once = (counts.astype(np.float64) * mul.astype(np.float64) + res.astype(np.float64)).astype(np.float32)
+    return tuple(pack_activation_bits(v + add, np.zeros(res.shape[1], np.float32)) for v in (twice, once))
+
+
+def _check_pair_add(got_words: np.ndarray, got_bits: np.ndarray, counts: np.ndarray, res: np.ndarray,
+                    ma: np.ndarray) -> None:
+    np.testing.assert_array_equal(_pair_count_bytes(got_words, counts.shape), counts)
+    twice, once = _pair_add_bits(counts, res, ma)
+    assert ((got_bits == twice) | (got_bits == once)).all()
+
+
+@pytest.mark.parametrize("shape", COUNT_SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_pair_counts_and_their_packing_equal_the_reference(tmp_path, shape):
+    """The portable C build of edgebin_bconv2d_pair_counts (each pixel's mismatches moved to an interior pixel's)
+    and of edgebin_bpack_pair_add on its output."""
+    if CC is None:
+        pytest.skip("no C compiler")
+    n, c, h, w, cout, k, stride, pad = shape
+    geometry = _geometry(*shape)
+    counts_name = specialized_name("edgebin_bconv2d_pair_counts", geometry)
+    pack_name = specialized_name("edgebin_bpack_pair_add", (n, cout, *geometry[-2:]))
+    lib = _specialized_library(tmp_path, {counts_name, pack_name})
+    inputs, counts, res, ma = _pair_add_case(0, shape)
+    oh, ow = geometry[-2:]
+    words = np.zeros((n, oh, (ow + 1) // 2, 8), np.uint32)
+    getattr(lib, counts_name)(*(_ptr(a) for a in inputs.values()), _ptr(words))
+    bits = np.zeros((n, oh, ow, 1), np.uint32)
+    getattr(lib, pack_name)(_ptr(words), _ptr(res), _ptr(ma), _ptr(bits))
+    _check_pair_add(words, bits, counts, res, ma)
+
+
+@pytest.mark.skipif(shutil.which("qemu-system-arm") is None or shutil.which("arm-none-eabi-gcc") is None,
+                    reason="needs qemu-system-arm and arm-none-eabi-gcc (make setup)")
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m55"])
+def test_pair_counts_and_their_packing_on_cortex_m_equal_the_reference(tmp_path, target):
+    """The Thumb-2 build (UADD8 border corrections, the packing's signs in assembly) on QEMU."""
+    lines, calls, cases, names = [], [], [], set()
+    for i, shape in enumerate(COUNT_SHAPES):
+        n, c, h, w, cout, k, stride, pad = shape
+        geometry = _geometry(*shape)
+        oh, ow = geometry[-2:]
+        counts_name = specialized_name("edgebin_bconv2d_pair_counts", geometry)
+        pack_name = specialized_name("edgebin_bpack_pair_add", (n, cout, oh, ow))
+        names |= {counts_name, pack_name}
+        inputs, counts, res, ma = _pair_add_case(i, shape)
+        lines += [_c_array(f"{name}{i}", a) for name, a in [*inputs.items(), ("res", res), ("ma", ma)]]
+        words, bits = n * oh * ((ow + 1) // 2) * 8, n * oh * ow
+        calls.append(f"  {{ static uint32_t c[{words}], b[{bits}];\n"
+                     f"    {counts_name}(bits{i}, w{i}, slot{i}, delta{i}, c); {pack_name}(c, res{i}, ma{i}, b);\n"
+                     f"    for (int i = 0; i < {words}; ++i) {{\n"
+                     f"      *out++ = (float)(c[i] & 0xFFFFu);\n      *out++ = (float)(c[i] >> 16);\n    }}\n"
+                     f"    for (int i = 0; i < {bits}; ++i) *out++ = (float)b[i]; }}\n")
+        cases.append((shape, counts, res, ma, words, bits))
+    got = _qemu_outputs(tmp_path, target, names, lines, calls, sum(2 * c[4] + c[5] for c in cases))
+    at = 0
+    for shape, counts, res, ma, words, bits in cases:
+        halves = got[at : at + 2 * words].astype(np.uint32)
+        at += 2 * words
+        oh, ow = counts.shape[2:]
+        got_words = (halves[0::2] | halves[1::2] << 16).reshape(shape[0], oh, (ow + 1) // 2, 8)
+        got_bits = got[at : at + bits].astype(np.uint32).reshape(shape[0], oh, ow, 1)
+        at += bits
+        _check_pair_add(got_words, got_bits, counts, res, ma)

@@ -25,7 +25,9 @@ reuses in place) `relu(batch_norm(conv)[0] + res)` (a ResNet block's second conv
 becomes `edgebin_bconv2d_residual`, which reads `res` in its epilogue. TVM's untuned elementwise kernels for those
 adds took longer than the binary convs themselves (LLVM vectorized them with gathers and scatters). With the dense
 kernels instead, a block's `[relu](a + b)` that feeds binary convs is packed by `edgebin_bpack_add_nchw_f32`, the sum
-never written and the ReLU folded into the shift (`relu_folded_shift`).
+never written and the ReLU folded into the shift (`relu_folded_shift`); where a is a paired conv's BatchNorm, the conv
+writes its counts and `edgebin_bpack_pair_add` applies the BatchNorm as it packs (`_counted_sum`); and a downsampling
+block's `batch_norm(conv2) + shortcut` runs as one kernel, `edgebin_bconv2d_slice_shortcut` (`_shortcut_sum`).
 
 with the weight codes packed to bits at compile time (`pack_weight_bits`, 1 bit per weight: parameters / 8
 bytes). The kernels are C (`binary_kernels/edgebin_binary.h`), called through `T.call_extern` from thin TIR
@@ -97,6 +99,12 @@ _POINTERS = {  # each kernel of HEADER: its pointer parameters before its intege
                                      "const int32_t* base", "const float* mul", "const float* add"), "float* out"),
     "edgebin_bconv2d_slice_affine": (("const uint32_t* bits", "const uint32_t* w", "const float* mul",
                                       "const float* add"), "float* out"),
+    "edgebin_bconv2d_pair_counts": (("const uint32_t* bits", "const uint32_t* w", "const int8_t* slot",
+                                     "const uint32_t* delta"), "uint32_t* out"),
+    "edgebin_bpack_pair_add": (("const uint32_t* counts", "const float* res", "const float* ma"), "uint32_t* out"),
+    "edgebin_bconv2d_slice_shortcut": (("const uint32_t* bits", "const uint32_t* w", "const uint32_t* sbits",
+                                        "const uint32_t* sweights", "const float* mul", "const float* smul",
+                                        "const float* add"), "float* out"),
 }
 for _kernel in ("edgebin_bconv2d_dense", "edgebin_bconv2d_dense_affine", "edgebin_bconv2d_dense_bits"):
     _inputs, _output = _POINTERS[_kernel]  # MST-compression: the tree's tables after tapsum
@@ -295,8 +303,12 @@ class _Rewriter(PyExprMutator):
                 self.rewritten["conv2d"] += 1
                 return self._emit_conv(conv)
         if op == "relax.add" and not self.mst:
+            fused = self._shortcut_sum(call)
+            if fused is not None:
+                self.rewritten["conv2d+batch_norm+shortcut+add"] += 1
+                return self._emit_shortcut_sum(*fused)
             biased = self._biased_conv(call)
-            if biased is not None:
+            if biased is not None and not self._folded_into_shortcut_sum(call):
                 self.rewritten["conv2d+bias"] += 1
                 conv, bias = biased
                 return self._emit_conv(conv, (conv.scale, bias))
@@ -322,6 +334,74 @@ class _Rewriter(PyExprMutator):
             if bias is not None and tensor_shape(call) == conv.out_shape:
                 return conv, bias
         return None
+
+    def _shortcut_sum(self, call) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], _BinaryConv,
+                                           tuple[np.ndarray, np.ndarray]] | None:
+        """(conv, its BatchNorm as mul/add, shortcut, its mul/add) when `call`, on a dense target with the sliced
+        kernels, is add(batch_norm(binary conv)[0], 1x1 binary conv [+ bias, or its BatchNorm]), each addend used only
+        there and both convs fitting `binary_slice.shortcut_fits`: a downsampling ResNet block's end, which
+        `edgebin_bconv2d_slice_shortcut` computes as one kernel (its two counts, one float epilogue). The shortcut's
+        own kernel cost 0.82 and 0.55 instructions per binary MAC on the cortex-m4 (16 and 32 products a sum)."""
+        if not self.dense or self.mst or not SLICED.get() or call_op_name(call) != "relax.add":
+            return None
+        for normed, other in (call.args, reversed(call.args)):
+            main = self._normed_conv(normed)
+            short = self._shortcut_conv(other)
+            if main is None or short is None:
+                continue
+            (conv, affine), (shortcut, saffine) = main, short
+            n, c, _, _ = tensor_shape(conv.x)
+            cout, _, kh, kw = conv.codes.shape
+            _, sc, _, _ = tensor_shape(shortcut.x)
+            if (conv.out_shape == shortcut.out_shape == tensor_shape(call) and binary_slice.fits(c, cout, kh * kw,
+                    "_affine") and binary_slice.shortcut_fits(sc, *shortcut.codes.shape[2:], shortcut.padding)):
+                return conv, affine, shortcut, saffine
+        return None
+
+    def _normed_conv(self, expr) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray]] | None:
+        """(conv, its BatchNorm as mul/add) when `expr` is a variable bound to batch_norm(binary conv)[0] and used
+        once."""
+        item = self.value(expr)
+        if not isinstance(expr, relax.Var) or not self.graph.single_use(expr) or not isinstance(
+                item, relax.TupleGetItem) or item.index != 0:
+            return None
+        norm = self.value(item.tuple_value)
+        if call_op_name(norm) != "relax.nn.batch_norm" or call_op_name(self.value(norm.args[0])) != "relax.nn.conv2d":
+            return None
+        conv = self._match_conv(self.value(norm.args[0]))
+        affine = self._batch_norm(norm, conv)
+        return None if conv is None or affine is None else (conv, affine)
+
+    def _shortcut_conv(self, expr) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray]] | None:
+        """(conv, mul/add) when `expr` is a variable used once and bound to a binary conv plus a bias (mul the
+        weight scale) or to its BatchNorm."""
+        if not isinstance(expr, relax.Var) or not self.graph.single_use(expr):
+            return None
+        value = self.value(expr)
+        if call_op_name(value) == "relax.add":
+            biased = self._biased_conv(value)
+            return None if biased is None else (biased[0], (biased[0].scale, biased[1]))
+        return self._normed_conv(expr)
+
+    def _folded_into_shortcut_sum(self, expr) -> bool:
+        """True when `expr` (a BatchNorm's output or a biased conv) is an addend `_shortcut_sum` fuses."""
+        var = self.graph.var_of.get(expr)
+        users = self.graph.users.get(var, []) if var is not None else []
+        return len(users) == 1 and self._shortcut_sum(users[0]) is not None
+
+    def _emit_shortcut_sum(self, conv: _BinaryConv, affine: tuple[np.ndarray, np.ndarray], shortcut: _BinaryConv,
+                           saffine: tuple[np.ndarray, np.ndarray]):
+        """One `edgebin_bconv2d_slice_shortcut` call: sum · mul + shortcut sum · smul + (add + shortcut add)."""
+        n, c, h, w = tensor_shape(conv.x)
+        cout, _, kh, kw = conv.codes.shape
+        _, _, oh, ow = conv.out_shape
+        _, sc, sh_in, sw_in = tensor_shape(shortcut.x)
+        shape = (n, c, h, w, cout, kh, kw, *conv.stride, *conv.padding, oh, ow, sc, sh_in, sw_in, *shortcut.stride)
+        inputs = [self._input_bits(conv), const(binary_slice.pack_sliced_weight_bits(conv.codes)),
+                  self._input_bits(shortcut), const(binary_slice.pack_sliced_weight_bits(shortcut.codes)),
+                  const(affine[0]), const(saffine[0]), const((affine[1] + saffine[1]).astype(np.float32))]
+        return self._extern("edgebin_bconv2d_slice_shortcut", shape, inputs, (n, cout, oh, ow), "float32",
+                            "binary_conv2d_shortcut")
 
     def _folded_into_bias(self, call) -> bool:
         """True when the conv's only user is a bias add that `_biased_conv` folds it into (see
@@ -395,7 +475,8 @@ class _Rewriter(PyExprMutator):
         rewritten on its own before is then unused and dropped)."""
         norm = self.value(op.tuple_value)
         if op.index == 0 and call_op_name(norm) == "relax.nn.batch_norm" and call_op_name(
-                self.value(norm.args[0])) == "relax.nn.conv2d" and not self._folded_into_residual(op):
+                self.value(norm.args[0])) == "relax.nn.conv2d" and not self._folded_into_residual(
+                op) and not self._folded_into_shortcut_sum(op) and not self._folded_into_counted_sum(op):
             conv = self._match_conv(self.value(norm.args[0]))
             affine = self._batch_norm(norm, conv)
             if conv is not None and affine is not None:
@@ -495,27 +576,116 @@ class _Rewriter(PyExprMutator):
             direction, threshold = sign_thresholds(mul, add, conv.shift, relu=relu)
             return self._conv_call(source, self._input_bits(source), "_bits", [const(direction), const(threshold)])
         n, c, h, w = tensor_shape(conv.x)
+        counted = self._counted_sum(conv.x)
+        if counted is not None:  # a block's end after a paired conv: its counts, then BatchNorm, add, ReLU and sign
+            source, (mul, add), res, relu = counted
+            self.rewritten["conv2d+batch_norm+add+relu+pack" if relu else "conv2d+batch_norm+add+pack"] += 1
+            shift = (relu_folded_shift(conv.shift) if relu else conv.shift).astype(np.float64)
+            products = source.codes[0].size  # c · kh · kw: sum = products - 2 count'
+            ma = np.stack([-2.0 * mul, products * mul.astype(np.float64) + add + shift], axis=1)
+            return self._extern("edgebin_bpack_pair_add", (n, c, h, w),
+                                [self._pair_counts(source), self.visit_expr(res),
+                                 const(ma.astype(np.float32) + np.float32(0.0))],  # + 0.0: no -0.0 (its sign bit)
+                                (n, h, w, words_for(c)), "uint32", "binary_pack_pair_add")
         summed = self._packed_sum(conv.x) if self.dense else None
         if summed is not None:  # a residual block's end: its add (and ReLU) go into the packing kernel
-            (a, b), relu = summed
-            self.rewritten["add+relu+pack" if relu else "add+pack"] += 1
+            addends, relu = summed
             shift = relu_folded_shift(conv.shift) if relu else conv.shift
+            if len(addends) == 1:  # the sum is a conv + shortcut kernel's output: the ReLU alone goes
+                self.rewritten["relu+pack" if relu else "pack"] += 1
+                return self._extern("edgebin_bpack_nchw_f32", (n, c, h * w),
+                                    [self.visit_expr(addends[0]), const(shift)], (n, h, w, words_for(c)), "uint32",
+                                    "binary_pack")
+            self.rewritten["add+relu+pack" if relu else "add+pack"] += 1
             return self._extern("edgebin_bpack_add_nchw_f32", (n, c, h * w),
-                                [self.visit_expr(a), self.visit_expr(b), const(shift)],
+                                [self.visit_expr(a) for a in addends] + [const(shift)],
                                 (n, h, w, words_for(c)), "uint32", "binary_pack_add")
         return self._extern("edgebin_bpack_nchw_f32", (n, c, h * w), [self.visit_expr(conv.x), const(conv.shift)],
                             (n, h, w, words_for(c)), "uint32", "binary_pack")
 
-    def _packed_sum(self, x) -> tuple[tuple[relax.Expr, relax.Expr], bool] | None:
-        """((a, b), ReLU?) when `x` is [relu](a + b) of two float tensors of x's shape (a ResNet block's residual
-        add): `edgebin_bpack_add_nchw_f32` then packs the sum's signs without writing it, the ReLU folded into the
-        shift (`relu_folded_shift`). The add and ReLU stay for other users, if any; on Cortex-M TVM's kernel for
-        them took about 10 instructions an element."""
+    def _counted_sum(self, x) -> tuple[_BinaryConv, tuple[np.ndarray, np.ndarray], relax.Expr, bool] | None:
+        """(conv, its BatchNorm as mul/add, res, ReLU?) when `x`, which only signs read, is [relu](batch_norm(binary
+        conv)[0] + res) on a dense target and the conv runs on the paired kernel with at most 255 products a sum (a
+        ResNet block's second conv of 16 channels): the conv then writes its counts (`edgebin_bconv2d_pair_counts`)
+        and `edgebin_bpack_pair_add` does the BatchNorm, the residual add, the ReLU (in the shift) and the sign. Its
+        float epilogue cost 0.06 instructions per binary MAC on the cortex-m4, its output 4 bytes an element."""
+        if not self.dense or self.mst or not SLICED.get() or not isinstance(x, relax.Var) or not self._only_signs(x):
+            return None
         value, relu = self.value(x), False
         if call_op_name(value) == "relax.nn.relu":
+            if not self.graph.single_use(value.args[0]):
+                return None
             value, relu = self.value(value.args[0]), True
         if call_op_name(value) != "relax.add":
             return None
+        for normed, res in (value.args, reversed(value.args)):
+            main = self._normed_conv(normed)
+            if (main is None or tensor_shape(res) != tensor_shape(x) or tensor_dtype(res) != "float32"
+                    or const_array(self.value(res)) is not None):
+                continue
+            conv, affine = main
+            c, kh, kw = conv.codes.shape[1:]
+            if c * kh * kw < 256 and binary_slice.pair_fits(c, conv.codes.shape[0], kh, kw, conv.stride[1],
+                                                            conv.out_shape[3], "_affine"):
+                return conv, affine, res, relu
+        return None
+
+    def _only_signs(self, x) -> bool:
+        """True when every user of `x` compares it, or it plus a constant, with 0: a binarization's sign."""
+        for user in self.graph.users.get(x, []):
+            if call_op_name(user) == "relax.add" and const_array(self.value(user.args[1])) is not None:
+                var = self.graph.var_of.get(user)
+                users = self.graph.users.get(var, []) if var is not None else [None]
+                if any(call_op_name(u) != "relax.greater_equal" for u in users):
+                    return False
+            elif call_op_name(user) != "relax.greater_equal":
+                return False
+        return True
+
+    def _folded_into_counted_sum(self, item) -> bool:
+        """True when `item` (a BatchNorm's output) is the one a `_counted_sum` packing reads as counts."""
+        var = self.graph.var_of.get(item)
+        if not self.dense or var is None or not self.graph.single_use(var):
+            return False
+        added = self.graph.users.get(var, [None])[0]
+        x = self.graph.var_of.get(added)
+        relus = self.graph.users.get(x, []) if x is not None else []
+        if len(relus) == 1 and call_op_name(relus[0]) == "relax.nn.relu":
+            x = self.graph.var_of.get(relus[0])
+        counted = self._counted_sum(x) if x is not None else None
+        return counted is not None and counted[0].x.same_as(self._normed_conv(var)[0].x)
+
+    def _pair_counts(self, conv: _BinaryConv):
+        """`conv`'s counts, (c · kh · kw - sum) / 2, as `edgebin_bconv2d_pair_counts` writes them (emitted once)."""
+        key = (conv.x, conv.shift.tobytes(), "counts")
+        if key not in self.bits_of:
+            n, c, h, w = tensor_shape(conv.x)
+            cout, _, kh, kw = conv.codes.shape
+            _, _, oh, ow = conv.out_shape
+            slot, delta = binary_slice.pair_deltas(conv.codes, h, w, conv.stride, conv.padding, oh, ow)
+            shape = (n, c, h, w, cout, kh, kw, *conv.stride, *conv.padding, oh, ow)
+            self.bits_of[key] = self._extern(
+                "edgebin_bconv2d_pair_counts", shape, [self._input_bits(conv),
+                                                       const(binary_slice.pack_paired_weight_bits(conv.codes)),
+                                                       const(slot), const(delta)],
+                (n, oh, (ow + 1) // 2, 8), "uint32", "binary_conv2d_counts")
+        return self.bits_of[key]
+
+    def _packed_sum(self, x) -> tuple[tuple[relax.Expr, ...], bool] | None:
+        """((a, b), ReLU?) when `x` is [relu](a + b) of two float tensors of x's shape (a ResNet block's residual
+        add): `edgebin_bpack_add_nchw_f32` then packs the sum's signs without writing it, the ReLU folded into the
+        shift (`relu_folded_shift`). The add and ReLU stay for other users, if any; on Cortex-M TVM's kernel for
+        them took about 10 instructions an element. ((sum,), ReLU?) when a conv + shortcut kernel computes the add
+        (`_shortcut_sum`): the plain packing kernel then reads its output, the ReLU folded the same way."""
+        value, relu = self.value(x), False
+        if call_op_name(value) == "relax.nn.relu":
+            added, value, relu = value.args[0], self.value(value.args[0]), True
+        else:
+            added = x
+        if call_op_name(value) != "relax.add":
+            return None
+        if self._shortcut_sum(value) is not None:
+            return (added,), relu
         shape = tensor_shape(x)
         if any(tensor_shape(a) != shape or tensor_dtype(a) != "float32" or const_array(self.value(a)) is not None
                for a in value.args):
@@ -640,13 +810,23 @@ INLINE = "static inline __attribute__((always_inline))"
 _BINARY_CALL = re.compile(r"\b(edgebin_b\w+?__[0-9_]+)\(")
 
 
-def binary_macs(name: str) -> int:
-    """Binary multiply-accumulates of one call of a specialized conv (padding taps included, as for any conv);
-    0 for the packing kernel and anything else."""
+def binary_parts(name: str) -> tuple[tuple[int, int], ...]:
+    """(binary MACs, weight elements) of each conv one call of a specialized conv kernel computes (padding taps
+    included, as for any conv): one, or two for `edgebin_bconv2d_slice_shortcut` (the block's conv, then its 1x1
+    shortcut); none for the packing kernels and anything else."""
     if kernel_of(name) not in _CONVS:
-        return 0
-    n, c, _, _, cout, kh, kw, _, _, _, _, oh, ow = (int(v) for v in name.split("__", 1)[1].split("_"))
-    return n * cout * oh * ow * c * kh * kw
+        return ()
+    n, c, _, _, cout, kh, kw, _, _, _, _, oh, ow, *shortcut = (int(v) for v in name.split("__", 1)[1].split("_"))
+    parts = [(n * cout * oh * ow * c * kh * kw, cout * c * kh * kw)]
+    if shortcut:
+        parts.append((n * cout * oh * ow * shortcut[0], cout * shortcut[0]))
+    return tuple(parts)
+
+
+def binary_macs(name: str) -> int:
+    """Binary multiply-accumulates of one call of a specialized conv kernel (`binary_parts`); 0 for the packing
+    kernels and anything else."""
+    return sum(macs for macs, _ in binary_parts(name))
 
 
 def called_in_source(source: str) -> frozenset[str]:
@@ -666,6 +846,6 @@ def uses_binary_kernels(mod) -> bool:
 
 
 __all__ = ["BinaryToPacked", "DENSE_COLUMN_WORDS", "HEADER", "KERNEL_DIR", "binary_conv2d_reference",
-           "binary_kernel_names", "binary_macs", "c_source", "called_in_source", "kernel_of", "pack_activation_bits",
-           "pack_dense_weight_bits", "pack_weight_bits", "relu_folded_shift", "specialized_name", "tap_sums",
-           "uses_binary_kernels", "words_for"]
+           "binary_kernel_names", "binary_macs", "binary_parts", "c_source", "called_in_source", "kernel_of",
+           "pack_activation_bits", "pack_dense_weight_bits", "pack_weight_bits", "relu_folded_shift",
+           "specialized_name", "tap_sums", "uses_binary_kernels", "words_for"]

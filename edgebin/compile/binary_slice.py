@@ -30,6 +30,12 @@ def fits(c: int, cout: int, taps: int, epilogue: str = "_bits") -> bool:
     return epilogue in ("_bits", "_affine") and c % BLOCK == 0 and cout % LANES == 0 and c * taps <= DEPTH
 
 
+def shortcut_fits(c: int, kh: int, kw: int, padding: tuple[int, int]) -> bool:
+    """True when `edgebin_bconv2d_slice_shortcut` takes a shortcut conv of c input channels: 1x1 and unpadded (its
+    one tap always inside), c a multiple of BLOCK and its counts below 256 (one byte a lane in the float epilogue)."""
+    return kh == kw == 1 and tuple(padding) == (0, 0) and c % BLOCK == 0 and c < 256
+
+
 def pack_sliced_weight_bits(codes: np.ndarray) -> np.ndarray:
     """(Cout, C, KH, KW) codes in {-1, +1} -> uint32 (Cout / 32, KH·KW, C): bit j of word [g, t, ch] is
     codes[32 g + j, ch, ky, kx] > 0 with t = ky·KW + kx."""
@@ -198,5 +204,22 @@ def pair_bases(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], paddi
     return slot, base
 
 
+def pair_deltas(codes: np.ndarray, h: int, w: int, stride: tuple[int, int], padding: tuple[int, int], oh: int,
+                ow: int) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, delta) of `edgebin_bconv2d_pair_counts`: slot as `_pair_halves`; uint32 (rows, 9) per row the bytes
+    (taps · c - base) / 2 that move each lane's count to that of an interior pixel, count' = (taps · c - sum) / 2
+    (base as `pair_bases`), modulo 256 in the lane order of `edgebin_slice_bytes` (lane j: byte j // 8 of word j % 8),
+    then a word that is nonzero where any is."""
+    cout, c, kh, kw = codes.shape
+    slot, base = pair_bases(codes, h, w, stride, padding, oh, ow)
+    lanes = (kh * kw * c - base.transpose(0, 2, 1).reshape(len(base), 2 * cout)) // 2  # lane j = half · 16 + ch
+    as_bytes = (lanes % 256).astype(np.uint32).reshape(len(base), 4, 8)  # [row, byte g, word l] of lane 8 g + l
+    words = (as_bytes << (8 * np.arange(4, dtype=np.uint32)).reshape(1, 4, 1)).sum(axis=1, dtype=np.uint32)
+    delta = np.zeros((len(base), 9), np.uint32)
+    delta[:, :8] = words
+    delta[:, 8] = (words != 0).any(axis=1)
+    return slot, delta
+
+
 __all__ = ["DEPTH", "LIMIT_WORDS", "fits", "inside_counts", "pack_paired_weight_bits", "pack_sliced_weight_bits",
-           "pair_bases", "pair_fits", "pair_limits", "slice_limits", "tap_counts"]
+           "pair_bases", "pair_deltas", "pair_fits", "pair_limits", "shortcut_fits", "slice_limits", "tap_counts"]

@@ -48,7 +48,8 @@ from edgebin.compile.tvm_adapter import (
 
 KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
 _EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do, by name prefix
-    "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert", "edgebin_bpack_add_nchw_f32": "float"}
+    "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert", "edgebin_bpack_add_nchw_f32": "float",
+    "edgebin_bpack_pair_add": "float"}
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 

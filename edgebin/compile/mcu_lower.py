@@ -44,6 +44,8 @@ class McuLowered:
     macs: dict[str, int]  # multiply-accumulates per call, by kernel name
     integer: bool
     lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed or int8 (mcu_lut)
+    # the binary conv kernels: (MACs, weight elements) of each ONNX conv one computes (two: a block's conv + shortcut)
+    layer_parts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None,
@@ -65,6 +67,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
             mod, census = fuse_pads_into_convs(mod, census)  # the conv's im2col gather pads: no pad kernels
         macs = {gvar.name_hint: kernel_macs(func) for gvar, func in mod.functions.items()
                 if isinstance(func, tvm_api.tirx.PrimFunc)}  # before scheduling splits the reduction blocks
+        parts = {gvar.name_hint: [part for name in kernels.extern_calls(func) for part in binary.binary_parts(name)]
+                 for gvar, func in mod.functions.items() if isinstance(func, tvm_api.tirx.PrimFunc)}
         mod = schedule_for_mcu(mod)  # int8 conv/matmul -> micro-kernel calls; the rest plain loops; no workspaces
         lut_layers = lowered.lut_layers  # int8, as host.lower notes them
         if lut_kernels:  # low-bit weights as packed codes read by the LUT micro-kernels
@@ -80,7 +84,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
             relax.transform.StaticPlanBlockMemory(),  # static shapes and dtypes for every tensor
             relax.transform.AttachGlobalSymbol(),  # tirx.build needs a global_symbol on each PrimFunc
         ], name="edgebin.mcu")(mod)
-    return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer, lut_layers=lut_layers)
+    return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer, lut_layers=lut_layers,
+                      layer_parts={name: found for name, found in parts.items() if found})
 
 
 def _lut_census(census: list[dict[str, Any]], lut_layers: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -37,20 +37,18 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
     census = {record["name"]: record for record in lowered.kernels}
     luts = {r["kernel"]: r for r in getattr(lowered, "lut_layers", []) if r["kernel"] is not None}
     lifetimes = graph.lifetimes()
+    parts = getattr(lowered, "layer_parts", {})
     macs_per_call, keys = [], []
     for call in graph.calls:
         ops = census.get(call.kernel, {}).get("ops", [])
         macs = int(lowered.macs.get(call.kernel, 0)) if any(op in _LINEAR_OPS for op in ops) else 0
         weight = max((math.prod(v.shape) for v in call.args if v.kind == CONST), default=0)  # the largest constant
-        if macs and ops == ["binary_conv2d"]:  # its weight is packed 32 to a word: count the ONNX weight's elements
-            out = call.args[call.outputs[0]]  # (N, Cout, OH, OW); (N, OH, OW, words) for the next layer's bits
-            pixels = math.prod(out.shape[:3]) if out.dtype == "uint32" else out.shape[0] * math.prod(out.shape[2:])
-            weight = macs // pixels
-        elif call.kernel in luts:  # its weight is packed codes and a table: count the ONNX weight's elements
+        if call.kernel in luts:  # its weight is packed codes and a table: count the ONNX weight's elements
             weight = luts[call.kernel]["weights"]
         macs_per_call.append(macs)
-        keys.append((macs, weight) if macs else None)
-    layers = match_layers(keys, _onnx_linear_layers(model))
+        keys.append(parts.get(call.kernel) or [(macs, weight) if macs else None])  # binary: the ONNX weights' elements
+    layers = _joined_layers(keys, match_layers([key for call_keys in keys for key in call_keys],
+                                               _onnx_linear_layers(model)))
     kernels = []
     for step, (call, macs, layer) in enumerate(zip(graph.calls, macs_per_call, layers, strict=True)):
         record = census.get(call.kernel, {})
@@ -65,7 +63,8 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
             "live_bytes": sum(graph.tensor_bytes[name] for name, (first, last) in lifetimes.items()
                               if first <= step <= last and not (name in plan.reuses and first == step)),
             **({"weights": record["weights"]} if "weights" in record else {}),
-            **({"packed_weight_bytes": _packed_weight_bytes(call)} if record.get("ops") == ["binary_conv2d"] else {}),
+            **({"packed_weight_bytes": _packed_weight_bytes(call, len(parts.get(call.kernel, [0])))}
+               if record.get("ops") == ["binary_conv2d"] else {}),
         })
     graph_input, graph_output = _real_inputs(model)[0], model.graph.output[0]
     return {
@@ -90,10 +89,21 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
     }
 
 
-def _packed_weight_bytes(call) -> int:
-    """A binary conv call's packed weight bits in flash: its first constant (binary.py passes the input bits, then
-    the weights, then the epilogue's tables)."""
-    return next(int(v.nbytes) for v in call.args if v.kind == CONST)
+def _joined_layers(keys: list[list[tuple | None]], layers: list[str | None]) -> list[str | None]:
+    """Per call, the layer names `match_layers` gave its keys (one per ONNX conv it computes), joined by " + " (a
+    binary conv and its shortcut), or None where one is unnamed."""
+    joined, at = [], 0
+    for call_keys in keys:
+        names = layers[at : at + len(call_keys)]
+        at += len(call_keys)
+        joined.append(None if None in names else " + ".join(names))
+    return joined
+
+
+def _packed_weight_bytes(call, weights: int) -> int:
+    """A binary conv call's packed weight bits in flash: its first `weights` constants (binary.py passes the input
+    bits and the weights of each conv it computes before the epilogue's tables)."""
+    return sum(int(v.nbytes) for v in [v for v in call.args if v.kind == CONST][:weights])
 
 
 def _named(lut_layers: list[dict[str, Any]], kernels: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -133,7 +133,7 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
     elements = layer_weights(load_onnx(onnx_path))
     layers = [{"layer": k["layer"], "kind": k["kind"], "macs": k["macs"],
                "instructions": per_symbol.get(k["symbol"], 0) / calls[k["symbol"]],
-               "weights": elements.get(k["layer"]), "packed_weight_bytes": k.get("packed_weight_bytes")}
+               "weights": _summed(elements, k["layer"]), "packed_weight_bytes": k.get("packed_weight_bytes")}
               for k in manifest["kernels"] if k["macs"]]
     return {"instructions": result.instructions, "macs": manifest["macs"], "weights_bytes": manifest["weights_bytes"],
             "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
@@ -174,8 +174,8 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
               "|---|" + "---:|" * (len(others) + 1) + "---|"]
     by_layer = {name: {r["layer"]: r for r in mcu[name]["layers"]} for name in others}
     for r in mcu["W1A1"]["layers"]:
-        cells = [_per_mac(by_layer[name].get(r["layer"])) for name in others]
-        lines.append(f"| {r['layer']} | " + " | ".join(cells) + f" | {r['instructions'] / r['macs']:.2f} | "
+        cells = [_per_mac(_joined(by_layer[name], r["layer"])) for name in others]
+        lines.append(f"| {r['layer']} | " + " | ".join(cells) + f" | {r['instructions'] / r['macs']:.3f} | "
                      f"{r['kind']} |")
     binary = [r for r in mcu["W1A1"]["layers"] if r["kind"] == "binary"]
     if binary:
@@ -186,6 +186,21 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
                   f"`packed_weight_bytes`): {packed:,} B for {weights:,} binary weights, "
                   f"{packed / (weights / 8):.2f}× parameters / 8 ({weights // 8:,} B)."]
     return "\n".join(lines) + "\n"
+
+
+def _summed(elements: dict[str, int], layer: str | None) -> int | None:
+    """Weight elements of a layer, or of each layer a kernel computes ("stack2.conv2 + stack2.shortcut")."""
+    found = [elements.get(name) for name in (layer or "").split(" + ")]
+    return None if layer is None or None in found else sum(found)
+
+
+def _joined(rows: dict[str, dict], layer: str | None) -> dict | None:
+    """A variant's row of `layer`; for layers W1A1 computes in one kernel ("a + b"), their rows summed."""
+    found = [rows.get(name) for name in (layer or "").split(" + ")]
+    if layer is None or None in found:
+        return None
+    return {"instructions": sum(r["instructions"] for r in found), "macs": sum(r["macs"] for r in found),
+            "kind": found[0]["kind"]}
 
 
 def _per_mac(r: dict | None) -> str:

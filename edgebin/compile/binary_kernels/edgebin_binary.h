@@ -828,7 +828,11 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_dense_mst_bits(const uint32_t* bits, con
  * the next layer's input, written whole.
  * edgebin_bconv2d_slice_affine(bits, w, mul, add, n, c, ..., ow, out): the output of edgebin_bconv2d_dense_affine
  * (floats sum * mul + add, NCHW), the 32 counts taken out of the planes per pixel (edgebin_slice_bytes), then
- * converted and scaled four lanes at a time (edgebin_slice_floats). */
+ * converted and scaled four lanes at a time (edgebin_slice_floats).
+ * edgebin_bconv2d_slice_shortcut(bits, w, sbits, sweights, mul, smul, add, n, c, ..., ow, sc, shh, swd, ssh, ssw,
+ * out): a downsampling ResNet block's end in one kernel, out = sum * mul + add + ssum * smul, ssum the 1x1 unpadded
+ * shortcut conv of sbits (sc < 256 channels, shh x swd pixels, strides ssh, ssw) with sweights (the 32-lane layout),
+ * counted in its own planes at the same pixel and group and taken out by its own transpose. */
 #define EDGEBIN_SLICE_DEPTH 1023 /* count planes 0 .. 9 */
 #define EDGEBIN_SLICE_BLOCKS 64  /* 16-input blocks per output pixel and group */
 #define EDGEBIN_SLICE_LIMIT_WORDS 13
@@ -1034,51 +1038,86 @@ EDGEBIN_CORE int32_t edgebin_slice_lane(const uint32_t* bytes, const uint32_t* p
 
 #if defined(EDGEBIN_THUMB2_SWAR) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
 #define EDGEBIN_FLOAT_ASM 1
-/* Two counts (bytes at offsets A and B of bp) subtracted twice from their sums (registers SA, SB: nc for both in the
- * 32-lane kernel, a pair's base words in the paired one), moved to S registers D0, D0 + 1 by one VMOV. */
-#define EDGEBIN_TWO_SUMS(A, B, SA, SB, D0, D1)                                                            \
-  "ldrb %[c0], [%[bp], #" A "]\n\tldrb %[c1], [%[bp], #" B "]\n\tsub %[c0], " SA ", %[c0], lsl #1\n\t" \
+/* Two counts (bytes at offsets A and B of the bytes at BP) subtracted twice from their sums (registers SA, SB: nc
+ * for both in the 32-lane kernel, a pair's base words in the paired one), moved to S registers D0, D0 + 1 by one
+ * VMOV. */
+#define EDGEBIN_TWO_SUMS(BP, A, B, SA, SB, D0, D1)                                                     \
+  "ldrb %[c0], [" BP ", #" A "]\n\tldrb %[c1], [" BP ", #" B "]\n\tsub %[c0], " SA ", %[c0], lsl #1\n\t" \
   "sub %[c1], " SB ", %[c1], lsl #1\n\tvmov " D0 ", " D1 ", %[c0], %[c1]\n\t"
 #endif
 
 /* The float epilogue of the 32-lane kernel at one pixel: lane j's (nc - 2 count) * mul[j] + add[j] to
- * dst[j * stride]. In Thumb-2 four lanes take 28 instructions (per two lanes one VMOV, per four one VLDM of the
- * muls and one of the adds), counts below 256 only (planes 8 and 9 empty: the rest take the C loop). */
+ * dst[j * stride], and with a shortcut (sbytes not 0) + (snc - 2 scount) * smul[j], its counts in sbytes (all below
+ * 256). In Thumb-2 four lanes take 28 instructions (per two lanes one VMOV, per four one VLDM of the muls and one of
+ * the adds), 47 with the shortcut, counts below 256 only (planes 8 and 9 empty: the rest take the C loop). */
 EDGEBIN_CORE void edgebin_slice_floats(const uint32_t* bytes, const uint32_t* planes, int32_t nplanes, int32_t nc,
-                                       const float* mul, const float* add, float* dst, int32_t stride) {
+                                       const uint32_t* sbytes, int32_t snc, const float* mul, const float* smul,
+                                       const float* add, float* dst, int32_t stride) {
 #ifdef EDGEBIN_FLOAT_ASM
   if (nplanes <= 8 || (planes[8] | (nplanes > 9 ? planes[9] : 0u)) == 0) {
     const uint8_t* by = (const uint8_t*)bytes;
+    const uint8_t* sby = (const uint8_t*)sbytes;
     const int32_t step = stride * (int32_t)sizeof(float);
     EDGEBIN_UNROLL for (int32_t j = 0; j < 32; j += 4) { /* lanes j .. j + 3: bytes b, b + 4, b + 8, b + 12 */
-      const uint8_t* bp = by + 4 * (j & 7) + (j >> 3);
+      const int32_t at = 4 * (j & 7) + (j >> 3);
+      const uint8_t* bp = by + at;
       uint32_t c0, c1;
-      __asm__ volatile(EDGEBIN_TWO_SUMS("0", "4", "%[nc]", "%[nc]", "s0", "s1")
-                       EDGEBIN_TWO_SUMS("8", "12", "%[nc]", "%[nc]", "s2", "s3")
-                       "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
-                       "vldmia %[mp]!, {s4-s7}\n\tvldmia %[ap]!, {s8-s11}\n\t"
-                       "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t"
-                       "vstr s8, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s9, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
-                       "vstr s10, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s11, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
-                       : [mp] "+r"(mul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0), [c1] "=&r"(c1)
-                       : [bp] "r"(bp), [nc] "r"(nc), [step] "r"(step)
-                       : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
+#define EDGEBIN_CONV_FOUR                                                                                           \
+  EDGEBIN_TWO_SUMS("%[bp]", "0", "4", "%[nc]", "%[nc]", "s0", "s1")                                               \
+  EDGEBIN_TWO_SUMS("%[bp]", "8", "12", "%[nc]", "%[nc]", "s2", "s3")                                              \
+  "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"                  \
+  "vldmia %[mp]!, {s4-s7}\n\tvldmia %[ap]!, {s8-s11}\n\t"                                                         \
+  "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t"
+#define EDGEBIN_STORE_FOUR                                                                                         \
+  "vstr s8, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s9, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"                 \
+  "vstr s10, [%[o]]\n\tadd %[o], %[o], %[step]\n\tvstr s11, [%[o]]\n\tadd %[o], %[o], %[step]\n\t"
+      if (sbytes) {
+        const uint8_t* sp = sby + at;
+        __asm__ volatile(EDGEBIN_CONV_FOUR EDGEBIN_TWO_SUMS("%[sp]", "0", "4", "%[snc]", "%[snc]", "s0", "s1")
+                         EDGEBIN_TWO_SUMS("%[sp]", "8", "12", "%[snc]", "%[snc]", "s2", "s3")
+                         "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\t"
+                         "vcvt.f32.s32 s3, s3\n\tvldmia %[smp]!, {s4-s7}\n\tvfma.f32 s8, s0, s4\n\t"
+                         "vfma.f32 s9, s1, s5\n\tvfma.f32 s10, s2, s6\n\tvfma.f32 s11, s3, s7\n\t" EDGEBIN_STORE_FOUR
+                         : [mp] "+r"(mul), [smp] "+r"(smul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0),
+                           [c1] "=&r"(c1)
+                         : [bp] "r"(bp), [sp] "r"(sp), [nc] "r"(nc), [snc] "r"(snc), [step] "r"(step)
+                         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
+      } else {
+        __asm__ volatile(EDGEBIN_CONV_FOUR EDGEBIN_STORE_FOUR
+                         : [mp] "+r"(mul), [ap] "+r"(add), [o] "+r"(dst), [c0] "=&r"(c0), [c1] "=&r"(c1)
+                         : [bp] "r"(bp), [nc] "r"(nc), [step] "r"(step)
+                         : "s0", "s1", "s2", "s3", "s4", "s5", "s6", "s7", "s8", "s9", "s10", "s11", "memory");
+      }
+#undef EDGEBIN_CONV_FOUR
+#undef EDGEBIN_STORE_FOUR
     }
     return;
   }
 #endif
   EDGEBIN_UNROLL for (int32_t j = 0; j < 32; ++j) {
-    dst[(int64_t)j * stride] = (float)(nc - 2 * edgebin_slice_lane(bytes, planes, nplanes, j)) * mul[j] + add[j];
+    float v = (float)(nc - 2 * edgebin_slice_lane(bytes, planes, nplanes, j)) * mul[j] + add[j];
+    if (sbytes) v += (float)(snc - 2 * edgebin_slice_lane(sbytes, 0, 8, j)) * smul[j];
+    dst[(int64_t)j * stride] = v;
   }
 }
 
-/* The bit-sliced conv: the next layer's bits (out_b, the threshold epilogue) or floats sum * mul + add (out_f). */
+/* A 1x1 shortcut conv for edgebin_bconv2d_slice_core's float epilogue: its input bits (sc channels, sh x sw
+ * pixels; 0 for none), weight words as the 32-lane kernel's and strides. */
+typedef struct {
+  const uint32_t* bits;
+  const uint32_t* w;
+  const float* mul;
+  int32_t c, h, wd, sh, sw;
+} edgebin_shortcut;
+
+/* The bit-sliced conv: the next layer's bits (out_b, the threshold epilogue) or floats sum * mul + add (out_f), plus
+ * a shortcut's with `shortcut.bits`. */
 EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
                                              const uint32_t* lim, const float* mul, const float* add, int32_t n,
                                              int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
                                              int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh, int32_t ow,
-                                             uint32_t* out_b, float* out_f) {
-  const int32_t words = (c + 31) / 32, groups = cout / 32, taps = kh * kw;
+                                             edgebin_shortcut shortcut, uint32_t* out_b, float* out_f) {
+  const int32_t words = (c + 31) / 32, groups = cout / 32, taps = kh * kw, swords = (shortcut.c + 31) / 32;
   const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)); /* planes the largest count needs */
   for (int32_t i = 0; i < n; ++i) {
     const uint32_t* image = bits + (int64_t)i * h * wd * words;
@@ -1100,10 +1139,18 @@ EDGEBIN_CORE void edgebin_bconv2d_slice_core(const uint32_t* bits, const uint32_
             edgebin_slice_count(image, wd, c, kh, kw, y0, x0, 0, kh, 0, kw, wg, planes);
           }
           if (out_f) { /* sum = nt c - 2 count over the taps inside, as the dense kernels' affine epilogue */
-            uint32_t bytes[8];
+            uint32_t bytes[8], sbytes[8];
             edgebin_slice_bytes(planes, bytes);
+            if (shortcut.bits) { /* its one tap, always inside: sum = sc - 2 count */
+              uint32_t splanes[10];
+              const uint32_t* simage = shortcut.bits + (int64_t)i * shortcut.h * shortcut.wd * swords;
+              edgebin_slice_count(simage, shortcut.wd, shortcut.c, 1, 1, y * shortcut.sh, x * shortcut.sw, 0, 1, 0,
+                                  1, shortcut.w + (int64_t)g * shortcut.c, splanes);
+              edgebin_slice_bytes(splanes, sbytes);
+            }
             float* dst = out_f + (((int64_t)i * cout + 32 * g) * oh + y) * ow + x;
-            edgebin_slice_floats(bytes, planes, nplanes, nt * c, mul + 32 * g, add + 32 * g, dst, oh * ow);
+            edgebin_slice_floats(bytes, planes, nplanes, nt * c, shortcut.bits ? sbytes : 0, shortcut.c, mul + 32 * g,
+                                 shortcut.mul + 32 * g, add + 32 * g, dst, oh * ow);
             continue;
           }
           const uint32_t* limit = lim + ((int64_t)slot[nt] * groups + g) * EDGEBIN_SLICE_LIMIT_WORDS;
@@ -1118,14 +1165,28 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_slice_bits(const uint32_t* bits, const u
                                                     const uint32_t* lim, int32_t n, int32_t c, int32_t h, int32_t wd,
                                                     int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                     int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
-  edgebin_bconv2d_slice_core(bits, w, slot, lim, 0, 0, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out, 0);
+  const edgebin_shortcut none = {0, 0, 0, 0, 0, 0, 0, 0};
+  edgebin_bconv2d_slice_core(bits, w, slot, lim, 0, 0, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, none, out, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_slice_affine(const uint32_t* bits, const uint32_t* w, const float* mul,
                                                       const float* add, int32_t n, int32_t c, int32_t h, int32_t wd,
                                                       int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                       int32_t ph, int32_t pw, int32_t oh, int32_t ow, float* out) {
-  edgebin_bconv2d_slice_core(bits, w, 0, 0, mul, add, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, 0, out);
+  const edgebin_shortcut none = {0, 0, 0, 0, 0, 0, 0, 0};
+  edgebin_bconv2d_slice_core(bits, w, 0, 0, mul, add, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, none, 0, out);
+}
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_slice_shortcut(const uint32_t* bits, const uint32_t* w, const uint32_t* sbits,
+                                                        const uint32_t* sweights, const float* mul, const float* smul,
+                                                        const float* add, int32_t n, int32_t c, int32_t h, int32_t wd,
+                                                        int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
+                                                        int32_t ph, int32_t pw, int32_t oh, int32_t ow, int32_t sc,
+                                                        int32_t shh, int32_t swd, int32_t ssh, int32_t ssw,
+                                                        float* out) {
+  const edgebin_shortcut shortcut = {sbits, sweights, smul, sc, shh, swd, ssh, ssw};
+  edgebin_bconv2d_slice_core(bits, w, 0, 0, mul, add, n, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, shortcut, 0,
+                             out);
 }
 
 /* --- The paired bit-sliced conv (Cortex-M, 16 output channels) -------------------------------------------------
@@ -1142,7 +1203,11 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_slice_affine(const uint32_t* bits, const
  * slot[y] + slot[oh + q], and its word is split into the two pixels' output words.
  * edgebin_bconv2d_pair_affine(bits, w, slot, base, mul, add, n, ..., out): the floats of
  * edgebin_bconv2d_slice_affine for 16 output channels, sum = base[row][lane] - 2 count with base the taps inside
- * times c plus twice the outside taps' weight bits (`binary_slice.pair_bases`). */
+ * times c plus twice the outside taps' weight bits (`binary_slice.pair_bases`).
+ * edgebin_bconv2d_pair_counts(bits, w, slot, delta, n, ..., out): the integers instead, for c * kh * kw < 256: per
+ * pair the 32 counts' bytes as edgebin_slice_bytes leaves them (8 words), each moved to an interior pixel's by the
+ * row's bytes delta (`binary_slice.pair_deltas`), so that sum = c * kh * kw - 2 count for every pixel. No float
+ * epilogue: edgebin_bpack_pair_add (below) applies the BatchNorm where it packs the block's output. */
 #define EDGEBIN_PAIR_BUFFER_WORDS 2048 /* kh rows of masks on the stack: 8 KB at most */
 #define EDGEBIN_PAIR_ROWS 16
 
@@ -1209,8 +1274,8 @@ EDGEBIN_CORE void edgebin_pair_floats(const uint32_t* bytes, const uint32_t* pla
     EDGEBIN_UNROLL for (int32_t ch = 0; ch < 16; ch += 2) { /* lanes ch, ch + 16, ch + 1, ch + 17 at bp + 0, 2, 4, 6 */
       const uint8_t* bp = by + 4 * (ch & 7) + (ch >> 3);
       uint32_t c0, c1, s0, s1;
-      __asm__ volatile("ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("0", "2", "%[s0]", "%[s1]", "s0", "s1")
-                       "ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("4", "6", "%[s0]", "%[s1]", "s2", "s3")
+      __asm__ volatile("ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("%[bp]", "0", "2", "%[s0]", "%[s1]", "s0", "s1")
+                       "ldrd %[s0], %[s1], [%[sp]], #8\n\t" EDGEBIN_TWO_SUMS("%[bp]", "4", "6", "%[s0]", "%[s1]", "s2", "s3")
                        "vcvt.f32.s32 s0, s0\n\tvcvt.f32.s32 s1, s1\n\tvcvt.f32.s32 s2, s2\n\tvcvt.f32.s32 s3, s3\n\t"
                        "vldmia %[mp]!, {s4-s5}\n\tvldmia %[ap]!, {s8-s11}\n\t"
                        "vfma.f32 s8, s0, s4\n\tvfma.f32 s9, s1, s4\n\tvfma.f32 s10, s2, s5\n\tvfma.f32 s11, s3, s5\n\t"
@@ -1237,12 +1302,25 @@ EDGEBIN_CORE void edgebin_pair_floats(const uint32_t* bytes, const uint32_t* pla
 #undef EDGEBIN_TWO_SUMS
 #endif
 
-/* The paired conv: the next layer's bits (out_b, limits lim) or floats (base - 2 count) * mul + add (out_f, NCHW). */
+/* Four bytes added lane by lane, each modulo 256 (UADD8 where the core has it). */
+EDGEBIN_CORE uint32_t edgebin_add_bytes(uint32_t a, uint32_t b) {
+#ifdef EDGEBIN_BINARY_USADA8
+  uint32_t sum;
+  __asm__("uadd8 %0, %1, %2" : "=r"(sum) : "r"(a), "r"(b) : "cc");
+  return sum;
+#else
+  return ((a & 0x7F7F7F7Fu) + (b & 0x7F7F7F7Fu)) ^ ((a ^ b) & 0x80808080u);
+#endif
+}
+
+/* The paired conv: the next layer's bits (out_b, limits lim), floats (base - 2 count) * mul + add (out_f, NCHW) or
+ * each pair's 32 counts as edgebin_slice_bytes leaves them (out_c, plus the row's border correction delta). */
 EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
                                             const uint32_t* lim, const int32_t* base, const float* mul,
-                                            const float* add, int32_t n, int32_t c, int32_t h, int32_t wd, int32_t kh,
-                                            int32_t kw, int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh,
-                                            int32_t ow, uint32_t* out_b, float* out_f) {
+                                            const float* add, const uint32_t* delta, int32_t n, int32_t c, int32_t h,
+                                            int32_t wd, int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
+                                            int32_t pw, int32_t oh, int32_t ow, uint32_t* out_b, float* out_f,
+                                            uint32_t* out_c) {
   const int32_t pairs = (ow + 1) / 2, cols = 2 * (pairs - 1) * sw + kw, span = cols * c, taps = kh * kw;
   const int32_t nplanes = 32 - __builtin_clz((uint32_t)(taps * c)), high = 32 - __builtin_clz((uint32_t)(taps * c / 16));
   uint32_t masks[EDGEBIN_PAIR_BUFFER_WORDS];
@@ -1273,6 +1351,15 @@ EDGEBIN_CORE void edgebin_bconv2d_pair_core(const uint32_t* bits, const uint32_t
         }
         edgebin_slice_high(sixteens, blocks, high, planes);
         const int32_t row = slot[y] + slot[oh + q];
+        if (out_c) { /* the counts of every tap moved to those of an interior pixel: taps * c - 2 count is the sum */
+          uint32_t* dst = out_c + (((int64_t)i * oh + y) * pairs + q) * 8;
+          edgebin_slice_bytes(planes, dst);
+          const uint32_t* d = delta + row * 9;
+          if (d[8]) {
+            for (int32_t l = 0; l < 8; ++l) dst[l] = edgebin_add_bytes(dst[l], d[l]);
+          }
+          continue;
+        }
         if (out_f) {
           uint32_t bytes[8];
           edgebin_slice_bytes(planes, bytes);
@@ -1294,7 +1381,7 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_pair_bits(const uint32_t* bits, const ui
                                                    int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
                                                    int32_t ph, int32_t pw, int32_t oh, int32_t ow, uint32_t* out) {
   (void)cout;
-  edgebin_bconv2d_pair_core(bits, w, slot, lim, 0, 0, 0, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, out, 0);
+  edgebin_bconv2d_pair_core(bits, w, slot, lim, 0, 0, 0, 0, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, out, 0, 0);
 }
 
 EDGEBIN_BINARY_API void edgebin_bconv2d_pair_affine(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
@@ -1303,8 +1390,86 @@ EDGEBIN_BINARY_API void edgebin_bconv2d_pair_affine(const uint32_t* bits, const 
                                                      int32_t kh, int32_t kw, int32_t sh, int32_t sw, int32_t ph,
                                                      int32_t pw, int32_t oh, int32_t ow, float* out) {
   (void)cout;
-  edgebin_bconv2d_pair_core(bits, w, slot, 0, base, mul, add, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, 0, out);
+  edgebin_bconv2d_pair_core(bits, w, slot, 0, base, mul, add, 0, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, 0, out,
+                            0);
 }
+
+EDGEBIN_BINARY_API void edgebin_bconv2d_pair_counts(const uint32_t* bits, const uint32_t* w, const int8_t* slot,
+                                                     const uint32_t* delta, int32_t n, int32_t c, int32_t h,
+                                                     int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh,
+                                                     int32_t sw, int32_t ph, int32_t pw, int32_t oh, int32_t ow,
+                                                     uint32_t* out) {
+  (void)cout;
+  edgebin_bconv2d_pair_core(bits, w, slot, 0, 0, 0, 0, delta, n, c, h, wd, kh, kw, sh, sw, ph, pw, oh, ow, 0, 0,
+                            out);
+}
+
+/* The packing of a paired conv's counts plus a residual (edgebin_bpack_pair_add): per pixel of pair q and channel
+ * ch, with count the lane's byte of the pair's eight words (edgebin_slice_lane), bit ch of the pixel's word is
+ * (count * ma[2 ch] + res) + ma[2 ch + 1] >= 0, res NCHW over 16 channels. In Thumb-2 the sign bit of the sum gives
+ * the bit (as edgebin_bpack4; ma[2 ch + 1] must not be -0.0), two pixels of a channel 17 instructions. */
+#ifdef EDGEBIN_PACK_ASM
+/* Channel ch (its lanes' bytes at offsets A and B of the pair's words), highest first: the sign bits into n0, n1. */
+#define EDGEBIN_PAIR_ADD(A, B)                                                                                      \
+  "vldmia %[rp], {s0-s1}\n\tldrb %[u], [%[cp], #" A "]\n\tldrb %[v], [%[cp], #" B "]\n\tvmov s2, s3, %[u], %[v]\n\t" \
+  "vcvt.f32.u32 s2, s2\n\tvcvt.f32.u32 s3, s3\n\tvldmdb %[mp]!, {s4-s5}\n\tvfma.f32 s0, s2, s4\n\t"              \
+  "vfma.f32 s1, s3, s4\n\tvadd.f32 s0, s0, s5\n\tvadd.f32 s1, s1, s5\n\tvmov %[u], %[v], s0, s1\n\t"             \
+  "adds %[u], %[u], %[u]\n\tadc %[n0], %[n0], %[n0]\n\tadds %[v], %[v], %[v]\n\tadc %[n1], %[n1], %[n1]\n\t"     \
+  "sub %[rp], %[rp], %[st]\n\t"
+#endif
+
+EDGEBIN_BINARY_API void edgebin_bpack_pair_add(const uint32_t* counts, const float* res, const float* ma, int32_t n,
+                                               int32_t c, int32_t oh, int32_t ow, uint32_t* bits) {
+  const int32_t pairs = (ow + 1) / 2, hw = oh * ow;
+  (void)c; /* 16 */
+  for (int32_t i = 0; i < n; ++i) {
+    for (int32_t y = 0; y < oh; ++y) {
+      for (int32_t q = 0; q < pairs; ++q) {
+        const uint32_t* cp = counts + (((int64_t)i * oh + y) * pairs + q) * 8;
+        const float* rp = res + ((int64_t)i * 16 * oh + y) * ow + 2 * q;
+        uint32_t* dst = bits + ((int64_t)i * oh + y) * ow + 2 * q;
+        uint32_t w0 = 0, w1 = 0;
+#ifdef EDGEBIN_PACK_ASM
+        if (2 * q + 1 < ow) {
+          uint32_t n0 = 0, n1 = 0, u, v;
+          const float* top = rp + (int64_t)15 * hw;
+          const float* mp = ma + 32;
+          __asm__ volatile(EDGEBIN_PAIR_ADD("29", "31") EDGEBIN_PAIR_ADD("25", "27") EDGEBIN_PAIR_ADD("21", "23")
+                           EDGEBIN_PAIR_ADD("17", "19") EDGEBIN_PAIR_ADD("13", "15") EDGEBIN_PAIR_ADD("9", "11")
+                           EDGEBIN_PAIR_ADD("5", "7") EDGEBIN_PAIR_ADD("1", "3") EDGEBIN_PAIR_ADD("28", "30")
+                           EDGEBIN_PAIR_ADD("24", "26") EDGEBIN_PAIR_ADD("20", "22") EDGEBIN_PAIR_ADD("16", "18")
+                           EDGEBIN_PAIR_ADD("12", "14") EDGEBIN_PAIR_ADD("8", "10") EDGEBIN_PAIR_ADD("4", "6")
+                           EDGEBIN_PAIR_ADD("0", "2")
+                           : [n0] "+&r"(n0), [n1] "+&r"(n1), [u] "=&r"(u), [v] "=&r"(v), [rp] "+&r"(top),
+                             [mp] "+&r"(mp)
+                           : [cp] "r"(cp), [st] "r"(hw * (int32_t)sizeof(float))
+                           : "s0", "s1", "s2", "s3", "s4", "s5", "cc", "memory");
+          dst[0] = ~n0 & 0xFFFFu;
+          dst[1] = ~n1 & 0xFFFFu;
+          continue;
+        }
+#endif
+        for (int32_t ch = 0; ch < 16; ++ch) {
+          for (int32_t k = 0; k < 2 && 2 * q + k < ow; ++k) {
+            float v = (float)edgebin_slice_lane(cp, 0, 8, ch + 16 * k) * ma[2 * ch] + rp[(int64_t)ch * hw + k];
+            v += ma[2 * ch + 1];
+            const uint32_t bit = (uint32_t)(v >= 0.0f) << ch;
+            if (k) {
+              w1 |= bit;
+            } else {
+              w0 |= bit;
+            }
+          }
+        }
+        dst[0] = w0;
+        if (2 * q + 1 < ow) dst[1] = w1;
+      }
+    }
+  }
+}
+#ifdef EDGEBIN_PACK_ASM
+#undef EDGEBIN_PAIR_ADD
+#endif
 
 #ifdef __cplusplus
 }
