@@ -177,6 +177,10 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
         cells = [_per_mac(_joined(by_layer[name], r["layer"])) for name in others]
         lines.append(f"| {r['layer']} | " + " | ".join(cells) + f" | {r['instructions'] / r['macs']:.3f} | "
                      f"{r['kind']} |")
+        parts = (r["layer"] or "").split(" + ")
+        for part in parts if len(parts) > 1 else []:  # the other variants' own layers, which W1A1 runs as one
+            lines.append(f"| ↳ {part} | " + " | ".join(_per_mac(by_layer[name].get(part)) for name in others)
+                         + " | (above) | |")
     binary = [r for r in mcu["W1A1"]["layers"] if r["kind"] == "binary"]
     if binary:
         instructions, macs = sum(r["instructions"] for r in binary), sum(r["macs"] for r in binary)
