@@ -281,6 +281,11 @@ class _BinaryConv:
     padding: tuple[int, int]
     out_shape: tuple[int, ...]
 
+    def geometry(self) -> tuple[int, ...]:
+        """(n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow): the shape parameters of every conv kernel."""
+        cout, _, kh, kw = self.codes.shape
+        return (*tensor_shape(self.x), cout, kh, kw, *self.stride, *self.padding, *self.out_shape[2:])
+
 
 @mutator
 class _Rewriter(PyExprMutator):
@@ -392,15 +397,12 @@ class _Rewriter(PyExprMutator):
     def _emit_shortcut_sum(self, conv: _BinaryConv, affine: tuple[np.ndarray, np.ndarray], shortcut: _BinaryConv,
                            saffine: tuple[np.ndarray, np.ndarray]):
         """One `edgebin_bconv2d_slice_shortcut` call: sum · mul + shortcut sum · smul + (add + shortcut add)."""
-        n, c, h, w = tensor_shape(conv.x)
-        cout, _, kh, kw = conv.codes.shape
-        _, _, oh, ow = conv.out_shape
         _, sc, sh_in, sw_in = tensor_shape(shortcut.x)
-        shape = (n, c, h, w, cout, kh, kw, *conv.stride, *conv.padding, oh, ow, sc, sh_in, sw_in, *shortcut.stride)
+        shape = (*conv.geometry(), sc, sh_in, sw_in, *shortcut.stride)
         inputs = [self._input_bits(conv), const(binary_slice.pack_sliced_weight_bits(conv.codes)),
                   self._input_bits(shortcut), const(binary_slice.pack_sliced_weight_bits(shortcut.codes)),
                   const(affine[0]), const(saffine[0]), const((affine[1] + saffine[1]).astype(np.float32))]
-        return self._extern("edgebin_bconv2d_slice_shortcut", shape, inputs, (n, cout, oh, ow), "float32",
+        return self._extern("edgebin_bconv2d_slice_shortcut", shape, inputs, tuple(conv.out_shape), "float32",
                             "binary_conv2d_shortcut")
 
     def _folded_into_bias(self, call) -> bool:
@@ -433,32 +435,31 @@ class _Rewriter(PyExprMutator):
         if call_op_name(added) != "relax.add" or not self.graph.single_use(relu.args[0]):
             return None
         for normed, res in (added.args, reversed(added.args)):
-            item = self.value(normed)
-            if (not isinstance(normed, relax.Var) or not self.graph.single_use(normed)
-                    or not isinstance(item, relax.TupleGetItem) or item.index != 0):
-                continue
-            norm = self.value(item.tuple_value)
-            conv_call = self.value(norm.args[0]) if call_op_name(norm) == "relax.nn.batch_norm" else None
-            if call_op_name(conv_call) != "relax.nn.conv2d":
-                continue
-            conv = self._match_conv(conv_call)
-            affine = self._batch_norm(norm, conv)
-            if (conv is not None and affine is not None and tensor_shape(res) == conv.out_shape
-                    and tensor_dtype(res) == "float32"):
-                return conv, affine, normed, res
+            main = self._normed_conv(normed)
+            if main is not None and tensor_shape(res) == main[0].out_shape and tensor_dtype(res) == "float32":
+                return main[0], main[1], normed, res
         return None
+
+    def _block_sum(self, item) -> tuple[relax.Var, relax.Var, relax.Var | None] | None:
+        """(item's variable, the variable of the one call using it, that variable's ReLU's or None): where a
+        BatchNorm output used once goes, for the `_folded_into_*` checks of the block-end fusions."""
+        var = self.graph.var_of.get(item)
+        if var is None or not self.graph.single_use(var):
+            return None
+        added = self.graph.var_of.get(self.graph.users.get(var, [None])[0])
+        if added is None:
+            return None
+        users = self.graph.users.get(added, [])
+        relu = users[0] if len(users) == 1 and call_op_name(users[0]) == "relax.nn.relu" else None
+        return var, added, None if relu is None else self.graph.var_of.get(relu)
 
     def _folded_into_residual(self, item) -> bool:
         """True when `item` (a BatchNorm's output) is the one that `_residual` fuses into a later ReLU's kernel."""
-        var = self.graph.var_of.get(item)
-        if not self.fuse or var is None or not self.graph.single_use(var):
+        found = self._block_sum(item) if self.fuse else None
+        if found is None or found[2] is None:
             return False
-        added = self.graph.users.get(var, [None])[0]
-        add_var = self.graph.var_of.get(added)
-        relus = self.graph.users.get(add_var, []) if add_var is not None else []
-        if len(relus) != 1 or call_op_name(relus[0]) != "relax.nn.relu":
-            return False
-        residual = self._residual(relus[0])
+        var, _, relu = found
+        residual = self._residual(self.value(relu))
         return residual is not None and residual[2].same_as(var)
 
     def _folded_into_batch_norm(self, call) -> bool:
@@ -608,7 +609,8 @@ class _Rewriter(PyExprMutator):
         conv)[0] + res) on a dense target and the conv runs on the paired kernel with at most 255 products a sum (a
         ResNet block's second conv of 16 channels): the conv then writes its counts (`edgebin_bconv2d_pair_counts`)
         and `edgebin_bpack_pair_add` does the BatchNorm, the residual add, the ReLU (in the shift) and the sign. Its
-        float epilogue cost 0.06 instructions per binary MAC on the cortex-m4, its output 4 bytes an element."""
+        float epilogue cost about 0.05 instructions per binary MAC on the cortex-m4 (the float kernel's 582,711 less
+        the threshold kernel's 485,503 on stack1's shape, mcu_layers.py), its output 4 bytes an element."""
         if not self.dense or self.mst or not SLICED.get() or not isinstance(x, relax.Var) or not self._only_signs(x):
             return None
         value, relu = self.value(x), False
@@ -644,26 +646,19 @@ class _Rewriter(PyExprMutator):
 
     def _folded_into_counted_sum(self, item) -> bool:
         """True when `item` (a BatchNorm's output) is the one a `_counted_sum` packing reads as counts."""
-        var = self.graph.var_of.get(item)
-        if not self.dense or var is None or not self.graph.single_use(var):
+        found = self._block_sum(item) if self.dense else None
+        if found is None:
             return False
-        added = self.graph.users.get(var, [None])[0]
-        x = self.graph.var_of.get(added)
-        relus = self.graph.users.get(x, []) if x is not None else []
-        if len(relus) == 1 and call_op_name(relus[0]) == "relax.nn.relu":
-            x = self.graph.var_of.get(relus[0])
-        counted = self._counted_sum(x) if x is not None else None
-        return counted is not None and counted[0].x.same_as(self._normed_conv(var)[0].x)
+        var, added, relu = found
+        counted = self._counted_sum(relu if relu is not None else added)
+        return counted is not None and not counted[2].same_as(var)  # the add's other addend is the residual
 
     def _pair_counts(self, conv: _BinaryConv):
         """`conv`'s counts, (c · kh · kw - sum) / 2, as `edgebin_bconv2d_pair_counts` writes them (emitted once)."""
         key = (conv.x, conv.shift.tobytes(), "counts")
         if key not in self.bits_of:
-            n, c, h, w = tensor_shape(conv.x)
-            cout, _, kh, kw = conv.codes.shape
-            _, _, oh, ow = conv.out_shape
+            n, _, h, w, _, _, _, _, _, _, _, oh, ow = shape = conv.geometry()
             slot, delta = binary_slice.pair_deltas(conv.codes, h, w, conv.stride, conv.padding, oh, ow)
-            shape = (n, c, h, w, cout, kh, kw, *conv.stride, *conv.padding, oh, ow)
             self.bits_of[key] = self._extern(
                 "edgebin_bconv2d_pair_counts", shape, [self._input_bits(conv),
                                                        const(binary_slice.pack_paired_weight_bits(conv.codes)),
@@ -712,11 +707,7 @@ class _Rewriter(PyExprMutator):
         """One specialized conv kernel call: `epilogue` "" (int32), "_affine" (float) or "_bits" (the next layer's
         packed signs); the dense-column kernel where the target counts bits in software, or there the bit-sliced
         one where the channels fit its lanes, or for 16 output channels the paired one (binary_slice)."""
-        n, c, h, w = tensor_shape(conv.x)
-        cout, _, kh, kw = conv.codes.shape
-        _, _, oh, ow = conv.out_shape
-        (sh, sw), (ph, pw) = conv.stride, conv.padding
-        shape = (n, c, h, w, cout, kh, kw, sh, sw, ph, pw, oh, ow)
+        n, c, h, w, cout, kh, kw, _, sw, _, _, oh, ow = shape = conv.geometry()
         dense_ok = words_for(c * kh * kw) <= DENSE_COLUMN_WORDS and c <= DENSE_MAX_CHANNELS
         if self.mst and dense_ok and cout <= MST_CHANNELS:
             plan = mst_plan(conv.codes)
