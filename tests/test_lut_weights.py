@@ -158,12 +158,12 @@ def test_inverse_lookup_takes_a_code_of_each_value_and_refuses_others():
     assert codes_for(np.array([5], np.int8), levels) is None
 
 
-def test_importer_leaves_the_tables_on_the_module_and_the_host_runs_them_as_int8(models):
+def test_importer_leaves_the_tables_on_the_module_and_tvm_loops_run_them_as_int8(models):
     mod = importer.from_onnx(importer.load_onnx(models["lut4"]))
     tables = lut_weights.tables_of(mod)
     assert [(t.layer, t.bits, t.shape) for t in tables] == [("c1", 4, (8, 8, 3, 3)), ("c2", 4, (8, 8, 3, 3)),
                                                             ("fc", 4, (10, 8))]
-    with make_target({"kind": "llvm"}):
+    with make_target({"kind": "llvm"}):  # no micro-kernel schedule, so nothing reads codes (packed: test_host_lut)
         lowered = host.lower(mod, integer=True, schedule=False)
     assert [(r["layer"], r["form"]) for r in lowered.lut_layers] == [("c1", "int8"), ("c2", "int8"), ("fc", "int8")]
     marked = [k for k in lowered.kernels if k.get("weights")]

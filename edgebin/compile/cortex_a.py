@@ -7,10 +7,11 @@
 Two kinds of bundle, chosen by the target file's `[linux] runtime` (or `runtime=`):
 
 - "tvm" (64-bit Pi OS): the host build order (`host.lower`: QdqToInt8 with float requant, which Cortex-A's FPU
-  runs exactly, legalize, fuse, CPU loop order), `tvm.compile` for the Arm LLVM target and `export_library` with
-  the cross g++, giving `model.so`, a Relax VM executable. Beside it: `libtvm_runtime.so` and `libtvm_ffi.so` from
-  TVM's aarch64 wheels (`edgebin.runtime_wheels`, the versions installed here) and `runner`, `pi_runner/runner.cc`
-  cross-built against them with RUNPATH $ORIGIN (cached: it does not depend on the model).
+  runs exactly, legalize, fuse, CPU loop order, 2- to 4-bit weights kept packed and decoded once per kernel run,
+  docs/lut-weights.md "Host"), `tvm.compile` for the Arm LLVM target and `export_library` with the cross g++,
+  giving `model.so`, a Relax VM executable. Beside it: `libtvm_runtime.so` and `libtvm_ffi.so` from TVM's aarch64
+  wheels (`edgebin.runtime_wheels`, the versions installed here) and `runner`, `pi_runner/runner.cc` cross-built
+  against them with RUNPATH $ORIGIN (cached: it does not depend on the model).
 - "c" (32-bit Pi OS, for which TVM publishes no runtime; or any Pi without a TVM runtime): the Cortex-M emitter's
   runtime-free C (`mcu_emit.compile_bundle`: int8 with fixed-point requant, static arena) in `src/`, linked with
   `pi_runner/c_runner.c` into one `runner` by the cross gcc with the target's `cflags`.
@@ -287,7 +288,7 @@ def _build_c(onnx_path: Path, target: Target, stage: Path, *, integer: bool, req
     src = stage / "src"
     config = {"name": target.name, "tvm": {"kind": "c"}, "cflags": list(target.cflags),
               "opt": str(target.extra.get("opt", "-O3"))}
-    with binary.bit_sliced(False):  # the dense binary kernels count with NEON; LUT kernels: Cortex-M only
+    with binary.bit_sliced(False):  # the dense binary kernels count with NEON; no LUT kernels (weights int8)
         compile_bundle(onnx_path, config, src, integer=integer, lut_kernels=False)
     c_manifest = json.loads((src / "bundle.json").read_text())
     shutil.copy2(RUNNER_DIR / "c_runner.c", src / "c_runner.c")

@@ -12,6 +12,14 @@ linked into model.so (`export_executable`): the schedule of `mcu_schedule` with 
 gather a k-major im2col row for `edgebin_matvect_*`, gemms keep `edgebin_matvec_*`. The requant epilogue stays in
 TIR, per row and vectorized; the sums are exact, so outputs are those of the plain loops bit for bit. Every other
 kernel keeps `schedule_cpu_loops`' loop order. ResNet-8: 0.18 -> 0.10 ms (docs/host-int8.md).
+
+Low-bit weights stay packed in the library (`pack_low_bit_weights`, mcu_lut's pass as on Cortex-M): a table-coded
+(NUPES) weight of 2 to 4 bits, and an int8 weight of at most 16 values (a palette: QAT's W4, W2, ternary) wherever
+that is smaller, whose kernel calls an int8 micro-kernel become b-bit codes and a table, which the kernel decodes
+into its int8 weight once at its start (`edgebin_lut{b}_decode`, cpu_kernels/edgebin_cpu_lut.c) for the int8 calls:
+the same sums. ResNet-8 NUPES W4: weights 79,840 -> 41,502 bytes, 2 % slower (docs/lut-weights.md). artefact.json's
+`lut_weights` says which are packed ("form": "lut4") and why others are not ("int8" and the reason). The Cortex-A
+TVM build (`lower_and_build`) does the same. EDGEBIN_HOST_LUT=0 keeps them all int8, EDGEBIN_PALETTE=0 the palettes.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import atomic_write_text
-from edgebin.compile import binary, importer, kernels, lut_weights, mcu_schedule
+from edgebin.compile import binary, importer, kernels, lut_weights, mcu_lut, mcu_schedule
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
 from edgebin.compile.tune import TuneConfig, TuneSummary, tune_kernels
@@ -50,8 +58,16 @@ COMPILE_TIMEOUT_S = 120
 # EDGEBIN_HOST_ROW_CALLS=0 for the Cortex-M grouping (a baseline to compare with).
 HOST_ROW_CALLS = os.environ.get("EDGEBIN_HOST_ROW_CALLS", "1") != "0"
 
-# Why a table-coded (NUPES) weight runs as int8 on the LLVM targets: packed LUT kernels exist for Cortex-M only.
-LUT_INT8_REASON = "x86 and Cortex-A builds run table-coded weights as int8 (packed LUT kernels: Cortex-M bundles)"
+# Low-bit weights (table-coded, and palettes of at most 16 values) kept as b-bit codes, decoded by their kernel;
+# EDGEBIN_HOST_LUT=0 for int8 weights everywhere (the earlier build, a baseline to compare with).
+HOST_LUT = os.environ.get("EDGEBIN_HOST_LUT", "1") != "0"
+# The decode is one C function for every layer, not LUT loops inlined into each kernel as on Cortex-M, so a packed
+# palette adds no code: it is packed whenever its codes and table take fewer bytes than the int8 weight.
+HOST_PALETTE_MIN_SAVING = 1
+# Why a table-coded weight is int8 when no LUT pass ran: the kernels keep TVM's loops (`lower(schedule=False)`,
+# before tuning or after a schedule TVM could not build), or a C bundle without LUT kernels (the Cortex-A C runtime).
+LUT_INT8_REASON = "built without the LUT micro-kernels (TVM's loops, or the Cortex-A C runtime)"
+HOST_LUT_OFF_REASON = "EDGEBIN_HOST_LUT=0: low-bit weights as int8"
 
 relax = tvm_api.relax
 
@@ -65,12 +81,12 @@ class Lowered:
     kernels: list[dict[str, Any]]  # kernels.kernel_census
     weights_bytes: int
     macs: dict[str, int] = field(default_factory=dict)  # multiply-accumulates per call, by kernel, before scheduling
-    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights, here always int8
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed or int8 (mcu_lut)
 
 
 def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) -> Lowered:
     """Import-level Relax -> fused TIR kernels; call inside `with target:`. The build order, step by step."""
-    tables = lut_weights.tables_of(mod)  # table-coded weights the importer folded to int8: they stay int8 here
+    tables = lut_weights.tables_of(mod)  # table-coded weights the importer folded to int8, packed again below
     if integer:
         software_popcount = tvm_api.tvm.target.Target.current().kind.name == "c"  # the MCU bundle's C target
         mod = binary.BinaryToPacked(dense=software_popcount)(mod)  # W1A1 convs -> XNOR/popcount on packed bits;
@@ -91,21 +107,39 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
         relax.transform.DeadCodeElimination(),  # drop the per-op PrimFuncs FuseTIR replaced
     ], name="edgebin.fuse")(mod)
     census = kernels.kernel_census(mod, ops_by_kernel)
-    census, lut_layers = lut_weights.expanded_layers(mod, census, tables, LUT_INT8_REASON) if tables else (census, [])
     # Pads are not fused into the convs' im2col gathers here (mcu_lower does, to save RAM), and a conv's own pad
     # stays a loop nest (schedule_cpu_loops' keep_pads): a gather from a padded tensor tests no bounds per byte.
     # Measured on ResNet-8: 0.32 -> 0.22 ms (int8 activations), 0.27 -> 0.18 ms (uint8).
     macs = _kernel_macs(mod)  # before the micro-kernel calls hide the MAC blocks
     if schedule:
         mod = schedule_cpu_loops(mod)  # int8 MACs -> micro-kernel calls, the rest an untuned loop order; same results
+        mod, census, lut_layers = pack_low_bit_weights(mod, census, tables)  # int8 weights -> codes where they fit
+    else:
+        census, lut_layers = lut_weights.expanded_layers(mod, census, tables, LUT_INT8_REASON) if tables else (
+            census, [])
     return Lowered(mod, ops, census, _constant_bytes(mod), macs, lut_layers)
+
+
+def pack_low_bit_weights(mod, census: list[dict[str, Any]],
+                         tables: list[lut_weights.LutTable]) -> tuple[Any, list[dict[str, Any]], list[dict[str, Any]]]:
+    """(`mod`, census, lut records) with the low-bit weights that the host's micro-kernel calls read packed as codes
+    into a table (mcu_lut.pack_lut_weights on the host schedule, `decode`: 2- to 4-bit codes, every palette that
+    shrinks), the census marking their kernels "lutB"; with HOST_LUT off, all int8 (table-coded ones recorded so)."""
+    if not HOST_LUT:
+        return (mod, *lut_weights.expanded_layers(mod, census, tables, HOST_LUT_OFF_REASON)) if tables else (
+            mod, census, [])
+    mod, records = mcu_lut.pack_lut_weights(mod, tables, palette=mcu_lut.PALETTE.get(),
+                                            min_saving=HOST_PALETTE_MIN_SAVING, bits=mcu_lut.HOST_BITS, decode=True)
+    return mod, mcu_lut.lut_census(census, records), records
 
 
 def tune_lowered(lowered: Lowered, target, tune: TuneConfig, *, progress: Any = None) -> tuple[Lowered, TuneSummary]:
     """Kernels of `lowered` (from `lower(..., schedule=False)`, inside `with target`) with schedules from the
     tuning database, tuned first up to `tune.trials`; the kernels it has none for get `schedule_cpu_loops`."""
     tuned_mod, summary = tune_kernels(lowered.mod, target, tune, progress=progress)
-    return replace(lowered, mod=schedule_cpu_loops(tuned_mod)), summary
+    mod, census, lut_layers = pack_low_bit_weights(schedule_cpu_loops(tuned_mod), lowered.kernels,
+                                                   lut_weights.tables_of(lowered.mod))
+    return replace(lowered, mod=mod, kernels=census, weights_bytes=_constant_bytes(mod), lut_layers=lut_layers), summary
 
 
 def schedule_cpu_loops(mod):
@@ -194,7 +228,7 @@ class HostArtefact:
     requant: str | None = None
     target: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)  # tune.TuneSummary.to_dict(); empty when untuned
-    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # table-coded weights (run as int8 here)
+    lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed ("lut4") or int8
     _vm: Any = field(default=None, init=False, repr=False, compare=False)
 
     def kernel_counts(self) -> dict[str, int]:
@@ -432,7 +466,8 @@ def _input_dtype(model, name: str) -> str:
 
 
 def uses_micro_kernels(mod) -> bool:
-    """True when a kernel of `mod` calls an `edgebin_matvec*` micro-kernel (then the library must link them)."""
+    """True when a kernel of `mod` calls an `edgebin_matvec*` micro-kernel (then the library must link them; a
+    kernel that decodes packed weights, `edgebin_lut{b}_decode`, calls one too)."""
     return any(isinstance(func, tvm_api.tirx.PrimFunc) and any(
         mcu_schedule.is_matvec_call(call) for call in tvm_api.collect(func.body, tvm_api.IRCall))
         for func in mod.functions.values())

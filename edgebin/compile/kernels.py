@@ -22,9 +22,10 @@ Kinds, decided from the kernel's TIR blocks, first match wins:
 - `binary`: a binary conv on packed bits (XNOR/popcount, `edgebin_bconv2d` of binary_kernels/edgebin_binary.h),
   counted only when a model has one.
 - `lut4` (`lut2` .. `lut7`): an int8-activation conv or gemm whose weights stay b-bit codes into a table of int8
-  levels, decoded in the kernel (`edgebin_lut4_matvec*` of mcu_kernels/edgebin_lut.h; Cortex-M bundles only,
-  mcu_lut). A table-coded layer that runs on int8 weights instead is `int8`; its census record then carries
-  `"weights": "int8 (lut4)"`.
+  levels, decoded in the kernel (mcu_lut): by the LUT micro-kernel in Cortex-M bundles (`edgebin_lut4_matvec*`,
+  mcu_kernels/edgebin_lut.h), once per run in the host's and Cortex-A's libraries (`edgebin_lut4_decode`,
+  cpu_kernels/edgebin_cpu_lut.c; b = 2..4). A table-coded layer that runs on int8 weights instead is `int8`; its
+  census record then carries `"weights": "int8 (lut4)"`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Low-bit weights given as codes into a table of int8 levels (NUPES): folded to int8 for every target, recorded so
-that the Cortex-M bundle can keep them packed.
+that the Cortex-M bundle and the host and Cortex-A libraries can keep them packed.
 
     model, tables = fold_lut_weights(onnx.load("out/model.onnx"))
     tables[0].layer, tables[0].bits, tables[0].levels   # "c1", 4, int8 levels[0..14]
@@ -15,9 +15,10 @@ with N = 2^(b-1) - 1 and b = 2..8, so the weight's int8 value is levels[codes] a
 QDQ model. `fold_lut_weights` replaces each Gather by the int8 initializer levels[codes]: QdqToInt8, the host, the
 Cortex-A and the Cortex-M builds then compile it as the int8 model it is. The pattern is recognised structurally;
 the model's `edgebin.lut_weights` metadata is informative only. `importer.from_onnx` folds every model it imports
-and leaves the tables on the Relax module (`tables_of(mod)`): the Cortex-M build puts the codes back, packed at
-b bits, for every layer whose int8 weight the matvec micro-kernel reads (`mcu_lut`); every other target, and any
-layer the micro-kernel does not take, runs the int8 weight, and the artefact says so (`expanded_layers`).
+and leaves the tables on the Relax module (`tables_of(mod)`): the Cortex-M build, and the LLVM builds (x86 host,
+Cortex-A's TVM runtime; b = 2..4), put the codes back, packed at b bits, for every layer whose int8 weight the matvec
+micro-kernel reads (`mcu_lut`); any other layer, and the builds without LUT kernels (TVM's own loops, the Cortex-A
+C runtime), run the int8 weight, and the artefact says so (`expanded_layers`).
 """
 
 from __future__ import annotations
@@ -292,7 +293,8 @@ def weight_kernels(mod, tables: list[LutTable]) -> dict[str, LutTable]:
 
 def expanded_layers(mod, census: list[dict], tables: list[LutTable], reason: str) -> tuple[list[dict], list[dict]]:
     """(census with each kernel that reads a table-coded weight as int8 marked `"weights": "int8 (lutB)"`, one
-    record per table: it runs as int8, and why). For the targets that do not pack them (x86, Cortex-A)."""
+    record per table: it runs as int8, and why). For the builds that do not pack them (TVM's loops, the Cortex-A C
+    runtime, EDGEBIN_HOST_LUT=0)."""
     kernels = weight_kernels(mod, tables)
     marked = [{**record, "weights": f"int8 (lut{kernels[record['name']].bits})"} if record["name"] in kernels
               else record for record in census]

@@ -26,7 +26,7 @@ from typing import Any
 
 from edgebin.compile import binary, host, kernels, lut_weights, requant
 from edgebin.compile import tvm_adapter as tvm_api
-from edgebin.compile.mcu_lut import PALETTE, pack_lut_weights
+from edgebin.compile.mcu_lut import PALETTE, lut_census, pack_lut_weights
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, fuse_requant, schedule_for_mcu
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
         lut_layers = lowered.lut_layers  # int8, as host.lower notes them
         if lut_kernels:  # low-bit weights as packed codes read by the LUT micro-kernels
             mod, lut_layers = pack_lut_weights(mod, tables, palette=PALETTE.get() if palette is None else palette)
-            census = _lut_census(census, lut_layers)
+            census = lut_census(census, lut_layers)
         if MICRO_KERNELS.get():
             mod = fuse_requant(mod)  # after mcu_lut: the int8 calls it left requantize their own sums
         mod = tvm_api.tvm.transform.Sequential([
@@ -86,22 +86,6 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
         ], name="edgebin.mcu")(mod)
     return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer, lut_layers=lut_layers,
                       layer_parts={name: found for name, found in parts.items() if found})
-
-
-def _lut_census(census: list[dict[str, Any]], lut_layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Census records with the kernels that read packed codes as kind "lutB", and each low-bit layer's kernel
-    noting its weight form ("lut4", or "int8" for a 4-bit layer expanded to int8: `weights` "int8 (lut4)")."""
-    forms = {r["kernel"]: r for r in lut_layers if r["kernel"] is not None}
-    updated = []
-    for record in census:
-        lut = forms.get(record["name"])
-        if lut is None:
-            updated.append(record)
-        elif lut["form"] == "int8":
-            updated.append({**record, "weights": f"int8 (lut{lut['bits']})"})
-        else:
-            updated.append({**record, "kind": lut["form"], "weights": lut["form"]})
-    return updated
 
 
 def kernel_macs(func) -> int:

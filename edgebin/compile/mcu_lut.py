@@ -1,35 +1,46 @@
-"""Cortex-M: low-bit weights stay packed at b bits, decoded through a table of int8 levels inside the micro-kernel.
+"""Low-bit weights stay packed at b bits, decoded through a table of int8 levels in the kernel: in Cortex-M bundles
+(mcu_lower) by the LUT micro-kernel, in the LLVM targets' libraries (x86 host, Cortex-A; host.pack_low_bit_weights,
+`decode`) once per run of the kernel.
 
     mod, layers = pack_lut_weights(mod, lut_weights.tables_of(imported), palette=True)  # after schedule_for_mcu
     layers[0]  # {"layer": "c1", "bits": 4, "form": "lut4", "source": "nupes", "kernel": "fused_conv2d1_requant1",
                #  "codes_bytes": 291, "table_bytes": 16, "weights": 576, "reason": null}
+    census = lut_census(census, layers)  # the packed kernels' kind "lut4", the others' weights "int8 (lut4)"
 
 The MCU schedule turned each int8 conv or gemm into a call of the int8 micro-kernel
-`edgebin_matvec{,2,4}_{s8,u8s8}(col, w, K, Cout, acc)` reading its weight constant rows-first, (Cout, K). Two kinds
-of weight go back to codes into a table:
+`edgebin_matvec{,2,4}_{s8,u8s8}(col, w, K, Cout, acc)` reading its weight constant rows-first, (Cout, K); the
+host's schedule (row_calls) into that call for a gemm, and `edgebin_matvect_*(.., P)` or
+`edgebin_matvecc_*(.., P, kh, kw, cs, rs)`, the same w, K and Cout, for a conv's row of pixels. Two kinds of weight
+go back to codes into a table:
 
 - **table-coded (NUPES)** weights, `"source": "nupes"`: the importer folded them to int8 (`lut_weights`); a kernel
   whose weight constant has exactly the values of one recorded table's weight (same multiset:
   `lut_weights.match_table`) gets the codes back by inverse lookup, at the table's b;
-- **palettes**, `"source": "palette"` (with `palette`, the Cortex-M default): any other int8 weight constant of a
-  matvec kernel with at most 16 distinct values, as QAT exports them (StatsQ / LSQ W4: 16 values, W2 and ternary: 4
-  and 3, binary weights: 2), becomes codes into its sorted distinct values at the smallest b of 2, 3, 4 that holds
-  them (`palette_table`), when the flash this saves, the int8 weight less the codes and the table, is at least
-  `PALETTE_MIN_SAVING` bytes, about the most code a LUT kernel was measured to add (docs/lut-weights.md).
+- **palettes**, `"source": "palette"` (with `palette`, the Cortex-M and host default): any other int8 weight
+  constant of a matvec kernel with at most 16 distinct values, as QAT exports them (StatsQ / LSQ W4: 16 values, W2
+  and ternary: 4 and 3, binary weights: 2), becomes codes into its sorted distinct values at the smallest b of 2, 3,
+  4 that holds them (`palette_table`), when the flash this saves, the int8 weight less the codes and the table, is
+  at least `min_saving` bytes: on Cortex-M `PALETTE_MIN_SAVING`, about the most code a LUT kernel was measured to
+  add (docs/lut-weights.md); on the host 1 (any saving), as its decode is one function for all layers.
 
 Correct by value equality either way (whichever code a repeated level had). For each such kernel
 
 - in `main`, the int8 constant becomes the codes packed at b bits (`lut_weights.pack_codes`: rows of
   ceil(K b / 8) bytes, 3 bytes of padding after the last row, which the kernel may read), followed by the table
-  (int8, 2^b entries, zero-padded): both are weights in flash, counted in bundle.json's `weights_bytes`;
-- in the kernel, the weight parameter becomes those two buffers and the call
+  (int8, 2^b entries, zero-padded): both are weights in flash, counted in bundle.json's (artefact.json's)
+  `weights_bytes`;
+- in the kernel, the weight parameter becomes those two buffers, and the call
   `edgebin_lut{b}_matvec{,2,4}_{s8,u8s8}(col, codes, table, K, Cout, acc)` (mcu_kernels/edgebin_lut.h), whose sums
-  are those of the int8 call bit for bit.
+  are those of the int8 call bit for bit; or, with `decode` (the host, where RAM is no concern and the calls are
+  many: one per row of output pixels), the weight becomes a buffer of the kernel that
+  `edgebin_lut{b}_decode(codes, table, K, Cout, w)` (cpu_kernels/edgebin_cpu_lut.c) fills at its start, and the int8
+  calls stay as they were.
 
 A weight stays int8, logged and recorded with its reason, when its kernel has no micro-kernel call (plain loops:
 a depthwise conv; a palette is only looked for in kernels with one), when b = 8 (the codes would take as much flash
-as the int8 weight), when its int8 weight is not a kernel constant any more, or (palettes) when packing saves less
-than `PALETTE_MIN_SAVING` bytes. A palette record's `layer` is null here; bundle.json names it (mcu_manifest).
+as the int8 weight) or b is not one of `bits` (the host decodes 2 to 4), when its int8 weight is not a kernel
+constant any more, or (palettes) when packing saves less than `min_saving` bytes. A palette record's `layer` is
+null here; bundle.json names it (mcu_manifest).
 `palette_weights(False)`, `palette=False` or EDGEBIN_PALETTE=0 leave every palette int8 (and unrecorded).
 """
 
@@ -41,7 +52,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -68,22 +79,27 @@ log = logging.getLogger(__name__)
 
 HEADER = "edgebin_lut.h"  # mcu_kernels/: the LUT micro-kernels
 PACKED_BITS = range(2, 8)  # b = 8 codes take a byte each, as the int8 weight: nothing to gain
+HOST_BITS = (2, 3, 4)  # the b that cpu_kernels/edgebin_cpu_lut.c decodes (the LLVM targets: 2- to 4-bit weights)
 PALETTE_BITS = (2, 3, 4)  # a palette of up to 16 values; more (an 8-bit layer) stays int8
 # A palette is packed only when it saves at least this much flash (int8 bytes - codes - table): each LUT kernel's
 # loops are inlined into its conv or gemm kernel in place of the int8 kernel's, -0.6 to +0.4 KB of code per kernel
 # at ResNet-8's shapes and up to +1.0 KB at K = 72 on cortex-m4 (docs/lut-weights.md, "Code a LUT kernel adds").
 # The first packed layer also adds its table of pairs to RAM (.bss: 1 KB at b = 3, 4; 2 KB at b = 2), not weighed.
 PALETTE_MIN_SAVING = 1024
-# Palettes packed or not (the Cortex-M build's default); EDGEBIN_PALETTE=0 switches them off for a run,
+# Palettes packed or not (the Cortex-M and host builds' default); EDGEBIN_PALETTE=0 switches them off for a run,
 # `with palette_weights(False):` for a block, `compile_bundle(..., palette=False)` for one bundle.
 PALETTE = contextvars.ContextVar("edgebin_palette", default=os.environ.get("EDGEBIN_PALETTE", "1") != "0")
 CODES_PADDING = 3  # bytes after the last row: the kernel loads whole words
 _MCU_MATVEC = re.compile(r"edgebin_matvec[24]?_(s8|u8s8)")  # the int8 micro-kernels a LUT kernel replaces
+# The int8 micro-kernels whose weight can be packed: those, and the host's for a row of pixels, edgebin_matvec{t,c}_*
+# (whose weight `decode` packs: the LUT kernels take Cortex-M's call forms only).
+_MATVEC = re.compile(r"edgebin_matvec[24tc]?_(s8|u8s8)")
 
 
 @contextlib.contextmanager
 def palette_weights(on: bool = True) -> Iterator[None]:
-    """Within the block, Cortex-M bundles pack (or, off, leave int8) the int8 weights with at most 16 values."""
+    """Within the block, Cortex-M bundles and host libraries pack (or, off, leave int8) the int8 weights with at most
+    16 values."""
     token = PALETTE.set(on)
     try:
         yield
@@ -119,12 +135,14 @@ def packed_bytes(table: LutTable, k: int, n: int) -> int:
 _Rewrites = dict[str, tuple[Any, int, dict[str, list[tuple[LutTable, dict[str, Any]]]]]]
 
 
-def pack_lut_weights(mod, tables: list[LutTable], *, palette: bool = False,
-                     min_saving: int | None = None) -> tuple[Any, list[dict[str, Any]]]:
+def pack_lut_weights(mod, tables: list[LutTable], *, palette: bool = False, min_saving: int | None = None,
+                     bits: Collection[int] = PACKED_BITS, decode: bool = False) -> tuple[Any, list[dict[str, Any]]]:
     """(`mod` with every low-bit weight its micro-kernel reads packed, one record per table-coded weight, then one
     per palette weight of a matvec kernel's call: packed ("lutB") or left int8 with the reason). Runs on `main`'s
-    call_tir bindings, after the MCU schedule. `palette`: also pack int8 weights of at most 16 values where the calls
-    of their kernel save at least `min_saving` bytes of flash (None: PALETTE_MIN_SAVING)."""
+    call_tir bindings, after the MCU schedule (or the host's). `palette`: also pack int8 weights of at most 16 values
+    where the calls of their kernel save at least `min_saving` bytes of flash (None: PALETTE_MIN_SAVING). `bits`:
+    the code widths the target's LUT kernels take (HOST_BITS on the host). `decode` (the host): each packed kernel
+    decodes its weight once at its start and keeps its int8 micro-kernel calls (`_decoded_at_start`)."""
     if not tables and not palette:
         return mod, []
     min_saving = PALETTE_MIN_SAVING if min_saving is None else min_saving
@@ -145,16 +163,18 @@ def pack_lut_weights(mod, tables: list[LutTable], *, palette: bool = False,
         matched = [table for _, table in found if table is not None]
         if not matched:
             if palette:
-                palettes += _pack_palettes(mod[name], name, arguments[name], min_saving, rewritten)
+                palettes += _pack_palettes(mod[name], name, arguments[name], min_saving, rewritten, decode)
             continue
-        params, bits = {param for param, _ in found}, {table.bits for table in matched}
+        params, widths = {param for param, _ in found}, {table.bits for table in matched}
         reason, func = None, None
-        if len(matched) < len(found) or len(params) != 1 or len(bits) != 1:
+        if len(matched) < len(found) or len(params) != 1 or len(widths) != 1:
             reason = "its kernel is shared with layers of other weights"
         elif matched[0].bits not in PACKED_BITS:
             reason = f"{matched[0].bits}-bit codes take as much flash as the int8 weight"
+        elif matched[0].bits not in bits:
+            reason = f"this target packs {min(bits)}- to {max(bits)}-bit codes"
         else:
-            func, reason, _ = _lut_primfunc(mod[name], next(iter(params)), matched[0].bits)
+            func, reason, _ = _lut_primfunc(mod[name], next(iter(params)), matched[0].bits, decode)
         for table in matched:
             records[table.layer] = _record(table, name, reason, "nupes")
         if func is not None:
@@ -168,14 +188,15 @@ def pack_lut_weights(mod, tables: list[LutTable], *, palette: bool = False,
                      "palette" if record["source"] == "palette" else "table-coded", record["reason"])
     if palettes:
         packed = [r for r in palettes if r["form"] != "int8"]
-        log.info("Cortex-M: %d of %d int8 weight(s) with at most 16 values packed (%s)", len(packed), len(palettes),
+        log.info("%d of %d int8 weight(s) with at most 16 values packed (%s)", len(packed), len(palettes),
                  ", ".join(f"{r['kernel']} {r['form']}" for r in packed) or "none saves enough flash")
     if rewritten:
         mod = _rewrite_calls(mod, rewritten)
     return mod, [*(records[table.layer] for table in tables), *palettes]
 
 
-def _pack_palettes(func, name: str, calls: list[list], min_saving: int, rewritten: _Rewrites) -> list[dict[str, Any]]:
+def _pack_palettes(func, name: str, calls: list[list], min_saving: int, rewritten: _Rewrites,
+                   decode: bool) -> list[dict[str, Any]]:
     """The records of kernel `name`'s palette weights, one per call, packed (into `rewritten`) or int8 with the
     reason; none when its micro-kernel's weight is not an int8 constant of at most 16 values in every call. Calls
     of one kernel share its code, so they take one b (the largest they need) and one saving."""
@@ -188,12 +209,13 @@ def _pack_palettes(func, name: str, calls: list[list], min_saving: int, rewritte
         return []
     bits = max(table.bits for table in found)
     found = [palette_table(values, min_bits=bits) for values in weights]
-    lut_func, reason, shape = _lut_primfunc(func, param, bits)
+    lut_func, reason, shape = _lut_primfunc(func, param, bits, decode)
     if lut_func is not None:
         saving = sum(table.size - packed_bytes(table, *shape) for table in found)
-        if saving < min_saving:
+        if saving < min_saving:  # (on the host, min_saving 1: the packed weight is no smaller)
             lut_func, reason = None, (f"packing saves {saving} B of flash, less than the {min_saving} B of code a "
-                                      "LUT kernel may add")
+                                      "LUT kernel may add" if min_saving > 1 else
+                                      f"the codes and table are no smaller than the int8 weight (saves {saving} B)")
     records = [_record(table, name, reason, "palette") for table in found]
     if lut_func is not None:
         rewritten[name] = (lut_func, param, _entries(list(zip(found, records, strict=True))))
@@ -212,6 +234,22 @@ def _record(table: LutTable, kernel: str | None, reason: str | None, source: str
     return {"layer": table.layer or None, "bits": table.bits, "form": "int8" if reason else f"lut{table.bits}",
             "source": source, "kernel": kernel, "weights": table.size, "codes_bytes": None, "table_bytes": None,
             "reason": reason}
+
+
+def lut_census(census: list[dict[str, Any]], lut_layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Census records with the kernels that read packed codes as kind "lutB", and each low-bit layer's kernel
+    noting its weight form ("lut4", or "int8" for a 4-bit layer expanded to int8: `weights` "int8 (lut4)")."""
+    forms = {r["kernel"]: r for r in lut_layers if r["kernel"] is not None}
+    updated = []
+    for record in census:
+        lut = forms.get(record["name"])
+        if lut is None:
+            updated.append(record)
+        elif lut["form"] == "int8":
+            updated.append({**record, "weights": f"int8 (lut{lut['bits']})"})
+        else:
+            updated.append({**record, "kind": lut["form"], "weights": lut["form"]})
+    return updated
 
 
 def _calls(mod) -> list:
@@ -272,9 +310,11 @@ def _weight_param(func) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None, tuple[int, int]]:
+def _lut_primfunc(func, param: int, bits: int, decode: bool = False) -> tuple[Any, str | None, tuple[int, int]]:
     """(`func` reading codes and table instead of its int8 weight parameter `param`, None, the call's (K, Cout)),
-    or (None, the reason it cannot, (0, 0)): the weight must be read by exactly one micro-kernel call, whole."""
+    or (None, the reason it cannot, (0, 0)): the weight must be read by exactly one micro-kernel call, whole. The
+    call becomes the LUT kernel's; with `decode` (the host), the weight a buffer of the kernel that
+    `edgebin_lut{b}_decode` fills at its start, the call staying as it is."""
     weight = func.params[param]
     sites = [block for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None]
     if not sites:
@@ -292,37 +332,65 @@ def _lut_primfunc(func, param: int, bits: int) -> tuple[Any, str | None, tuple[i
         return None, "its micro-kernel call does not read the whole weight", (0, 0)
     if not _points_into(call.args[2], matched[0].buffer):
         return None, "its micro-kernel call does not read the weight through its match buffer", (0, 0)
+    if not decode and not _MCU_MATVEC.fullmatch(str(call.args[0].value)):
+        return None, f"no LUT micro-kernel for its {call.args[0].value} call", (0, 0)
     i64 = "int64"
     codes = tirx.decl_buffer((tirx.IntImm(i64, n * row_bytes(k, bits) + CODES_PADDING),), "uint8",
                              name=f"{weight.name}_codes")
     table = tirx.decl_buffer((tirx.IntImm(i64, 1 << bits),), "int8", name=f"{weight.name}_table")
+    if decode:
+        body = _decoded_at_start(func.body, weight, codes, table, bits, k, n)
+    else:
+        body = _lut_call(func.body, site, matched[0], codes, table, bits)
+    params = [*func.params[:param], codes, table, *func.params[param + 1:]]
+    return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None, (k, n)
+
+
+def _lut_call(body, site, matched, codes, table, bits: int):
+    """`body` with the micro-kernel call of block `site` the LUT kernel's, reading codes and table instead of the
+    weight its match buffer `matched` gave it."""
+    weight = matched.source.source
 
     def rewrite(block):
         if not block.same_as(site):
             return block
-        args = list(call.args)
+        args = list(_matvec_call(block).args)
         lut_call = tirx.call_extern("void", lut_kernel(str(args[0].value), bits), args[1], codes.access_ptr("r"),
                                     table.access_ptr("r"), *args[3:])
         reads = [region for region in block.reads if not region.source.same_as(weight)]
         reads += [whole_region(codes), whole_region(table)]
         return s_tir.SBlock(block.iter_vars, reads, block.writes, block.name_hint, tirx.Evaluate(lut_call),
-                            block.init, block.alloc_buffers, [m for m in block.match_buffers if m is not matched[0]
-                                                              and not m.same_as(matched[0])], block.annotations)
+                            block.init, block.alloc_buffers, [m for m in block.match_buffers if m is not matched
+                                                              and not m.same_as(matched)], block.annotations)
 
-    body = tvm_ffi.structural_map(func.body, (s_tir.SBlock, rewrite))
-    params = [*func.params[:param], codes, table, *func.params[param + 1:]]
-    return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None, (k, n)
+    return tvm_ffi.structural_map(body, (s_tir.SBlock, rewrite))
+
+
+def _decoded_at_start(body, weight, codes, table, bits: int, k: int, n: int):
+    """The root block `body` with `weight` one of its buffers instead of a parameter, filled first by
+    `edgebin_lut{b}_decode(codes, table, K, Cout, weight)` (cpu_kernels/edgebin_cpu_lut.c): once per run of the
+    kernel, for all its micro-kernel calls (the host makes one per row of output pixels)."""
+    decode = tirx.call_extern("void", f"edgebin_lut{bits}_decode", codes.access_ptr("r"), table.access_ptr("r"), k, n,
+                              weight.access_ptr("w"))
+    first = s_tir.SBlockRealize([], True, s_tir.SBlock([], [whole_region(codes), whole_region(table)],
+                                                       [whole_region(weight)], f"{weight.name}_decode",
+                                                       tirx.Evaluate(decode)))
+    root = body.block
+    rest = list(root.body.seq) if isinstance(root.body, tirx.SeqStmt) else [root.body]
+    root = s_tir.SBlock(root.iter_vars, root.reads, root.writes, root.name_hint, tirx.SeqStmt([first, *rest]),
+                        root.init, [*root.alloc_buffers, weight], root.match_buffers, root.annotations)
+    return s_tir.SBlockRealize(body.iter_values, body.predicate, root)
 
 
 def _matvec_call(block):
-    """The `edgebin_matvec{,2,4}_{s8,u8s8}` call_extern that is the whole body of `block`, else None."""
+    """The int8 `edgebin_matvec{,2,4,t,c}_{s8,u8s8}` call_extern that is the whole body of `block`, else None."""
     body = block.body
     if not isinstance(body, tirx.Evaluate) or not isinstance(body.value, IRCall):
         return None
     call = body.value
     if not str(getattr(call.op, "name", "")).endswith("call_extern"):
         return None
-    return call if _MCU_MATVEC.fullmatch(str(call.args[0].value)) else None
+    return call if _MATVEC.fullmatch(str(call.args[0].value)) else None
 
 
 def _points_into(ptr, buffer) -> bool:
@@ -343,5 +411,5 @@ def _whole(region, buffer, block) -> bool:
     return True
 
 
-__all__ = ["HEADER", "PACKED_BITS", "PALETTE", "PALETTE_BITS", "PALETTE_MIN_SAVING", "lut_kernel", "pack_lut_weights",
-           "packed_bytes", "packed_constants", "palette_table", "palette_weights"]
+__all__ = ["HEADER", "HOST_BITS", "PACKED_BITS", "PALETTE", "PALETTE_BITS", "PALETTE_MIN_SAVING", "lut_census",
+           "lut_kernel", "pack_lut_weights", "packed_bytes", "packed_constants", "palette_table", "palette_weights"]

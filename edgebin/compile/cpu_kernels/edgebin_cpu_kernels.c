@@ -434,3 +434,6 @@ void edgebin_matvecc_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t 
                           int32_t kh, int32_t kw, int32_t cs, int32_t rs) {
   edgebin_matvec_rows(x, w, k, n, acc, P, kh, kw, cs, rs, 1);
 }
+
+/* Low-bit weights kept as b-bit codes into a table: edgebin_lut{b}_decode, once a kernel run, for the kernels above. */
+#include "edgebin_cpu_lut.c"

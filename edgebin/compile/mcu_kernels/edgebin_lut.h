@@ -24,7 +24,8 @@
  * Measured on QEMU (cortex-m4, tools/bench/lut_kernels.py, docs/lut-weights.md), kernel calls alone, instructions
  * per MAC at 4 / 2 / 1 columns: int8 kernel 0.95 / 1.16 / 1.37, b = 2 1.27 / 1.48 / 1.65, b = 4 1.32 / 1.60 / 1.90,
  * b = 3 1.83 / 2.19 / 3.27; b >= 5 2.4-5.2.
- * Other cores and the host run plain C loops (define EDGEBIN_NO_SIMD to force them).
+ * Other cores run plain C loops (define EDGEBIN_NO_SIMD to force them). The host and Cortex-A libraries keep the same
+ * codes but decode them once per kernel run instead (cpu_kernels/edgebin_cpu_lut.c), for their int8 kernels.
  */
 #ifndef EDGEBIN_LUT_H
 #define EDGEBIN_LUT_H
