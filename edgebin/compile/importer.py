@@ -5,7 +5,8 @@
 
 Table-coded low-bit weights (NUPES: codes -> Cast -> Gather(levels) -> DequantizeLinear) are folded to their int8
 values before the conversion, so every target compiles them as int8; their tables ride on the module
-(`lut_weights.tables_of(mod)`) for the Cortex-M build, which packs them again.
+(`lut_weights.tables_of(mod)`) for the Cortex-M build, which packs them again; so do the QAT layers' input code
+ranges from the export metadata (`activation_codes.codes_of(mod)`), which choose its bit-serial kernels.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from edgebin.compile import lut_weights
+from edgebin.compile import activation_codes, lut_weights
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.errors import InputShapeError, ModelLoadError, UnsupportedOpsError
 
@@ -88,12 +89,14 @@ def from_onnx(
     keep_params_in_input: bool = False,
 ) -> tvm_api.tvm.IRModule:
     """Relax module of `model`; weights become constants unless `keep_params_in_input`. Table-coded weights are
-    folded to int8 first, their tables left on the module (lut_weights)."""
+    folded to int8 first, their tables left on the module (lut_weights), with the input code ranges of QAT layers
+    (activation_codes)."""
     check_supported(model)
     shapes = shape_dict if shape_dict is not None else input_shapes(model)
     model, folded = lut_weights.fold_lut_weights(model)
     log.debug("importing ONNX graph with inputs %s", shapes)
     mod = tvm_api.onnx_to_relax(model, shapes, keep_params_in_input)
+    mod = activation_codes.with_codes(mod, activation_codes.activation_codes(model))
     return lut_weights.with_tables(mod, [weight.table() for weight in folded])
 
 

@@ -26,6 +26,8 @@ Kinds, decided from the kernel's TIR blocks, first match wins:
   mcu_kernels/edgebin_lut.h), once per run in the host's and Cortex-A's libraries (`edgebin_lut4_decode`,
   cpu_kernels/edgebin_cpu_lut.c; b = 2..4). A table-coded layer that runs on int8 weights instead is `int8`; its
   census record then carries `"weights": "int8 (lut4)"`.
+- `bitserial`: an integer conv or gemm whose low-bit weight is bit planes, summed against the bit planes of its
+  input codes (`edgebin_bs_matvec*`, mcu_kernels/edgebin_bitserial.h; Cortex-M bundles, mcu_bitserial).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ from edgebin.compile.tvm_adapter import (
 KINDS = ("int8", "float", "convert", "data")  # always counted; "binary" too when present
 _EXTERN_KINDS = {  # C kernels (binary_kernels/edgebin_binary.h) by what they do, by name prefix
     "edgebin_bconv2d": "binary", "edgebin_bpack_nchw_f32": "convert", "edgebin_bpack_add_nchw_f32": "float",
-    "edgebin_bpack_pair_add": "float"}
+    "edgebin_bpack_pair_add": "float", "edgebin_bs_": "bitserial"}
 _QDQ_BLOCKS = ("quantized", "dequantized")
 _EXACT_CALLS = ("round", "nearbyint", "if_then_else")  # not float maths in the census sense
 

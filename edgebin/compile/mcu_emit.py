@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from edgebin.atomic import staged_dir
-from edgebin.compile import binary, importer, mcu_lut, mcu_manifest
+from edgebin.compile import binary, importer, mcu_bitserial, mcu_lut, mcu_manifest
 from edgebin.compile import tvm_adapter as tvm_api
 from edgebin.compile.in_place import in_place_outputs
 from edgebin.compile.mcu_graph import ARENA, CONST, INPUT, OUTPUT, Graph, View, read_graph
@@ -41,7 +41,7 @@ SOURCES = ("model.c", "kernels.c", "runtime.c")
 
 
 def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, integer: bool = True,
-                   lut_kernels: bool = True, palette: bool | None = None) -> Path:
+                   lut_kernels: bool = True, palette: bool | None = None, bitserial: str | None = None) -> Path:
     """Compile an ONNX model into the C bundle of docs/mcu-bundle.md in `out_dir` (written atomically).
 
     With `integer` (the default) a QDQ model computes in int8 with fixed-point requantization; a float model,
@@ -49,7 +49,9 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
     and `opt`, the Makefile's defaults) or an `edgebin.targets.Target`. Table-coded low-bit weights stay packed
     for the LUT micro-kernels (mcu_lut) unless `lut_kernels` is off; so do other int8 weights of at most 16 values
     where that saves flash, unless `palette` is off (None: EDGEBIN_PALETTE, on by default; mcu_lut.palette_weights).
-    bundle.json's `lut_weights` says which did.
+    bundle.json's `lut_weights` says which did. Low-bit weights whose inputs have few bits run bit-serial
+    (mcu_bitserial; `bitserial` "auto", "on" or "off", None: EDGEBIN_BITSERIAL, else "auto"): bundle.json's
+    `bitserial` lists them.
     """
     onnx_path, out_dir = Path(onnx_path), Path(out_dir)
     target_cfg = _target_record(target_cfg)
@@ -64,7 +66,7 @@ def compile_bundle(onnx_path: Path, target_cfg: dict | Any, out_dir: Path, *, in
     mod = importer.from_onnx(model, shapes)  # UnsupportedOpsError listing every unknown ONNX op
     integer = integer and is_quantized(mod)
     lowered = lower_for_mcu(mod, integer=integer, target_spec=target_spec, lut_kernels=lut_kernels,
-                            palette=palette)  # QDQ -> int8
+                            palette=palette, bitserial=bitserial)  # QDQ -> int8
     graph = read_graph(lowered.mod)  # strict: UnsupportedOpsError naming every binding C cannot express
     reuses = in_place_outputs(graph, lowered.mod)  # outputs a kernel may write over an input dying at its call
     plan = plan_memory(graph.buffers(reuses))  # arena offsets from tensor lifetimes
@@ -209,6 +211,7 @@ _BUILTIN_DECL = re.compile(r"^TVM_DLL \S+ __builtin_\w+\(.*\);\n", re.M)
 MICRO_KERNEL_HEADER = "edgebin_kernels.h"  # mcu_kernels/: what the MCU schedule's call_extern calls
 _MICRO_KERNEL_CALL = re.compile(r"\bedgebin_\w+\(")
 _LUT_KERNEL_CALL = re.compile(r"\bedgebin_lut\d_\w+\(")
+_BITSERIAL_KERNEL_CALL = re.compile(r"\bedgebin_bs_\w+\(")
 _MICRO_KERNEL_DECL = re.compile(r"^TVM_DLL \S+ edgebin_\w+\(.*\);\n", re.M)  # untyped; the header has the real one
 _FUNC_START = re.compile(r"^\S.*\)\s*\{\s*$", re.M)
 _ALLOC = re.compile(r"TVMBackendAllocWorkspace\(([^;]*?)\)\)*;")
@@ -224,6 +227,8 @@ def clean_kernels_source(source: str) -> str:
             raise UnsupportedOpsError(f"a generated kernel calls {name}, which the bare-metal runtime lacks")
     source = _MICRO_KERNEL_DECL.sub("", _BUILTIN_DECL.sub("", source))
     packed = binary.called_in_source(source)
+    if _BITSERIAL_KERNEL_CALL.search(source):
+        source = f'#include "{mcu_bitserial.HEADER}"  /* bit-serial micro-kernels for bit-plane weights */\n' + source
     if _LUT_KERNEL_CALL.search(source):  # it includes MICRO_KERNEL_HEADER
         source = f'#include "{mcu_lut.HEADER}"  /* micro-kernels for table-coded low-bit weights */\n' + source
     elif _MICRO_KERNEL_CALL.search(source):
@@ -257,11 +262,12 @@ def write_driver_bundle(directory: Path, sources: dict[str, str], input_elems: i
 
 def micro_kernel_headers(source: str) -> dict[str, str]:
     """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h
-    (and mcu_kernels/edgebin_lut.h, which includes it), binary_kernels/edgebin_binary.h."""
+    (and mcu_kernels/edgebin_lut.h and edgebin_bitserial.h, which include it), binary_kernels/edgebin_binary.h."""
     headers = {}
     kernel_headers = resources.files("edgebin.compile").joinpath("mcu_kernels")
-    if f'#include "{mcu_lut.HEADER}"' in source:
-        headers[mcu_lut.HEADER] = kernel_headers.joinpath(mcu_lut.HEADER).read_text()
+    for header in (mcu_bitserial.HEADER, mcu_lut.HEADER):
+        if f'#include "{header}"' in source:
+            headers[header] = kernel_headers.joinpath(header).read_text()
     if f'#include "{MICRO_KERNEL_HEADER}"' in source or headers:
         headers[MICRO_KERNEL_HEADER] = kernel_headers.joinpath(MICRO_KERNEL_HEADER).read_text()
     if f'#include "{binary.HEADER.name}"' in source:

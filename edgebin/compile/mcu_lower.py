@@ -26,6 +26,8 @@ from typing import Any
 
 from edgebin.compile import binary, host, kernels, lut_weights, requant
 from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.activation_codes import codes_of
+from edgebin.compile.mcu_bitserial import pack_bitserial_weights
 from edgebin.compile.mcu_lut import PALETTE, lut_census, pack_lut_weights
 from edgebin.compile.mcu_schedule import MICRO_KERNELS, fuse_pads_into_convs, fuse_requant, schedule_for_mcu
 
@@ -44,20 +46,25 @@ class McuLowered:
     macs: dict[str, int]  # multiply-accumulates per call, by kernel name
     integer: bool
     lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed or int8 (mcu_lut)
+    bitserial_layers: list[dict[str, Any]] = field(default_factory=list)  # bit-plane weights (mcu_bitserial)
     # the binary conv kernels: (MACs, weight elements) of each ONNX conv one computes (two: a block's conv + shortcut)
     layer_parts: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = None,
-                  lut_kernels: bool = True, palette: bool | None = None) -> McuLowered:
+                  lut_kernels: bool = True, palette: bool | None = None,
+                  bitserial: str | None = None) -> McuLowered:
     """Imported Relax -> fused, MCU-scheduled kernels and a `main` of static allocations. The build order.
 
     `lut_kernels`: table-coded weights go back to packed codes read by the LUT micro-kernels (mcu_lut), where the
     int8 micro-kernel reads them; off, they run as int8 (the Cortex-A C bundle, whose cores lack the kernels).
     `palette` (None: `mcu_lut.PALETTE`, on unless EDGEBIN_PALETTE=0; only with `lut_kernels`): so do the other int8
-    weights of at most 16 values (QAT's W4, W2, ternary) where packing saves flash (`mcu_lut.PALETTE_MIN_SAVING`)."""
+    weights of at most 16 values (QAT's W4, W2, ternary) where packing saves flash (`mcu_lut.PALETTE_MIN_SAVING`).
+    `bitserial` (None: `mcu_bitserial.MODE`, "auto" unless EDGEBIN_BITSERIAL says otherwise): low-bit weights whose
+    inputs the export metadata gives few bits run as bit planes (mcu_bitserial), before the LUT packing."""
     target = tvm_api.make_target(target_spec or {"kind": "c"})
     tables = lut_weights.tables_of(mod)  # the importer's table-coded weights, folded to int8 until mcu_lut
+    codes = codes_of(mod)  # the QAT layers' input code ranges, from the export metadata
     with target:
         # QdqToInt8(fixed) -> legalize -> fuse, exactly as for the host, minus the host loop schedule.
         with requant.let_bound_requant():  # one SMLAL per output in the requant epilogues
@@ -71,6 +78,8 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
                  for gvar, func in mod.functions.items() if isinstance(func, tvm_api.tirx.PrimFunc)}
         mod = schedule_for_mcu(mod)  # int8 conv/matmul -> micro-kernel calls; the rest plain loops; no workspaces
         lut_layers = lowered.lut_layers  # int8, as host.lower notes them
+        mod, bitserial_layers = pack_bitserial_weights(mod, codes, bitserial)  # before mcu_lut claims the weights
+        census = lut_census(census, [r for r in bitserial_layers if r["form"] != "int8"])
         if lut_kernels:  # low-bit weights as packed codes read by the LUT micro-kernels
             mod, lut_layers = pack_lut_weights(mod, tables, palette=PALETTE.get() if palette is None else palette)
             census = lut_census(census, lut_layers)
@@ -85,6 +94,7 @@ def lower_for_mcu(mod, *, integer: bool, target_spec: dict[str, Any] | None = No
             relax.transform.AttachGlobalSymbol(),  # tirx.build needs a global_symbol on each PrimFunc
         ], name="edgebin.mcu")(mod)
     return McuLowered(mod=mod, kernels=census, ops=lowered.ops, macs=macs, integer=integer, lut_layers=lut_layers,
+                      bitserial_layers=bitserial_layers,
                       layer_parts={name: found for name, found in parts.items() if found})
 
 

@@ -12,6 +12,8 @@ A kernel paired with no node (an average pool that the int8 rewrite turned into 
 Low-bit weights: `lut_weights` lists each table-coded (NUPES) layer and each int8 weight of at most 16 values that
 a matvec kernel reads (mcu_lut) with the form it runs in, packed b-bit codes ("lut4", its kernel's `kind` too) or
 "int8" with the reason, and the kernel reading it says so in `weights`; a palette record gets its kernel's layer.
+`bitserial` lists each low-bit weight that mcu_bitserial considered: "bitserial" (its kernel's `kind` too) with
+its weight and activation planes and `planes_bytes`, or "int8" with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
     """The bundle.json record of docs/mcu-bundle.md (stable keys)."""
     census = {record["name"]: record for record in lowered.kernels}
     luts = {r["kernel"]: r for r in getattr(lowered, "lut_layers", []) if r["kernel"] is not None}
+    luts |= {r["kernel"]: r for r in getattr(lowered, "bitserial_layers", []) if r["form"] != "int8"}
     lifetimes = graph.lifetimes()
     parts = getattr(lowered, "layer_parts", {})
     macs_per_call, keys = [], []
@@ -43,7 +46,7 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
         ops = census.get(call.kernel, {}).get("ops", [])
         macs = int(lowered.macs.get(call.kernel, 0)) if any(op in _LINEAR_OPS for op in ops) else 0
         weight = max((math.prod(v.shape) for v in call.args if v.kind == CONST), default=0)  # the largest constant
-        if call.kernel in luts:  # its weight is packed codes and a table: count the ONNX weight's elements
+        if call.kernel in luts:  # its weight is packed (codes and a table, bit planes): the ONNX weight's elements
             weight = luts[call.kernel]["weights"]
         macs_per_call.append(macs)
         keys.append(parts.get(call.kernel) or [(macs, weight) if macs else None])  # binary: the ONNX weights' elements
@@ -86,6 +89,8 @@ def bundle_manifest(model: onnx.ModelProto, target_cfg: dict, graph: Graph, plan
                     for name, (first, last) in lifetimes.items()],
         "sources": list(sources),
         **({"lut_weights": _named(lowered.lut_layers, kernels)} if getattr(lowered, "lut_layers", None) else {}),
+        **({"bitserial": _named(lowered.bitserial_layers, kernels)}
+           if getattr(lowered, "bitserial_layers", None) else {}),
     }
 
 
