@@ -5,11 +5,13 @@
 
 One run measures, on this machine:
 - host latency (x86, 1 thread, batch 1; per engine the lowest of 5 medians of `--repeat` runs, the engines taking
-  turns so that a slow spell of a shared machine does not favour one), whole model: onnxruntime FP32,
+  turns so that a slow spell of a shared machine does not favour one, with the medians' spread and the speed-up
+  over onnxruntime FP32 round by round), whole model: onnxruntime FP32,
   onnxruntime INT8 (the QDQ model), TVM FP32 (the FP32 ONNX compiled untuned), edgebin INT8 (the QDQ model
-  compiled: int8 micro-kernels), edgebin INT4 and ternary (the host expands their weights to int8, so their
-  latency is INT8's kernels on other weights), onnxruntime on the W1A1 graph (the exported float form of the
-  binary model) and edgebin W1A1 (binary convs on packed bits, XNOR/popcount);
+  compiled: int8 micro-kernels), edgebin INT4 and ternary (their weights stay packed at 4 and 2 bits in model.so
+  and each kernel decodes its weight to int8 once a run, then INT8's kernels: docs/lut-weights.md "Host"),
+  onnxruntime on the W1A1 graph (the exported float form of the binary model) and edgebin W1A1 (binary convs on
+  packed bits, XNOR/popcount);
 - host latency per binary conv layer against onnxruntime's FP32 conv of the same shape (`binary_layers.py`);
 - Cortex-M instructions per inference on QEMU (`--mcu-target`, default cortex-m4: since commit 5a6cf64 the W1A1
   model needs 107,748 B of RAM at 28x28, stack included, within cortex-m4's 128 KiB; docs/performance.md's last
@@ -97,7 +99,8 @@ def _ort(path: Path, x: np.ndarray):
     return lambda: session.run(None, {name: x})
 
 
-def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str, float]:
+def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str, list[float]]:
+    """Per engine, its median ms in each of ROUNDS rounds (the engines taking turns within a round)."""
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
     int8, binary = models["INT8"], models["W1A1"]
     compiled = {"TVM FP32": host.compile_onnx(int8 / pipeline.FP32_ONNX, HOST, work / "tvm-fp32", integer=False)}
@@ -112,10 +115,10 @@ def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str,
                for name, run in engines.items()}
     for name, artefact in compiled.items():  # TVM's own timer, as `edgebin compress` reports it
         measure[name] = lambda artefact=artefact: float(np.median(artefact.latency_s(x, repeat=repeat))) * 1e3
-    result: dict[str, float] = {}
+    result: dict[str, list[float]] = {name: [] for name in measure}
     for _ in range(ROUNDS):  # engines take turns, so a slow spell of this shared machine hits them all
         for name, timed in measure.items():
-            result[name] = min(result.get(name, np.inf), timed())
+            result[name].append(timed())
     return result
 
 
@@ -139,7 +142,8 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
             "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
 
 
-def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
+def markdown(rounds: dict[str, list[float]], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
+    latency = {name: min(ms) for name, ms in rounds.items()}
     base = latency["onnxruntime FP32"]
     lines = ["# Performance: ResNet-8 in FP32, INT8, INT4, ternary and W1A1", "",
              f"Made by `{command}` on {platform.machine()} ({cpu_name()}), one run. Host: 1 thread, batch 1, "
@@ -148,9 +152,15 @@ def markdown(latency: dict[str, float], layers: list[dict], mcu: dict[str, dict]
              "onnxruntime FP32 / engine. "
              f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds; fewer than FP32 = FP32's "
              "instructions / the model's.", "",
-             "## Host, whole model", "", "| engine | ms | speed-up vs onnxruntime FP32 |", "|---|---:|---:|"]
+             "## Host, whole model", "",
+             f"*Spread*: the lowest and highest of the {ROUNDS} medians; *per round*: onnxruntime FP32's median over "
+             "the engine's in the same round, lowest and highest, how far the speed-up moves with the machine.", "",
+             "| engine | ms | speed-up vs onnxruntime FP32 | spread (ms) | speed-up per round |",
+             "|---|---:|---:|---:|---:|"]
     for name, ms in latency.items():
-        lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× |")
+        ratios = [b / m for b, m in zip(rounds["onnxruntime FP32"], rounds[name], strict=True)]
+        lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× | {min(rounds[name]):.3f}–{max(rounds[name]):.3f} | "
+                     f"{min(ratios):.2f}–{max(ratios):.2f}× |")
     lines += ["", "## Host, binary conv layers", "",
               "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount; the kernels "
               "called from a C loop, as model.so calls them) against onnxruntime's FP32 conv of the same shape as a "
