@@ -31,10 +31,15 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="no C compile
 
 @pytest.fixture(scope="module", params=sorted(BUILDS))
 def kernels(request, tmp_path_factory):
-    flags, needs = BUILDS[request.param]
+    return build_kernels(request.param, tmp_path_factory)
+
+
+def build_kernels(build: str, tmp_path_factory) -> ctypes.CDLL:
+    """host.KERNELS_C compiled as the BUILDS entry `build` (skipped where this CPU cannot run it), loaded."""
+    flags, needs = BUILDS[build]
     if not needs <= CPU_FLAGS:
         pytest.skip(f"this CPU lacks {sorted(needs - CPU_FLAGS)}")
-    lib = tmp_path_factory.mktemp(request.param) / "kernels.so"
+    lib = tmp_path_factory.mktemp(build) / "kernels.so"
     subprocess.run(["cc", "-O3", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", *flags, str(host.KERNELS_C),
                     "-o", str(lib)], check=True, timeout=120)
     return ctypes.CDLL(str(lib))

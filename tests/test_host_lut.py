@@ -22,25 +22,15 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import TinyResNet, randomize_batch_norms  # pytest puts tests/ on sys.path (no __init__.py)
 from onnx import numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-from test_lut_weights import LUT_LAYERS, to_nupes  # the NUPES form of test_lut_weights' models
+from test_cpu_kernels import BUILDS, build_kernels  # the same three builds
+from test_lut_weights import LUT_LAYERS, make_models, to_nupes  # test_lut_weights' models, their NUPES form
 
-from edgebin.capture import capture_graph
 from edgebin.compile import host, importer, lut_weights, mcu_lut, tvm_adapter
 from edgebin.compile.kernels import extern_calls
-from edgebin.compile.lut_weights import fold_lut_weights, pack_codes
-from edgebin.export import export_onnx
-from edgebin.loading import LoadedModel
-from edgebin.quant import Recipe, calibrate, freeze, quantize_graph
+from edgebin.compile.lut_weights import pack_codes
 
-CPU_FLAGS = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
-BUILDS = {  # name: (cc flags, the CPU flags the build needs to run)
-    "native": (["-march=native"], set()),
-    "avx2": (["-march=x86-64-v3"], {"avx2", "fma", "bmi2"}),
-    "plain": (["-march=x86-64"], set()),
-}
 BITS = mcu_lut.HOST_BITS
 LLVM = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
 
@@ -49,13 +39,7 @@ LLVM = {"kind": "llvm", "mcpu": "native", "num-cores": 1}
 def kernels(request, tmp_path_factory) -> ctypes.CDLL:
     if shutil.which("cc") is None:
         pytest.skip("no C compiler")
-    flags, needs = BUILDS[request.param]
-    if not needs <= CPU_FLAGS:
-        pytest.skip(f"this CPU lacks {sorted(needs - CPU_FLAGS)}")
-    lib = tmp_path_factory.mktemp(request.param) / "kernels.so"
-    subprocess.run(["cc", "-O3", "-shared", "-fPIC", "-Wall", "-Wextra", "-Werror", *flags, str(host.KERNELS_C),
-                    "-o", str(lib)], check=True, timeout=120)
-    return ctypes.CDLL(str(lib))
+    return build_kernels(request.param, tmp_path_factory)
 
 
 def _ptr(array: np.ndarray) -> ctypes.c_void_p:
@@ -207,22 +191,9 @@ SHAPE = (1, 1, 28, 28)
 
 @pytest.fixture(scope="module")
 def nupes_models(tmp_path_factory) -> dict[str, Path]:
-    """{"int8": TinyResNet as int8 QDQ, "lut4": its c1, c2 and fc 4-bit table-coded, "folded": lut4's numbers as
-    int8 initializers}: test_lut_weights' models."""
-    directory = tmp_path_factory.mktemp("host_lut_models")
-    torch.manual_seed(0)
-    gm = capture_graph(LoadedModel(module=randomize_batch_norms(TinyResNet()), input_shape=SHAPE,
-                                   source=Path("tiny.pt"), format="state-dict"))
-    summary = quantize_graph(gm, Recipe())
-    calibrate(gm, np.random.default_rng(0).standard_normal((64, *SHAPE[1:]), dtype=np.float32))
-    freeze(gm)
-    paths = {name: directory / f"{name}.onnx" for name in ("int8", "lut4", "folded")}
-    export_onnx(gm, SHAPE, paths["int8"], metadata={"edgebin.method": "int8"},
-                layers=[r.to_dict() for r in summary.layers])
-    nupes = to_nupes(onnx.load(paths["int8"]), LUT_LAYERS, bits=4)
-    onnx.save(nupes, paths["lut4"])
-    onnx.save(fold_lut_weights(nupes)[0], paths["folded"])
-    return paths
+    """test_lut_weights' models: {"int8": TinyResNet as int8 QDQ, "lut4": its c1, c2 and fc 4-bit table-coded,
+    "folded": lut4's numbers as int8 initializers}."""
+    return make_models(tmp_path_factory.mktemp("host_lut_models"))
 
 
 def compile_pair(path: Path, out: Path, monkeypatch) -> tuple[host.HostArtefact, host.HostArtefact]:

@@ -77,9 +77,12 @@ def to_nupes(model: onnx.ModelProto, weights: tuple[str, ...], bits: int) -> onn
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
+    return make_models(tmp_path_factory.mktemp("lut_models"))
+
+
+def make_models(directory: Path) -> dict[str, Path]:
     """{"int8": TinyResNet as int8 QDQ, "lut4": its c1, c2 and fc weights 4-bit table-coded, "folded": lut4 folded
-    back to int8 initializers (the plain int8 model of the same numbers)}."""
-    directory = tmp_path_factory.mktemp("lut_models")
+    back to int8 initializers (the plain int8 model of the same numbers)}, written into `directory`."""
     torch.manual_seed(0)
     model = randomize_batch_norms(TinyResNet())
     gm = capture_graph(LoadedModel(module=model, input_shape=SHAPE, source=Path("tiny.pt"), format="state-dict"))

@@ -32,7 +32,7 @@ import contextvars
 import logging
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -42,22 +42,16 @@ import numpy as np
 from edgebin.compile import bitserial
 from edgebin.compile.activation_codes import ActivationCodes
 from edgebin.compile.lut_weights import fingerprint
-from edgebin.compile.mcu_lut import _MCU_MATVEC, _calls, _matvec_call, _weight_param, _whole
-from edgebin.compile.tvm_adapter import (
-    GenericConst,
-    PyExprMutator,
-    call_op_name,
-    collect,
-    const,
-    const_array,
-    mutator,
-    relax,
-    s_tir,
-    tirx,
-    tvm,
-    tvm_ffi,
-    whole_region,
+from edgebin.compile.mcu_lut import (
+    _MCU_MATVEC,
+    _calls,
+    _matvec_call,
+    _weight_param,
+    swap_weight_call,
+    swap_weight_constants,
+    weight_site,
 )
+from edgebin.compile.tvm_adapter import GenericConst, collect, const_array, s_tir, tirx
 from edgebin.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -89,12 +83,8 @@ def bitserial_kernels(mode: str) -> Iterator[None]:
 def check_mode(mode: str) -> str:
     if mode not in MODES:
         raise UsageError(f"bit-serial mode must be one of {', '.join(MODES)}, got {mode!r} "
-                         "(EDGEBIN_BITSERIAL or --bitserial)")
+                         "(compile_bundle bitserial=, or EDGEBIN_BITSERIAL)")
     return mode
-
-
-# kernel -> (its bit-serial PrimFunc, the weight parameter, the planes all its calls take)
-_Rewrites = dict[str, tuple[Any, int, int]]
 
 
 def pack_bitserial_weights(mod, codes: list[ActivationCodes], mode: str | None = None,
@@ -107,57 +97,69 @@ def pack_bitserial_weights(mod, codes: list[ActivationCodes], mode: str | None =
         return mod, []
     max_pairs = MAX_PAIRS if max_pairs is None else max_pairs
     by_print = {c.fingerprint: c for c in codes}
-    calls: dict[str, list[tuple[list, dict[str, Any]]]] = defaultdict(list)  # kernel -> (arguments, record)
+    counts = Counter(call.args[0].name_hint for call in _calls(mod))
+    params = {name: _weight_param(mod[name]) for name in counts}  # the weight its one micro-kernel call reads
+    matvecs = {name: next(_matvec_call(b) for b in collect(mod[name].body, s_tir.SBlock)
+                      if _matvec_call(b) is not None)
+               for name, param in params.items() if param is not None}  # that call
+    records: dict[str, list[dict[str, Any]]] = defaultdict(list)  # kernel -> one record per call, main's order
     for call in _calls(mod):
         name, args = call.args[0].name_hint, list(call.args[1].fields)
-        param = _weight_param(mod[name])
-        values = const_array(args[param]) if param is not None and isinstance(args[param], GenericConst) else None
-        form = bitserial.weight_form(values) if values is not None else None
-        if form is None:
+        param = params[name]
+        if param is None or not isinstance(args[param], GenericConst):
             continue
-        act = by_print.get(fingerprint(values))
-        if act is None and mode == "auto":
-            continue
-        matvec = _matvec_call_of(mod[name])
-        kernel, k = str(matvec.args[0].value), int(matvec.args[3])
-        if not _MCU_MATVEC.fullmatch(kernel):  # a host row call (edgebin_matvec{t,c}_*): no bit-serial form
-            continue
-        columns = _columns(kernel)
+        values = const_array(args[param])
+        form, act = bitserial.weight_form(values), by_print.get(fingerprint(values))
+        kernel, k = str(matvecs[name].args[0].value), int(matvecs[name].args[3])
+        if form is None or (act is None and mode == "auto") or not _MCU_MATVEC.fullmatch(kernel):
+            continue  # not low-bit, not a metadata layer, or a host row call (edgebin_matvec{t,c}_*)
         planes = _activation_planes(act, kernel.endswith("_s8")) if act is not None else None
-        reason = None
-        if mode == "auto" and k < MIN_K:
-            reason = f"K = {k}: below the {MIN_K} at which bit-serial was measured to win (docs/bitserial.md)"
-        elif mode == "auto" and form.planes * planes > max_pairs.get(columns, 0):
-            reason = (f"{form.planes} weight x {planes} activation planes at {columns} column(s) a call: more than "
-                      f"the {max_pairs.get(columns, 0)} pairs at which bit-serial beats the int8 kernel "
-                      "(docs/bitserial.md)")
-        calls[name].append((args, {"layer": act.layer if act else None, "kernel": name, "form": "bitserial",
-                                   "weight_planes": form.planes, "activation_planes": planes,
-                                   "weights": int(values.size), "planes_bytes": None, "reason": reason}))
+        records[name].append({"layer": act.layer if act else None, "kernel": name, "form": "bitserial",
+                              "weight_planes": form.planes, "activation_planes": planes, "weights": int(values.size),
+                              "planes_bytes": None,
+                              "reason": _why_not(form.planes, planes, k, _columns(kernel), max_pairs)
+                              if mode == "auto" else None})
 
-    rewritten: _Rewrites = {}
-    for name, found in calls.items():
-        records = [record for _, record in found]
-        reason = next((r["reason"] for r in records if r["reason"]), None)
-        if reason is None and len(found) < _call_count(mod, name):
+    rewritten: dict[str, tuple[Any, int]] = {}  # kernel -> (its bit-serial PrimFunc, the weight parameter)
+    widths: dict[str, int] = {}  # kernel -> the planes all its calls take
+    for name, found in records.items():
+        reason = next((r["reason"] for r in found if r["reason"]), None)
+        if reason is None and len(found) < counts[name]:
             reason = "its kernel is shared with layers that stay int8"
-        func = None
         if reason is None:
-            wb = max(r["weight_planes"] for r in records)
-            func, reason = _bitserial_primfunc(mod[name], _weight_param(mod[name]), wb)
-            if func is not None:
-                rewritten[name] = (func, _weight_param(mod[name]), wb)
-        for record in records:
-            record.update(form="bitserial" if func is not None else "int8", reason=reason)
+            site = weight_site(mod[name], params[name])
+            reason = site if isinstance(site, str) else None
+        if reason is None:
+            widths[name] = max(r["weight_planes"] for r in found)
+            rewritten[name] = (_bitserial_primfunc(mod[name], params[name], site, widths[name]), params[name])
+        for record in found:
+            record.update(form="int8" if reason else "bitserial", reason=reason)
             if reason:
                 log.info("%s: %d-plane weight stays on the int8 path (%s)", record["layer"] or name,
                          record["weight_planes"], reason)
-    records = [record for found in calls.values() for _, record in found]
     if rewritten:
-        mod = _rewrite_calls(mod, rewritten, records)
-        log.info("Cortex-M: %d layer(s) run bit-serial (%s)", sum(r["form"] == "bitserial" for r in records),
+        pending = {name: list(records[name]) for name in rewritten}
+
+        def planes_and_form(name: str, values: np.ndarray) -> list[np.ndarray]:
+            form = widened(bitserial.weight_form(values), widths[name])
+            planes = bitserial.pack_planes(values.reshape(values.shape[0], -1), form)
+            pending[name].pop(0)["planes_bytes"] = int(planes.nbytes)
+            return [planes, form.constant()]
+
+        mod = swap_weight_constants(mod, rewritten, planes_and_form)
+        log.info("Cortex-M: %d layer(s) run bit-serial (%s)", sum(len(records[name]) for name in rewritten),
                  ", ".join(sorted(rewritten)))
-    return mod, records
+    return mod, [record for found in records.values() for record in found]
+
+
+def _why_not(weight_planes: int, planes: int, k: int, columns: int, max_pairs: dict[int, int]) -> str | None:
+    """Why `auto` leaves a layer to the int8 or LUT kernel, or None when bit-serial is measured to win there."""
+    if k < MIN_K:
+        return f"K = {k}: below the {MIN_K} at which bit-serial was measured to win (docs/bitserial.md)"
+    if weight_planes * planes > max_pairs.get(columns, 0):
+        return (f"{weight_planes} weight x {planes} activation planes at {columns} column(s) a call: more than the "
+                f"{max_pairs.get(columns, 0)} pairs at which bit-serial beats the int8 kernel (docs/bitserial.md)")
+    return None
 
 
 def _columns(matvec: str) -> int:
@@ -175,49 +177,18 @@ def _activation_planes(act: ActivationCodes, signed: bool) -> int:
         return 8
 
 
-def _call_count(mod, name: str) -> int:
-    return sum(call.args[0].name_hint == name for call in _calls(mod))
-
-
-def _matvec_call_of(func):
-    return next(_matvec_call(block) for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None)
-
-
-def _bitserial_primfunc(func, param: int, wb: int) -> tuple[Any, str | None]:
-    """(`func` reading bit planes and a form instead of its int8 weight parameter `param`, None), or (None, the
-    reason it cannot): the weight must be read whole by exactly one micro-kernel call."""
+def _bitserial_primfunc(func, param: int, site: tuple, wb: int):
+    """`func` reading bit planes (`wb` a row) and a form instead of its int8 weight parameter `param`, which its one
+    micro-kernel call `site` (mcu_lut.weight_site) reads whole."""
+    block, matched, call, k, n = site
     weight = func.params[param]
-    sites = [block for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None]
-    reads = [block for block in collect(func.body, s_tir.SBlock) if block.name_hint != "root"
-             and any(region.source.same_as(weight) for region in [*block.reads, *block.writes])]
-    if len(sites) != 1 or reads != sites:
-        return None, "its micro-kernel call does not read the whole weight"
-    site, call = sites[0], _matvec_call(sites[0])
-    matched = [m for m in site.match_buffers if m.source.source.same_as(weight)]
-    k, n = int(call.args[3]), int(call.args[4])
-    if len(matched) != 1 or not _whole(matched[0].source, weight, site) \
-            or k * n != int(np.prod([int(d) for d in weight.shape])):
-        return None, "its micro-kernel call does not read the whole weight"
-    words = n * wb * ((k + 31) // 32)
     i64 = "int64"
-    planes = tirx.decl_buffer((tirx.IntImm(i64, words),), "uint32", name=f"{weight.name}_planes")
+    planes = tirx.decl_buffer((tirx.IntImm(i64, n * wb * bitserial.plane_words(k)),), "uint32",
+                              name=f"{weight.name}_planes")
     form = tirx.decl_buffer((tirx.IntImm(i64, 2 + wb),), "int32", name=f"{weight.name}_form")
-
-    def rewrite(block):
-        if not block.same_as(site):
-            return block
-        args = list(call.args)
-        bs_call = tirx.call_extern("void", bitserial.kernel_name(str(args[0].value)), args[1],
-                                   planes.access_ptr("r"), form.access_ptr("r"), *args[3:])
-        reads = [region for region in block.reads if not region.source.same_as(weight)]
-        reads += [whole_region(planes), whole_region(form)]
-        return s_tir.SBlock(block.iter_vars, reads, block.writes, block.name_hint, tirx.Evaluate(bs_call),
-                            block.init, block.alloc_buffers,
-                            [m for m in block.match_buffers if not m.same_as(matched[0])], block.annotations)
-
-    body = tvm_ffi.structural_map(func.body, (s_tir.SBlock, rewrite))
+    body = swap_weight_call(func.body, block, matched, [planes, form], bitserial.kernel_name(str(call.args[0].value)))
     params = [*func.params[:param], planes, form, *func.params[param + 1:]]
-    return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None
+    return tirx.PrimFunc(params, body, func.ret_type, func.attrs)
 
 
 def widened(form: bitserial.BitForm, wb: int) -> bitserial.BitForm:
@@ -226,38 +197,5 @@ def widened(form: bitserial.BitForm, wb: int) -> bitserial.BitForm:
     return replace(form, planes=wb, coef=(*form.coef, *extra))
 
 
-def _rewrite_calls(mod, rewritten: _Rewrites, records: list[dict[str, Any]]):
-    """`mod` with the rewritten kernels under fresh GlobalVars and their calls passing planes and form constants
-    in place of the int8 weight; the records of packed layers get their planes' bytes."""
-    functions = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint not in rewritten}
-    builder = relax.BlockBuilder(tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos))
-    fresh = {name: builder.add_func(func, name) for name, (func, *_) in rewritten.items()}
-    pending = {name: [r for r in records if r["kernel"] == name] for name in rewritten}
-
-    @mutator
-    class _PassPlanes(PyExprMutator):
-        def visit_call_(self, call):
-            call = super().visit_call_(call)
-            if call_op_name(call) != "relax.call_tir" or call.args[0].name_hint not in rewritten:
-                return call
-            name, args = call.args[0].name_hint, list(call.args[1].fields)
-            _, param, wb = rewritten[name]
-            values = const_array(args[param])
-            rows = values.reshape(values.shape[0], -1)
-            form = widened(bitserial.weight_form(values), wb)
-            planes = bitserial.pack_planes(rows, form)
-            pending[name].pop(0)["planes_bytes"] = int(planes.nbytes)
-            args[param:param + 1] = [const(planes), const(form.constant())]
-            return relax.Call(call.op, [fresh[name], relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)
-
-    new = builder.get()
-    new["main"] = _PassPlanes(new).visit_expr(mod["main"])
-    return new
-
-
-def is_bitserial_call(name: str) -> bool:
-    return name.startswith("edgebin_bs_")
-
-
-__all__ = ["HEADER", "MAX_PAIRS", "MODES", "bitserial_kernels", "check_mode", "is_bitserial_call",
-           "pack_bitserial_weights", "widened"]
+__all__ = ["HEADER", "MAX_PAIRS", "MIN_K", "MODES", "bitserial_kernels", "check_mode", "pack_bitserial_weights",
+           "widened"]

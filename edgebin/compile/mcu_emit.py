@@ -262,7 +262,8 @@ def write_driver_bundle(directory: Path, sources: dict[str, str], input_elems: i
 
 def micro_kernel_headers(source: str) -> dict[str, str]:
     """{file name: text} of the kernel headers that `source` (kernels.c) includes: mcu_kernels/edgebin_kernels.h
-    (and mcu_kernels/edgebin_lut.h and edgebin_bitserial.h, which include it), binary_kernels/edgebin_binary.h."""
+    (and mcu_kernels/edgebin_lut.h, which includes it), mcu_kernels/edgebin_bitserial.h (self-contained),
+    binary_kernels/edgebin_binary.h."""
     headers = {}
     kernel_headers = resources.files("edgebin.compile").joinpath("mcu_kernels")
     for header in (mcu_bitserial.HEADER, mcu_lut.HEADER):

@@ -52,7 +52,7 @@ import logging
 import os
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from typing import Any
 
 import numpy as np
@@ -269,30 +269,42 @@ def packed_constants(values: np.ndarray, table: LutTable) -> tuple[np.ndarray, n
 
 
 def _rewrite_calls(mod, rewritten: _Rewrites):
-    """`mod` with the rewritten kernels under fresh GlobalVars (a GlobalVar keeps the signature it was made with)
-    and their calls passing the packed codes and the table instead of the int8 weight."""
-    functions = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint not in rewritten}
+    """`mod` with the rewritten kernels and their calls passing the packed codes and the table instead of the int8
+    weight; each record gets its bytes."""
+
+    def codes_and_table(name: str, values: np.ndarray) -> list[np.ndarray]:
+        same = rewritten[name][2][fingerprint(values)]  # weights of equal values: one entry each, in turn
+        table, record = same.pop(0) if len(same) > 1 else same[0]
+        codes, levels = packed_constants(values, table)
+        record.update(codes_bytes=int(codes.nbytes), table_bytes=int(levels.nbytes))
+        return [codes, levels]
+
+    return swap_weight_constants(mod, {name: (func, param) for name, (func, param, _) in rewritten.items()},
+                                 codes_and_table)
+
+
+def swap_weight_constants(mod, kernels: dict[str, tuple[Any, int]],
+                          constants: Callable[[str, np.ndarray], list[np.ndarray]]):
+    """`mod` with each kernel of `kernels` (name -> (its new PrimFunc, the int8 weight parameter it replaced)) under
+    a fresh GlobalVar (a GlobalVar keeps the signature it was made with), and each of its calls passing
+    `constants(name, the int8 weight)` in that parameter's place, in `main`'s order."""
+    functions = {gvar: func for gvar, func in mod.functions.items() if gvar.name_hint not in kernels}
     builder = relax.BlockBuilder(tvm.IRModule(functions, attrs=mod.attrs, global_infos=mod.global_infos))
-    fresh = {name: builder.add_func(func, name) for name, (func, *_) in rewritten.items()}
+    fresh = {name: builder.add_func(func, name) for name, (func, _) in kernels.items()}
 
     @mutator
-    class _PassCodes(PyExprMutator):
+    class _PassConstants(PyExprMutator):
         def visit_call_(self, call):
             call = super().visit_call_(call)
-            if call_op_name(call) != "relax.call_tir" or call.args[0].name_hint not in rewritten:
+            if call_op_name(call) != "relax.call_tir" or call.args[0].name_hint not in kernels:
                 return call
             name, args = call.args[0].name_hint, list(call.args[1].fields)
-            _, param, entries = rewritten[name]
-            values = const_array(args[param])
-            same = entries[fingerprint(values)]  # weights of equal values: one entry each, in turn
-            table, record = same.pop(0) if len(same) > 1 else same[0]
-            codes, levels = packed_constants(values, table)
-            record.update(codes_bytes=int(codes.nbytes), table_bytes=int(levels.nbytes))
-            args[param:param + 1] = [const(codes), const(levels)]
+            param = kernels[name][1]
+            args[param:param + 1] = [const(value) for value in constants(name, const_array(args[param]))]
             return relax.Call(call.op, [fresh[name], relax.Tuple(args), *call.args[2:]], call.attrs, call.ty_args)
 
     new = builder.get()
-    new["main"] = _PassCodes(new).visit_expr(mod["main"])
+    new["main"] = _PassConstants(new).visit_expr(mod["main"])
     return new
 
 
@@ -310,30 +322,41 @@ def _weight_param(func) -> int | None:
     return found[0] if len(found) == 1 else None
 
 
-def _lut_primfunc(func, param: int, bits: int, decode: bool = False) -> tuple[Any, str | None, tuple[int, int]]:
-    """(`func` reading codes and table instead of its int8 weight parameter `param`, None, the call's (K, Cout)),
-    or (None, the reason it cannot, (0, 0)): the weight must be read by exactly one micro-kernel call, whole. The
-    call becomes the LUT kernel's; with `decode` (the host), the weight a buffer of the kernel that
-    `edgebin_lut{b}_decode` fills at its start, the call staying as it is."""
+def weight_site(func, param: int) -> tuple[Any, Any, Any, int, int] | str:
+    """(the block of `func`'s one micro-kernel call, the match buffer through which the call reads the int8 weight
+    parameter `param`, the call, its K and Cout), or the reason there is none: the weight must be read by exactly
+    one micro-kernel call, whole."""
     weight = func.params[param]
     sites = [block for block in collect(func.body, s_tir.SBlock) if _matvec_call(block) is not None]
     if not sites:
-        return (None, "its kernel keeps plain loops (no matvec micro-kernel: a depthwise conv, or a shape it skips)",
-                (0, 0))
+        return "its kernel keeps plain loops (no matvec micro-kernel: a depthwise conv, or a shape it skips)"
     reads = [block for block in collect(func.body, s_tir.SBlock) if block.name_hint != "root"
              and any(region.source.same_as(weight) for region in [*block.reads, *block.writes])]
     site = sites[0]
     matched = [m for m in site.match_buffers if m.source.source.same_as(weight)]
     call = _matvec_call(site)
     if len(sites) != 1 or reads != [site] or len(matched) != 1 or not _whole(matched[0].source, weight, site):
-        return None, "its micro-kernel call does not read the whole weight", (0, 0)
+        return "its micro-kernel call does not read the whole weight"
     k, n = int(call.args[3]), int(call.args[4])
     if k * n != int(np.prod([int(d) for d in weight.shape])):
-        return None, "its micro-kernel call does not read the whole weight", (0, 0)
+        return "its micro-kernel call does not read the whole weight"
     if not _points_into(call.args[2], matched[0].buffer):
-        return None, "its micro-kernel call does not read the weight through its match buffer", (0, 0)
+        return "its micro-kernel call does not read the weight through its match buffer"
+    return site, matched[0], call, k, n
+
+
+def _lut_primfunc(func, param: int, bits: int, decode: bool = False) -> tuple[Any, str | None, tuple[int, int]]:
+    """(`func` reading codes and table instead of its int8 weight parameter `param`, None, the call's (K, Cout)),
+    or (None, the reason it cannot, (0, 0)): see `weight_site`. The call becomes the LUT kernel's; with `decode`
+    (the host), the weight a buffer of the kernel that `edgebin_lut{b}_decode` fills at its start, the call staying
+    as it is."""
+    found = weight_site(func, param)
+    if isinstance(found, str):
+        return None, found, (0, 0)
+    site, matched, call, k, n = found
     if not decode and not _MCU_MATVEC.fullmatch(str(call.args[0].value)):
         return None, f"no LUT micro-kernel for its {call.args[0].value} call", (0, 0)
+    weight = func.params[param]
     i64 = "int64"
     codes = tirx.decl_buffer((tirx.IntImm(i64, n * row_bytes(k, bits) + CODES_PADDING),), "uint8",
                              name=f"{weight.name}_codes")
@@ -341,25 +364,24 @@ def _lut_primfunc(func, param: int, bits: int, decode: bool = False) -> tuple[An
     if decode:
         body = _decoded_at_start(func.body, weight, codes, table, bits, k, n)
     else:
-        body = _lut_call(func.body, site, matched[0], codes, table, bits)
+        body = swap_weight_call(func.body, site, matched, [codes, table], lut_kernel(str(call.args[0].value), bits))
     params = [*func.params[:param], codes, table, *func.params[param + 1:]]
     return tirx.PrimFunc(params, body, func.ret_type, func.attrs), None, (k, n)
 
 
-def _lut_call(body, site, matched, codes, table, bits: int):
-    """`body` with the micro-kernel call of block `site` the LUT kernel's, reading codes and table instead of the
-    weight its match buffer `matched` gave it."""
+def swap_weight_call(body, site, matched, buffers: list, kernel: str):
+    """`body` with the micro-kernel call of block `site` a call of `kernel` reading `buffers` in place of the
+    weight its match buffer `matched` gave it (the other arguments as they were)."""
     weight = matched.source.source
 
     def rewrite(block):
         if not block.same_as(site):
             return block
         args = list(_matvec_call(block).args)
-        lut_call = tirx.call_extern("void", lut_kernel(str(args[0].value), bits), args[1], codes.access_ptr("r"),
-                                    table.access_ptr("r"), *args[3:])
+        new_call = tirx.call_extern("void", kernel, args[1], *(b.access_ptr("r") for b in buffers), *args[3:])
         reads = [region for region in block.reads if not region.source.same_as(weight)]
-        reads += [whole_region(codes), whole_region(table)]
-        return s_tir.SBlock(block.iter_vars, reads, block.writes, block.name_hint, tirx.Evaluate(lut_call),
+        reads += [whole_region(b) for b in buffers]
+        return s_tir.SBlock(block.iter_vars, reads, block.writes, block.name_hint, tirx.Evaluate(new_call),
                             block.init, block.alloc_buffers, [m for m in block.match_buffers if m is not matched
                                                               and not m.same_as(matched)], block.annotations)
 
@@ -412,4 +434,5 @@ def _whole(region, buffer, block) -> bool:
 
 
 __all__ = ["HEADER", "HOST_BITS", "PACKED_BITS", "PALETTE", "PALETTE_BITS", "PALETTE_MIN_SAVING", "lut_census",
-           "lut_kernel", "pack_lut_weights", "packed_bytes", "packed_constants", "palette_table", "palette_weights"]
+           "lut_kernel", "pack_lut_weights", "packed_bytes", "packed_constants", "palette_table", "palette_weights",
+           "swap_weight_call", "swap_weight_constants", "weight_site"]
