@@ -120,12 +120,13 @@ def test_decoded_weights_in_every_host_call_form_equal_numpy(kernels, bits, x_dt
         codes, table, w = packed(bits, n, k, rng)
         weights = decode(kernels, bits, codes, table, k, n)
         x = _inputs(rng, x_dtype, k * lanes)  # k-major: x[i P + p]
-        got = _int8_kernel(kernels, f"edgebin_matvect_{suffix}", x, weights, k, n, n * lanes, lanes)
+        got = _int8_kernel(kernels, f"edgebin_matvect_{suffix}", x, weights, k, n, n * lanes, lanes, lanes)
         np.testing.assert_array_equal(got, (w.astype(np.int64) @ x.astype(np.int64).reshape(k, lanes)).ravel())
         rs = lanes + 2 + 3  # the padded row and a gap; channels a gap apart too
         cs = 3 * rs + 5
         x = _inputs(rng, x_dtype, channels * cs)
-        got = _int8_kernel(kernels, f"edgebin_matvecc_{suffix}", x, weights, k, n, n * lanes, lanes, 3, 3, cs, rs)
+        got = _int8_kernel(kernels, f"edgebin_matvecc_{suffix}", x, weights, k, n, n * lanes, lanes, lanes, 3, 3, cs,
+                           rs)
         want = w.astype(np.int64) @ conv_columns(x, channels, 3, 3, cs, rs, lanes)
         np.testing.assert_array_equal(got, want.ravel(), err_msg=f"lut{bits} matvecc P={lanes}")
 

@@ -41,6 +41,7 @@ from edgebin.compile.tvm_adapter import (
     TensorLoad,
     call_op_name,
     collect,
+    is_llvm_fma,
     prim_dtype,
     region_buffer_name,
     relax,
@@ -206,8 +207,10 @@ def _value_ops(expr) -> tuple[list[tuple[str, str]], list[str]]:
             visit(node.false_value)
         elif isinstance(node, IRCall):
             name = str(getattr(node.op, "name", node.op)).rsplit(".", 1)[-1]  # "prim.if_then_else" in 0.27
-            args = list(node.args)[1:] if name == "if_then_else" else list(node.args)
-            if name != "if_then_else":
+            args = list(node.args)[1:] if name in ("if_then_else", "call_llvm_pure_intrin") else list(node.args)
+            if is_llvm_fma(node):  # requant.Requantizer's fused multiply-add: arithmetic, like Mul and Add
+                ops.append(("FMA", prim_dtype(node)))
+            elif name != "if_then_else":
                 ops.append((f"call:{name}", prim_dtype(node)))
             for arg in args:
                 visit(arg)

@@ -86,6 +86,10 @@ UNIT, LANE = -1, -2  # matvec_intrin's column axes that are not reduction axes
 # (for ResNet-8's stem, 9 MACs per output: 3.1 -> 2.8 instructions per MAC), at the price of P - 1 more copies of
 # its rare near-tie branch (about 600 bytes of flash each).
 UNROLLED_EPILOGUE_K = 32
+# The host's rows shorter than this (ResNet-8's 14 and 7 pixels) write straight into the layer's NCHW accumulators,
+# and the epilogue runs once after the last row, in vectors along each channel's H*W outputs: per row it ran in
+# vectors of 7 or 14 lanes, at 2.5 to 4 times the cost per output of a 28-pixel row's.
+WHOLE_LAYER_EPILOGUE_WIDTH = 16
 # The micro-kernel schedule (and mcu_lower's pad fusion) on or off; EDGEBIN_MCU_MICRO_KERNELS=0 switches it off
 # for a run, `with plain_loops():` for a block (a baseline to compare with, or to rule the schedule out).
 MICRO_KERNELS = contextvars.ContextVar(
@@ -277,13 +281,27 @@ def _place_loops(sch, block, j, gather, row_calls: bool = False) -> _Call:
         if row:
             _k_major_columns(sch, block, gather, lane_var, len(pixels))
     for consumer in sch.get_consumers(block):
+        if row:
+            _row_epilogue(sch, consumer, pixels[-1], lanes)
+            continue
         sch.reverse_compute_at(consumer, pixels[-1], preserve_unit_loops=True)
-        if row:  # a row's pixels, contiguous in the accumulators and the output: vectors (else LLVM
-            with contextlib.suppress(s_tir.ScheduleError):  # vectorizes the channel loop, with scatters)
-                sch.vectorize(sch.get_loops(consumer)[-1])
-        elif lanes > 1 and k <= UNROLLED_EPILOGUE_K:
+        if lanes > 1 and k <= UNROLLED_EPILOGUE_K:
             sch.unroll(sch.get_loops(consumer)[-1])  # the epilogue's lanes: each channel's constants load once
     return _Call(inner[0] if inner else j_loop, lanes, lane_var if lanes > 1 else None, n, extents, row)
+
+
+def _row_epilogue(sch, consumer, row_loop, width: int) -> None:
+    """The epilogue of a host conv called a row of `width` pixels at a time: after each row, in vectors along the
+    row, or (rows shorter than WHOLE_LAYER_EPILOGUE_WIDTH) once after the last row, in vectors along each
+    channel's outputs. Contiguous pixels either way: otherwise LLVM vectorizes the channel loop, with scatters."""
+    if width >= WHOLE_LAYER_EPILOGUE_WIDTH:
+        sch.reverse_compute_at(consumer, row_loop, preserve_unit_loops=True)
+        with contextlib.suppress(s_tir.ScheduleError):
+            sch.vectorize(sch.get_loops(consumer)[-1])
+        return
+    loops = sch.get_loops(consumer)
+    with contextlib.suppress(s_tir.ScheduleError):
+        sch.vectorize(sch.fuse(*loops[-2:]) if len(loops) >= 2 else loops[-1])
 
 
 def _k_major_columns(sch, block, gather, lane_var, outer: int) -> None:
@@ -368,9 +386,7 @@ def _schedule_conv_row(func):
     reduction = [loop for loop, iv in axes if int(iv.iter_type) == _REDUCE]
     sch.reorder(*outer, last, j_loop, *reduction)
     for consumer in sch.get_consumers(block):
-        sch.reverse_compute_at(consumer, outer[-1], preserve_unit_loops=True)
-        with contextlib.suppress(s_tir.ScheduleError):
-            sch.vectorize(sch.get_loops(consumer)[-1])
+        _row_epilogue(sch, consumer, outer[-1], width)
     c_axis = next(i for i, v in enumerate(out.indices) if v.same_as(j))
     c_lane = next(i for i, v in enumerate(out.indices) if v.same_as(lane))
     name = convt_intrin(n, tuple(extents), len(out.indices), c_axis, c_lane, kinds, width, prim_dtype(j),
@@ -403,8 +419,9 @@ def _conv_read(indices, reduce_vars: list, lane, outer: list) -> tuple[int, ...]
 def convt_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, c_lane: int, kinds: tuple[int, ...],
                  lanes: int, index_dtype: str, x_dtype: str) -> str:
     """A tensor intrinsic for one row of a stride-1 conv: `C[.., j, .., p] = sum_r int32(A[ci, ky, p + kx]) *
-    int32(B[j, ci, ky, kx])`, A the input as it lies (any strides), `kinds` from `_conv_read`; the implementation
-    one `edgebin_matvecc_*(a, b, k, n, c, P, kh, kw, channel stride, row stride)` call."""
+    int32(B[j, ci, ky, kx])`, A the input as it lies (any strides), C's channels any distance apart (its lane
+    axis last and contiguous), `kinds` from `_conv_read`; the implementation one
+    `edgebin_matvecc_*(a, b, k, n, c, P, C's channel stride, kh, kw, A's channel stride, A's row stride)` call."""
     kernel = "edgebin_matvecc_s8" if x_dtype == "int8" else "edgebin_matvecc_u8s8"
     name = (f"{kernel}_{n}x{'x'.join(map(str, reduction))}_p{lanes}_c{c_ndim}{c_axis}{c_lane}"
             f"_a{'_'.join(map(str, kinds))}_{index_dtype}")
@@ -425,6 +442,7 @@ def _convt_func(kernel, n, reduction, c_ndim, c_axis, c_lane, kinds, lanes, inde
     c_shape = [imm(n) if i == c_axis else imm(lanes) if i == c_lane else imm(1) for i in range(c_ndim)]
     b_shape = [imm(n), *map(imm, reduction)]
     strides = [tirx.Var(f"s{i}", index_dtype) for i in range(len(kinds) - 1)] + [imm(1)]
+    c_strides = _lane_last_strides(c_ndim, c_lane, index_dtype)
 
     def whole(buffer, shape):
         return buffer[tuple(slice(imm(0), extent) for extent in shape)]
@@ -435,7 +453,7 @@ def _convt_func(kernel, n, reduction, c_ndim, c_axis, c_lane, kinds, lanes, inde
             handles = [builder.arg(name, builder.handle()) for name in ("a", "b", "c")]
             a = builder.match_buffer(handles[0], a_shape, x_dtype, strides=strides, offset_factor=1)
             b = builder.match_buffer(handles[1], b_shape, "int8", offset_factor=1)
-            c = builder.match_buffer(handles[2], c_shape, "int32", offset_factor=1)
+            c = builder.match_buffer(handles[2], c_shape, "int32", strides=c_strides, offset_factor=1)
             with builder.sblock("root"):
                 builder.reads(whole(a, a_shape), whole(b, b_shape))
                 builder.writes(whole(c, c_shape))
@@ -444,7 +462,7 @@ def _convt_func(kernel, n, reduction, c_ndim, c_axis, c_lane, kinds, lanes, inde
                     row = next(i for i, k in enumerate(kinds) if k % 3 == 1 and k >= 0)
                     builder.evaluate(tirx.call_extern(
                         "void", kernel, a.access_ptr("r"), b.access_ptr("r"), int(np.prod(reduction)), n,
-                        c.access_ptr("w"), lanes, reduction[1], reduction[2],
+                        c.access_ptr("w"), lanes, tirx.Cast("int32", c.strides[c_axis]), reduction[1], reduction[2],
                         tirx.Cast("int32", a.strides[channel]), tirx.Cast("int32", a.strides[row])))
                 else:
                     def c_index(vp, vj):
@@ -590,7 +608,8 @@ def matvec_intrin(n: int, reduction: tuple[int, ...], c_ndim: int, c_axis: int, 
     uint8) columns: its axis i is reduction axis `a_axes[i]`, the lane axis where that is LANE, or a unit axis
     (UNIT; the reduction axes come last and in order, so each column is contiguous). The description zeroes C
     first: the implementation, one `edgebin_matvec{lanes}_s8` (`_u8s8` for uint8) call, overwrites it; with
-    `row`, `edgebin_matvect_*(..., lanes)`: any number of lanes, A k-major (the lane axis last; the host's rows).
+    `row`, `edgebin_matvect_*(..., lanes, C's channel stride)`: any number of lanes, A k-major (the lane axis last;
+    the host's rows), C's lane axis last and contiguous, its channels any distance apart.
     """
     spec = _Matvec(n, tuple(reduction), c_ndim, c_axis, tuple(a_axes), index_dtype, x_dtype, lanes, c_lane, row)
     name = (f"{spec.kernel}{lanes if row else ''}_{n}x{'x'.join(map(str, reduction))}_c{c_ndim}{c_axis}{c_lane}"
@@ -660,15 +679,17 @@ def _matvec_func(spec: _Matvec, *, impl: bool):
         with builder.prim_func(s_tir=True):
             builder.func_name(f"{spec.kernel}_{'impl' if impl else 'desc'}")
             handles = [builder.arg(name, builder.handle()) for name in ("a", "b", "c")]
-            a, b, c = (builder.match_buffer(handle, shape, dtype, offset_factor=1)
-                       for handle, shape, dtype in zip(handles, shapes, (spec.x_dtype, "int8", "int32"), strict=True))
+            a = builder.match_buffer(handles[0], shapes[0], spec.x_dtype, offset_factor=1)
+            b = builder.match_buffer(handles[1], shapes[1], "int8", offset_factor=1)
+            c_strides = _lane_last_strides(spec.c_ndim, spec.c_lane, spec.index_dtype) if spec.row else None
+            c = builder.match_buffer(handles[2], shapes[2], "int32", strides=c_strides, offset_factor=1)
             with builder.sblock("root"):
                 builder.reads(whole(a, shapes[0]), whole(b, shapes[1]))
                 builder.writes(whole(c, shapes[2]))
                 if impl:
+                    row = [spec.lanes, tirx.Cast("int32", c.strides[spec.c_axis])] if spec.row else []
                     builder.evaluate(tirx.call_extern("void", spec.kernel, a.access_ptr("r"), b.access_ptr("r"),
-                                                      int(np.prod(spec.reduction)), spec.n, c.access_ptr("w"),
-                                                      *([spec.lanes] if spec.row else [])))
+                                                      int(np.prod(spec.reduction)), spec.n, c.access_ptr("w"), *row))
                 else:
                     _describe(builder, spec, a, b, c)
     return ib.get()
@@ -703,6 +724,13 @@ def _bind_axes(builder, spec: _Matvec, loops: list, extents: list[int], kinds: s
                                         dtype=spec.index_dtype)) if bound else []
     axes = dict(zip(bound, values, strict=True))
     return [axes.get(i, spec.imm(0)) for i in range(len(loops))]
+
+
+def _lane_last_strides(ndim: int, lane: int, index_dtype: str) -> list:
+    """Strides for a row kernel's accumulators: any for each axis, 1 for the lane axis, which must be the last."""
+    if lane != ndim - 1:
+        raise _NotMatvec("the accumulators' pixel axis is not their last")
+    return [tirx.Var(f"c{i}", index_dtype) for i in range(ndim - 1)] + [tirx.IntImm(index_dtype, 1)]
 
 
 def _listed(values) -> list:

@@ -17,8 +17,9 @@ exhaustively against onnxruntime 1.32; `rne` is round half to even, `sat` the cl
 |                                     | F = zc - fma(za, ra, rb * zb): the b term first, the zero points folded  |
 | DQ -> op -> Q, scale changes        | sat(rne((f32(x - zx) * sx) / sy) + zy)                                   |
 
-Every product, sum and quotient above is rounded to float32. `"float"` evaluates these formulas as written (the
-add in float64, where its products and sums are exact, so an FMA-contracting compiler cannot change it). `"fixed"`
+Every product, sum and quotient above is rounded to float32. `"float"` evaluates these formulas as written, the
+add's two fma in LLVM's `llvm.fma` (one instruction with FMA3 or on aarch64; never split into a multiply and an
+add, which TIR's own `fma` may be); off an LLVM target, in float64, where its products and sums are exact. `"fixed"`
 is integer only: each float32 is m * 2**-e, so the last rounding's argument is an int64 `p` on the grid 2**-e, and
 `round_f32_half_even` reproduces rne(f32(p * 2**-e)): float32 rounding matters only within half an ulp of a tie
 q + 1/2, where it makes the tie exact, which then goes to the even neighbour. (Plain fixed point, `+2**(r-1) >> r`,
@@ -42,7 +43,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from edgebin.compile.tvm_adapter import const, prim_dtype, relax, tirx, tvm
+from edgebin.compile.tvm_adapter import const, llvm_fma, prim_dtype, relax, tirx, tvm
 
 REQUANT_MODES = ("float", "fixed")
 F32 = np.float32
@@ -304,6 +305,10 @@ class Requantizer:
         """QLinearAdd: sat(rne(fma(a, ra, fma(b, rb, F)))) on the raw codes `a`, `b` (int8 or uint8)."""
         spec, out = QLinearAddSpec.of(a_qp, b_qp, y_qp), y_qp.dtype
         (ma, ea), (mb, eb), (mf, ef) = spec.ra, spec.rb, spec.fixed
+        if self.mode == "float" and _llvm_target():  # the float32 formula itself, in fused multiply-adds
+            t = self._fused_fma(b, mb * 2.0**-eb, mf * 2.0**-ef)
+            value = self.emit(relax.op.round(self._fused_fma(a, ma * 2.0**-ea, t)))
+            return relax.op.astype(self.emit(relax.op.clip(value, lo, hi)), out)
         if self.mode == "float" and _exact_in_float64(spec):  # then this is the float32 formula, to the bit
             t = self.emit(relax.op.astype(self._fma_f32(b, mb * 2.0**-eb, const(mf * 2.0**-ef)), "float64"))
             value = self.emit(relax.op.round(self._fma_f32(a, ma * 2.0**-ea, t)))
@@ -339,6 +344,24 @@ class Requantizer:
 
         return self._opaque(self.builder.call_te(qlinear_add, a, b))
 
+    def _fused_fma(self, codes, factor: float, addend):
+        """fma(f32(codes), factor, addend) in float32, rounded once: LLVM's `llvm.fma`, one instruction where the
+        CPU has FMA (x86 with FMA3, aarch64), a correctly rounded library call elsewhere, never a multiply and an
+        add apart (TIR's own `fma` is LLVM's fmuladd, which may split). `addend`: a float or a float32 tensor that
+        broadcasts against `codes`. Half the work of the float64 form below, and its tensors between kernels are
+        float32, not float64."""
+        def fma(codes_t, *rest):
+            shape = _broadcast_shape(codes_t.shape, *(t.shape for t in rest))
+
+            def element(*idx):
+                code = codes_t(*_broadcast_index(idx, codes_t.shape, shape)).astype("float32")
+                add = rest[0](*_broadcast_index(idx, rest[0].shape, shape)) if rest else tirx.const(addend, "float32")
+                return llvm_fma(code, tirx.const(factor, "float32"), add)
+            return tvm.te.compute(shape, element, name="fma")
+
+        return self.emit(self.builder.call_te(fma, codes) if isinstance(addend, float) else
+                         self.builder.call_te(fma, codes, addend))
+
     def _fma_f32(self, codes, factor: float, addend):
         """f32(codes * factor + addend), the product and sum exact in float64 (see `_exact_in_float64`)."""
         product = self.emit(relax.op.multiply(self.emit(relax.op.astype(codes, "float64")), const(factor)))
@@ -362,6 +385,26 @@ class Requantizer:
     def _clip(value, lo: int, hi: int):
         kind = prim_dtype(value)
         return tirx.max(tirx.min(value, tirx.const(hi, kind)), tirx.const(lo, kind))
+
+
+def _llvm_target() -> bool:
+    """True inside `with target:` for an LLVM target (host, Cortex-A), where `llvm.fma` exists."""
+    target = tvm.target.Target.current(allow_none=True)
+    return target is not None and target.kind.name == "llvm"
+
+
+def _broadcast_shape(*shapes) -> list:
+    """The numpy broadcast of static TE shapes."""
+    rank = max(len(shape) for shape in shapes)
+    padded = [[1] * (rank - len(shape)) + [int(n) for n in shape] for shape in shapes]
+    return [max(sizes) for sizes in zip(*padded, strict=True)]
+
+
+def _broadcast_index(idx, shape, out_shape) -> list:
+    """The index into a tensor of `shape` that broadcasts to the output index `idx` of `out_shape` (right-aligned;
+    only a dimension that is broadcast reads 0, so FuseOps sees an elementwise op where nothing is)."""
+    tail = zip(idx[len(idx) - len(shape):], shape, out_shape[len(out_shape) - len(shape):], strict=True)
+    return [i if int(n) == int(m) else 0 for i, n, m in tail]
 
 
 def _exact_in_float64(spec: QLinearAddSpec) -> bool:

@@ -204,9 +204,11 @@ void edgebin_matvec4_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t 
 #endif
 
 /* Whole rows of output pixels (the host's schedule, mcu_schedule row_calls), row i of the input P neighbouring bytes:
- *   edgebin_matvect_{s8,u8s8}(x, w, k, n, acc, P):  acc[j*P + p] = sum_{i<k} x[i*P + p] * w[j*k + i]
- *   edgebin_matvecc_{s8,u8s8}(x, w, k, n, acc, P, kh, kw, cs, rs):  the same with row i = (ci*kh + ky)*kw + kx at
+ *   edgebin_matvect_{s8,u8s8}(x, w, k, n, acc, P, S):  acc[j*S + p] = sum_{i<k} x[i*P + p] * w[j*k + i]
+ *   edgebin_matvecc_{s8,u8s8}(x, w, k, n, acc, P, S, kh, kw, cs, rs):  the same with row i = (ci*kh + ky)*kw + kx at
  *       x + ci*cs + ky*rs + kx: a stride-1 conv reading its (padded) input where it lies, no im2col
+ * S >= P is the distance between output channels in acc: P for a row's own accumulators, H*W where the row goes
+ * straight into a whole layer's NCHW accumulators (short rows: the epilogue then runs once a layer, along H*W).
  * matvect's x holds each reduction index's P pixels side by side (the gather copies runs of neighbouring pixels);
  * w and acc as above. With AVX-512 VNNI the pixels go into the vector lanes: each 32-pixel chunk of x is packed
  * once per call into 4-byte groups (pixel p's x[i..i+3]: unpack bytes, then words), and each group of 4 weights is
@@ -253,9 +255,9 @@ static inline __attribute__((always_inline)) void edgebin_pack_t(const uint8_t* 
   }
 }
 
-/* R rows of w times the packed chunk (V vectors of 8 pixels a 4-byte group, k4 groups) into acc[r*P + p], p < q. */
+/* R rows of w times the packed chunk (V vectors of 8 pixels a 4-byte group, k4 groups) into acc[r*S + p], p < q. */
 static inline __attribute__((always_inline)) void edgebin_rows_t(const __m256i* packed, const int8_t* w, int32_t k,
-                                                                 int32_t* acc, int32_t P, int32_t q,
+                                                                 int32_t* acc, int32_t S, int32_t q,
                                                                  const int32_t* minus, const int R, const int V) {
   __m256i s[16];
   _Pragma("GCC unroll 16")
@@ -293,8 +295,8 @@ static inline __attribute__((always_inline)) void edgebin_rows_t(const __m256i* 
     _Pragma("GCC unroll 16")
     for (int v = 0; v < V; ++v) {
       const __m256i out = _mm256_sub_epi32(s[r * V + v], sub);
-      if (8 * v + 8 <= q) _mm256_storeu_si256((__m256i*)(acc + r * P + 8 * v), out);
-      else _mm256_mask_storeu_epi32(acc + r * P + 8 * v, (__mmask8)((1u << (q - 8 * v)) - 1), out);
+      if (8 * v + 8 <= q) _mm256_storeu_si256((__m256i*)(acc + r * S + 8 * v), out);
+      else _mm256_mask_storeu_epi32(acc + r * S + 8 * v, (__mmask8)((1u << (q - 8 * v)) - 1), out);
     }
   }
 }
@@ -303,9 +305,9 @@ static inline __attribute__((always_inline)) void edgebin_rows_t(const __m256i* 
  * degrades (register-to-register copies every step, measured). */
 #define EDGEBIN_ROWS_T(R, V)                                                                                   \
   static __attribute__((noinline)) void edgebin_rows_t_##R##_##V(const __m256i* packed, const int8_t* w,        \
-                                                                 int32_t k, int32_t* acc, int32_t P, int32_t q, \
+                                                                 int32_t k, int32_t* acc, int32_t S, int32_t q, \
                                                                  const int32_t* minus) {                       \
-    edgebin_rows_t(packed, w, k, acc, P, q, minus, R, V);                                                      \
+    edgebin_rows_t(packed, w, k, acc, S, q, minus, R, V);                                                      \
   }
 EDGEBIN_ROWS_T(8, 1)
 EDGEBIN_ROWS_T(1, 1)
@@ -320,14 +322,14 @@ EDGEBIN_ROWS_T(1, 4)
 #define EDGEBIN_CHUNK_T(R, V)                                                                                  \
   do {                                                                                                         \
     int32_t j = 0;                                                                                             \
-    for (; j + R <= n; j += R) edgebin_rows_t_##R##_##V(packed, w + j * k, k, out + j * P, P, q, minus + j);   \
-    for (; j < n; ++j) edgebin_rows_t_1_##V(packed, w + j * k, k, out + j * P, P, q, minus + j);               \
+    for (; j + R <= n; j += R) edgebin_rows_t_##R##_##V(packed, w + j * k, k, out + j * S, S, q, minus + j);   \
+    for (; j < n; ++j) edgebin_rows_t_1_##V(packed, w + j * k, k, out + j * S, S, q, minus + j);               \
   } while (0)
 
 /* Row i of x (P pixels) at x + off[i]. */
 static inline __attribute__((always_inline)) void edgebin_matvect(const uint8_t* x, const int32_t* off,
                                                                   const int8_t* w, int32_t k, int32_t n, int32_t* acc,
-                                                                  int32_t P, const int u) {
+                                                                  int32_t P, int32_t S, const int u) {
   const int32_t k4 = (k + 3) / 4;
   int32_t minus[n];
   __m256i packed[4 * k4];
@@ -358,9 +360,9 @@ static inline __attribute__((always_inline)) void edgebin_matvect(const uint8_t*
 #else /* no VNNI */
 
 static void edgebin_matvect_plain(const void* x, const int32_t* off, const int8_t* w, int32_t k, int32_t n,
-                                  int32_t* acc, int32_t P, const int u) {
+                                  int32_t* acc, int32_t P, int32_t S, const int u) {
   for (int32_t j = 0; j < n; ++j) {
-    int32_t* a = acc + j * P;
+    int32_t* a = acc + j * S;
     for (int32_t p = 0; p < P; ++p) a[p] = 0;
     for (int32_t i = 0; i < k; ++i) {
       const int32_t wi = w[j * k + i];
@@ -384,11 +386,18 @@ static inline int32_t edgebin_row_off(int32_t i, int32_t P, int32_t kh, int32_t 
   return kh > 0 ? (i / (kh * kw)) * cs + ((i / kw) % kh) * rs + i % kw : i * P;
 }
 
+/* This thread's offsets table, after its 5-int key (k, kh or -P, kw, cs, rs): one TLS address lookup a call, where
+ * each access to two __thread arrays called __tls_get_addr (17 call sites, 2 % of a ResNet-8 inference). */
+static __attribute__((noinline)) int32_t* edgebin_row_cache(void) {
+  static __thread int32_t cache[5 + EDGEBIN_ROWS_MAX_K] = {-1};
+  return cache;
+}
+
 static void edgebin_matvec_rows(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P,
-                                int32_t kh, int32_t kw, int32_t cs, int32_t rs, const int u) {
+                                int32_t S, int32_t kh, int32_t kw, int32_t cs, int32_t rs, const int u) {
   if (k > EDGEBIN_ROWS_MAX_K) {
     for (int32_t j = 0; j < n; ++j) {
-      int32_t* a = acc + j * P;
+      int32_t* a = acc + j * S;
       for (int32_t p = 0; p < P; ++p) a[p] = 0;
       for (int32_t i = 0; i < k; ++i) {
         const int32_t wi = w[j * k + i], o = edgebin_row_off(i, P, kh, kw, cs, rs);
@@ -398,7 +407,8 @@ static void edgebin_matvec_rows(const uint8_t* x, const int8_t* w, int32_t k, in
     return;
   }
   /* The offsets depend on the layer only: kept per thread for its next call (a layer makes one call per row). */
-  static __thread int32_t off[EDGEBIN_ROWS_MAX_K], key[5] = {-1, 0, 0, 0, 0};
+  int32_t* const key = edgebin_row_cache();
+  int32_t* const off = key + 5;
   if (key[0] != k || key[1] != (kh > 0 ? kh : -P) || key[2] != kw || key[3] != cs || key[4] != rs) {
     if (kh > 0) { /* no divisions: k / (kh kw) channels of kh rows of kw columns */
       int32_t i = 0;
@@ -411,28 +421,29 @@ static void edgebin_matvec_rows(const uint8_t* x, const int8_t* w, int32_t k, in
     key[0] = k, key[1] = kh > 0 ? kh : -P, key[2] = kw, key[3] = cs, key[4] = rs;
   }
 #if defined(EDGEBIN_X86_VNNI)
-  edgebin_matvect(x, off, w, k, n, acc, P, u); /* (a table even for i * P: measured faster than the stride) */
+  edgebin_matvect(x, off, w, k, n, acc, P, S, u); /* (a table even for i * P: measured faster than the stride) */
 #else
-  edgebin_matvect_plain(x, off, w, k, n, acc, P, u);
+  edgebin_matvect_plain(x, off, w, k, n, acc, P, S, u);
 #endif
 }
 
-void edgebin_matvect_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P) {
-  edgebin_matvec_rows((const uint8_t*)x, w, k, n, acc, P, 0, 1, 0, 0, 0);
+void edgebin_matvect_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P, int32_t S) {
+  edgebin_matvec_rows((const uint8_t*)x, w, k, n, acc, P, S, 0, 1, 0, 0, 0);
 }
 
-void edgebin_matvect_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P) {
-  edgebin_matvec_rows(x, w, k, n, acc, P, 0, 1, 0, 0, 1);
+void edgebin_matvect_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P,
+                          int32_t S) {
+  edgebin_matvec_rows(x, w, k, n, acc, P, S, 0, 1, 0, 0, 1);
 }
 
-void edgebin_matvecc_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P, int32_t kh,
-                        int32_t kw, int32_t cs, int32_t rs) {
-  edgebin_matvec_rows((const uint8_t*)x, w, k, n, acc, P, kh, kw, cs, rs, 0);
+void edgebin_matvecc_s8(const int8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P, int32_t S,
+                        int32_t kh, int32_t kw, int32_t cs, int32_t rs) {
+  edgebin_matvec_rows((const uint8_t*)x, w, k, n, acc, P, S, kh, kw, cs, rs, 0);
 }
 
 void edgebin_matvecc_u8s8(const uint8_t* x, const int8_t* w, int32_t k, int32_t n, int32_t* acc, int32_t P,
-                          int32_t kh, int32_t kw, int32_t cs, int32_t rs) {
-  edgebin_matvec_rows(x, w, k, n, acc, P, kh, kw, cs, rs, 1);
+                          int32_t S, int32_t kh, int32_t kw, int32_t cs, int32_t rs) {
+  edgebin_matvec_rows(x, w, k, n, acc, P, S, kh, kw, cs, rs, 1);
 }
 
 /* Low-bit weights kept as b-bit codes into a table: edgebin_lut{b}_decode, once a kernel run, for the kernels above. */
