@@ -231,7 +231,7 @@ class HostArtefact:
     tuning: dict[str, Any] = field(default_factory=dict)  # tune.TuneSummary.to_dict(); empty when untuned
     lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed ("lut4") or int8
     _vm: Any = field(default=None, init=False, repr=False, compare=False)
-    _staging: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
+    _per_thread: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     def kernel_counts(self) -> dict[str, int]:
         """Kernels per arithmetic kind: {"int8": 9, "float": 0, "convert": 1, "data": 2}."""
@@ -272,11 +272,12 @@ class HostArtefact:
         return self._vm
 
     def _entry(self) -> tuple[Any, np.ndarray, Any]:
-        """(the VM's main, this thread's input array, the tensor sharing its memory): `run` copies each sample in,
-        where a fresh tensor a call cost more than the copy (tvm_adapter.to_tensor)."""
-        local = self._staging
+        """(this thread's VM's main, its input array, the tensor sharing that array's memory): `run` copies each
+        sample in, where a fresh tensor a call cost more than the copy (tvm_adapter.to_tensor). One VM a thread:
+        a Relax VM called from two threads at once crashes."""
+        local = self._per_thread
         if getattr(local, "tensor", None) is None:
-            local.main = self._load()["main"]
+            local.main = tvm_api.load_vm(self.directory / LIBRARY)["main"]
             local.array, local.tensor = tvm_api.staging_tensor(self.input_shape, self.input_dtype)
         return local.main, local.array, local.tensor
 
