@@ -153,7 +153,7 @@ def time_layer(lib, name: str, c: int, h: int, cout: int, k: int, stride: int, p
     if not np.array_equal(out, binary_conv2d_reference(signs, codes, (stride, stride), (pad, pad))):
         sys.exit(f"{name}: the packed kernel disagrees with the integer reference")
     session = _ort_conv(rng.standard_normal((cout, c, k, k)).astype(np.float32), stride, pad)
-    empty = _ort_model(helper.make_node("Identity", ["x"], ["y"]), [])
+    empty = ort_model(helper.make_node("Identity", ["x"], ["y"]), [])
     feed = {"x": x}
     measure = {"ort_us": lambda: median_us(lambda: session.run(None, feed), repeat),
                "ort_call_us": lambda: median_us(lambda: empty.run(None, feed), repeat),
@@ -170,10 +170,10 @@ def time_layer(lib, name: str, c: int, h: int, cout: int, k: int, stride: int, p
 
 def _ort_conv(weight: np.ndarray, stride: int, pad: int) -> ort.InferenceSession:
     node = helper.make_node("Conv", ["x", "w"], ["y"], strides=[stride] * 2, pads=[pad] * 4)
-    return _ort_model(node, [numpy_helper.from_array(weight, "w")])
+    return ort_model(node, [numpy_helper.from_array(weight, "w")])
 
 
-def _ort_model(node: onnx.NodeProto, initializers: list) -> ort.InferenceSession:
+def ort_model(node: onnx.NodeProto, initializers: list) -> ort.InferenceSession:
     """A one-node model x -> y on one thread (an Identity times onnxruntime's own cost of a `session.run`)."""
     graph = helper.make_graph([node], "one", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], initializers)

@@ -72,7 +72,9 @@ def render(reports: dict[str, dict], command: str) -> str:
               "(`edgebin/compile/cpu_kernels/edgebin_cpu_kernels.c`: AVX-512 VNNI with the pixels in the vector "
               "lanes, else plain C): a stride-1 conv reads its padded input where it lies (no im2col), other convs "
               "gather a k-major im2col row; gemms call the one-column kernel. The requant epilogue (vectorized along "
-              "the row) and the other kernels are TVM's LLVM code; outputs are bit-identical to the plain loops. "
+              "the row, or for rows under 16 pixels once a layer along each channel's outputs; the residual add in "
+              "float32 fused multiply-adds) and the other kernels are TVM's LLVM code; outputs are bit-identical to "
+              "the plain loops. "
               "Medians of one run on a shared machine: expect a few percent to tens of percent between runs."]
     env = next(iter(reports.values()))["environment"] if reports else {}
     lines += ["", "## Kernels", "", "| model | kernels by kind | convs and gemms |", "|---|---|---|"]

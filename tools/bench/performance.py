@@ -6,7 +6,9 @@
 One run measures, on this machine:
 - host latency (x86, 1 thread, batch 1; per engine the lowest of 5 medians of `--repeat` runs, the engines taking
   turns so that a slow spell of a shared machine does not favour one, with the medians' spread and the speed-up
-  over onnxruntime FP32 round by round), whole model: onnxruntime FP32,
+  over onnxruntime FP32 round by round; two timings: the engine alone, edgebin by TVM's timer around its VM and
+  onnxruntime's `session.run` less that of a one-node Identity model, and a Python call from a numpy input to a
+  numpy output, each engine paying its binding's overhead), whole model: onnxruntime FP32,
   onnxruntime INT8 (the QDQ model), TVM FP32 (the FP32 ONNX compiled untuned), edgebin INT8 (the QDQ model
   compiled: int8 micro-kernels), edgebin INT4 and ternary (their weights stay packed at 4 and 2 bits in model.so
   and each kernel decodes its weight to int8 once a run, then INT8's kernels: docs/lut-weights.md "Host"),
@@ -37,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+from onnx import helper
 
 sys.path.insert(0, str(Path(__file__).parent))
 import binary_layers  # noqa: E402  (the per-layer table, same directory)
@@ -79,13 +82,13 @@ def main() -> int:
         binary = pipeline.export(CHECKPOINT, data="fashion-mnist", out_dir=work / "binary",
                                  recipe=Recipe.for_method("binary", estimator="ste"), training=training).out_dir
         models = {"INT8": int8, "INT4": int4, "ternary": ternary, "W1A1": binary}
-        latency = _host_latency(models, work, args.repeat)
+        latency, python = _host_latency(models, work, args.repeat)
         with tempfile.TemporaryDirectory() as lib_dir:
             lib = binary_layers.build_kernels(Path(lib_dir), binary_layers.RESNET8)
             layers = [binary_layers.time_layer(lib, *layer, repeat=args.repeat) for layer in binary_layers.RESNET8]
         onnx = {"FP32": int8 / pipeline.FP32_ONNX} | {name: path / pipeline.MODEL_ONNX for name, path in models.items()}
         mcu = {name: _mcu(path, args.mcu_target, args.samples, work / f"mcu-{name}") for name, path in onnx.items()}
-    text = markdown(latency, layers, mcu, args, command)
+    text = markdown(latency, python, layers, mcu, args, command)
     atomic_write_text(args.doc, text)
     print(text)
     return 0
@@ -99,8 +102,10 @@ def _ort(path: Path, x: np.ndarray):
     return lambda: session.run(None, {name: x})
 
 
-def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str, list[float]]:
-    """Per engine, its median ms in each of ROUNDS rounds (the engines taking turns within a round)."""
+def _host_latency(models: dict[str, Path], work: Path,
+                  repeat: int) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Per engine, its median ms in each of ROUNDS rounds (the engines taking turns within a round): (the engine
+    alone, a Python call from numpy to numpy)."""
     x = np.random.default_rng(0).standard_normal((1, 1, 28, 28)).astype(np.float32)
     int8, binary = models["INT8"], models["W1A1"]
     compiled = {"TVM FP32": host.compile_onnx(int8 / pipeline.FP32_ONNX, HOST, work / "tvm-fp32", integer=False)}
@@ -111,15 +116,17 @@ def _host_latency(models: dict[str, Path], work: Path, repeat: int) -> dict[str,
         "onnxruntime INT8": _ort(int8 / pipeline.MODEL_ONNX, x),
         "onnxruntime W1A1 graph (float)": _ort(binary / pipeline.MODEL_ONNX, x),
     }
-    measure = {name: (lambda run=run: binary_layers.median_us(run, repeat) / 1e3)  # the same timer as per layer
-               for name, run in engines.items()}
-    for name, artefact in compiled.items():  # TVM's own timer, as `edgebin compress` reports it
-        measure[name] = lambda artefact=artefact: float(np.median(artefact.latency_s(x, repeat=repeat))) * 1e3
-    result: dict[str, list[float]] = {name: [] for name in measure}
+    empty = binary_layers.ort_model(helper.make_node("Identity", ["x"], ["y"]), [])  # a session.run's own cost
+    engines |= {name: (lambda artefact=artefact: artefact.run(x)) for name, artefact in compiled.items()}
+    python: dict[str, list[float]] = {name: [] for name in engines}
+    alone: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(ROUNDS):  # engines take turns, so a slow spell of this shared machine hits them all
-        for name, timed in measure.items():
-            result[name].append(timed())
-    return result
+        call = binary_layers.median_us(lambda: empty.run(None, {"x": x}), repeat) / 1e3
+        for name, run in engines.items():
+            python[name].append(binary_layers.median_us(run, repeat) / 1e3)
+            alone[name].append(float(np.median(compiled[name].latency_s(x, repeat=repeat))) * 1e3
+                               if name in compiled else python[name][-1] - call)
+    return alone, python
 
 
 def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
@@ -142,7 +149,8 @@ def _mcu(onnx_path: Path, target_name: str, samples: int, work: Path) -> dict:
             "arena_bytes": manifest["arena_bytes"], "layers": layers, "target": target.name}
 
 
-def markdown(rounds: dict[str, list[float]], layers: list[dict], mcu: dict[str, dict], args, command: str) -> str:
+def markdown(rounds: dict[str, list[float]], python: dict[str, list[float]], layers: list[dict],
+             mcu: dict[str, dict], args, command: str) -> str:
     latency = {name: min(ms) for name, ms in rounds.items()}
     base = latency["onnxruntime FP32"]
     lines = ["# Performance: ResNet-8 in FP32, INT8, INT4, ternary and W1A1", "",
@@ -153,14 +161,21 @@ def markdown(rounds: dict[str, list[float]], layers: list[dict], mcu: dict[str, 
              f"{mcu['INT8']['target']}: QEMU instruction counts, never milliseconds; fewer than FP32 = FP32's "
              "instructions / the model's.", "",
              "## Host, whole model", "",
+             "*ms*: the engine alone: edgebin by TVM's timer around its VM (as `edgebin compress` reports), "
+             "onnxruntime's `session.run` less that of a one-node Identity model in the same round (its own cost of a "
+             "call), the comparison least favourable to edgebin. *Python call*: one call from a numpy input to a "
+             "numpy output, `session.run` or `HostArtefact.run`, each engine paying its binding's overhead. "
              f"*Spread*: the lowest and highest of the {ROUNDS} medians; *per round*: onnxruntime FP32's median over "
              "the engine's in the same round, lowest and highest, how far the speed-up moves with the machine.", "",
-             "| engine | ms | speed-up vs onnxruntime FP32 | spread (ms) | speed-up per round |",
-             "|---|---:|---:|---:|---:|"]
+             "| engine | ms | speed-up vs onnxruntime FP32 | spread (ms) | speed-up per round | Python call (ms) | "
+             "speed-up, Python call |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    python_base = min(python["onnxruntime FP32"])
     for name, ms in latency.items():
         ratios = [b / m for b, m in zip(rounds["onnxruntime FP32"], rounds[name], strict=True)]
         lines.append(f"| {name} | {ms:.3f} | {base / ms:.2f}× | {min(rounds[name]):.3f}–{max(rounds[name]):.3f} | "
-                     f"{min(ratios):.2f}–{max(ratios):.2f}× |")
+                     f"{min(ratios):.2f}–{max(ratios):.2f}× | {min(python[name]):.3f} | "
+                     f"{python_base / min(python[name]):.2f}× |")
     lines += ["", "## Host, binary conv layers", "",
               "Each binary conv as edgebin runs it (pack the float input's signs, then XNOR/popcount; the kernels "
               "called from a C loop, as model.so calls them) against onnxruntime's FP32 conv of the same shape as a "
