@@ -9,8 +9,8 @@
 
 The MCU schedule turned each int8 conv or gemm into a call of the int8 micro-kernel
 `edgebin_matvec{,2,4}_{s8,u8s8}(col, w, K, Cout, acc)` reading its weight constant rows-first, (Cout, K); the
-host's schedule (row_calls) into that call for a gemm, and `edgebin_matvect_*(.., P)` or
-`edgebin_matvecc_*(.., P, kh, kw, cs, rs)`, the same w, K and Cout, for a conv's row of pixels. Two kinds of weight
+host's schedule (row_calls) into that call for a gemm, and `edgebin_matvect_*(.., P, S)` or
+`edgebin_matvecc_*(.., P, S, kh, kw, cs, rs)`, the same w, K and Cout, for a conv's row of pixels. Two kinds of weight
 go back to codes into a table:
 
 - **table-coded (NUPES)** weights, `"source": "nupes"`: the importer folded them to int8 (`lut_weights`); a kernel
