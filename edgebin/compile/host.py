@@ -230,7 +230,6 @@ class HostArtefact:
     target: dict[str, Any] = field(default_factory=dict)
     tuning: dict[str, Any] = field(default_factory=dict)  # tune.TuneSummary.to_dict(); empty when untuned
     lut_layers: list[dict[str, Any]] = field(default_factory=list)  # low-bit weights: packed ("lut4") or int8
-    _vm: Any = field(default=None, init=False, repr=False, compare=False)
     _per_thread: threading.local = field(default_factory=threading.local, init=False, repr=False, compare=False)
 
     def kernel_counts(self) -> dict[str, int]:
@@ -266,18 +265,19 @@ class HostArtefact:
         set_threads(1)
         return tvm_api.time_function(self._load(), "main", [tvm_api.to_tensor(x1)], warmup=warmup, repeat=repeat)
 
-    def _load(self):
-        if self._vm is None:
-            self._vm = tvm_api.load_vm(self.directory / LIBRARY)
-        return self._vm
+    def _load(self) -> Any:
+        """This thread's VM (a Relax VM called from two threads at once crashes), loaded on first use."""
+        local = self._per_thread
+        if getattr(local, "vm", None) is None:
+            local.vm = tvm_api.load_vm(self.directory / LIBRARY)
+        return local.vm
 
     def _entry(self) -> tuple[Any, np.ndarray, Any]:
         """(this thread's VM's main, its input array, the tensor sharing that array's memory): `run` copies each
-        sample in, where a fresh tensor a call cost more than the copy (tvm_adapter.to_tensor). One VM a thread:
-        a Relax VM called from two threads at once crashes."""
+        sample in, where a fresh tensor a call cost more than the copy (tvm_adapter.to_tensor)."""
         local = self._per_thread
         if getattr(local, "tensor", None) is None:
-            local.main = tvm_api.load_vm(self.directory / LIBRARY)["main"]
+            local.main = self._load()["main"]
             local.array, local.tensor = tvm_api.staging_tensor(self.input_shape, self.input_dtype)
         return local.main, local.array, local.tensor
 

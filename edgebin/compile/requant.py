@@ -344,8 +344,9 @@ class Requantizer:
         """fma(f32(codes), factor, addend) in float32, rounded once: LLVM's `llvm.fma`, one instruction where the
         CPU has FMA (x86 with FMA3, aarch64), a correctly rounded library call elsewhere, never a multiply and an
         add apart (TIR's own `fma` is LLVM's fmuladd, which may split). `addend`: a float or a float32 tensor that
-        broadcasts against `codes`. A quarter of the cost per output of the exact float64 form it replaced (measured
-        on ResNet-8's residual adds), and its tensors between kernels are float32."""
+        broadcasts against `codes`. About half the time of the exact float64 form it replaced (a perf profile of
+        ResNet-8's stack1 residual epilogue, not repeated by a command in tools/bench), and its tensors between
+        kernels are float32."""
         def fma(codes_t, *rest):
             shape = _broadcast_shape(codes_t.shape, *(t.shape for t in rest))
 

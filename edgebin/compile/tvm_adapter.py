@@ -10,6 +10,7 @@ in `edgebin.compile` imports TVM names and small helpers from here, so the next 
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -210,13 +211,18 @@ def llvm_fma(x, y, z):
 def is_llvm_fma(expr) -> bool:
     """True for a TIR call made by `llvm_fma`."""
     return isinstance(expr, IRCall) and str(getattr(expr.op, "name", "")).endswith("call_llvm_pure_intrin") and \
-        int(expr.args[0].value) == int(tvm.target.codegen.llvm_lookup_intrinsic_id("llvm.fma"))
+        int(expr.args[0].value) == _llvm_fma_id()
+
+
+@functools.cache
+def _llvm_fma_id() -> int:
+    return int(tvm.target.codegen.llvm_lookup_intrinsic_id("llvm.fma"))
 
 
 def to_tensor(array: np.ndarray) -> Any:
     """A TVM runtime tensor holding a copy of `array` on the CPU (through `staging_tensor`: about 1 µs for a small
     input, where `tvm.runtime.tensor(array)` allocates through TVM's Python API in about 26 µs, a quarter of a
-    ResNet-8 inference; measured on the x86 host)."""
+    ResNet-8 inference; timed by hand with timeit on the x86 host, not by a command in tools/bench)."""
     array = np.asarray(array)
     view, tensor = staging_tensor(array.shape, array.dtype)
     np.copyto(view, array)
@@ -235,7 +241,8 @@ def staging_tensor(shape: Sequence[int], dtype: Any) -> tuple[np.ndarray, Any]:
 
 
 def to_numpy(tensor: Any) -> np.ndarray:
-    """A numpy copy of a CPU tensor, through DLPack: about 1 µs, where `tensor.numpy()` takes about 10 µs."""
+    """A numpy copy of a CPU tensor, through DLPack: about 1 µs, where `tensor.numpy()` takes about 10 µs (timeit,
+    by hand)."""
     return np.array(np.from_dlpack(tensor), copy=True)
 
 
