@@ -142,15 +142,17 @@ def _conv_relu_before() -> tvm.IRModule:
 
 
 def _conv_relu_expected() -> tvm.IRModule:
-    """pad with zx, int8 conv -> int32, bias - zx*sum(W), float requant, ReLU as the lower clip bound zy."""
-    bias = (B.astype(np.int64) - 3 * W.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32).reshape(1, 2, 1, 1)
+    """pad with zx, int8 conv -> int32, bias - zx*sum(W), float requant, ReLU as the lower clip bound zy. The
+    input, quantized from the function's float parameter, comes as uint8 with zx = 3 + 128 (the codes + 128)."""
+    bias = (B.astype(np.int64) - 131 * W.astype(np.int64).sum(axis=(1, 2, 3))).astype(np.int32).reshape(1, 2, 1, 1)
     mult = ((np.float32(0.5) * W_SCALE) / np.float32(0.75)).astype(np.float32).reshape(1, 2, 1, 1)
     bb = relax.BlockBuilder()
     x = relax.Var("x", relax.TensorType((1, 1, 4, 4), "float32"))
     with bb.function("main", [x]):
         with bb.dataflow():
-            xq = bb.emit(relax.op.quantize(x, const(0.5, "float32"), const(3, "int8"), axis=1))
-            padded = bb.emit(relax.op.nn.pad(xq, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=3.0))
+            xq = bb.emit(relax.op.quantize(x, const(0.5, "float32"), const(np.array(131, np.uint8)), axis=1,
+                                           out_dtype="uint8"))
+            padded = bb.emit(relax.op.nn.pad(xq, [0, 0, 0, 0, 1, 1, 1, 1], pad_value=131.0))
             acc = bb.emit(relax.op.nn.conv2d(padded, const(W), padding=[0, 0, 0, 0], out_dtype="int32"))
             acc = bb.emit(relax.op.add(acc, const(bias)))
             scaled = bb.emit(relax.op.multiply(bb.emit(relax.op.astype(acc, "float32")), const(mult)))
@@ -184,7 +186,9 @@ def test_edgebin_form_matches_onnxruntime_exactly(tmp_path, matmul):
     path, artefact = compile_model(edgebin_form_model(matmul=matmul), tmp_path, "m")
     x = np.random.default_rng(1).standard_normal((100, 3, 12, 12)).astype(np.float32)
     np.testing.assert_array_equal(artefact.run(x), onnxruntime_outputs(path, x))
-    assert artefact.op_counts() == {"conv2d": {"int8xint8->int32": 4}, "matmul": {"int8xint8->int32": 1}}
+    # the first conv reads the quantized model input as uint8 (code + 128)
+    assert artefact.op_counts() == {"conv2d": {"uint8xint8->int32": 1, "int8xint8->int32": 3},
+                                    "matmul": {"int8xint8->int32": 1}}
     assert artefact.kernel_counts()["float"] == 0
 
 
@@ -231,7 +235,7 @@ def test_float_fallback_op_is_counted_as_float(tmp_path):
     path, artefact = compile_model(edgebin_form_model(fallback="Sigmoid"), tmp_path, "fallback")
     float_kernels = [k for k in artefact.kernels if k["kind"] == "float"]
     assert len(float_kernels) == 1 and "sigmoid" in float_kernels[0]["ops"]
-    assert all(sig == "int8xint8->int32" for op in artefact.op_counts().values() for sig in op)
+    assert all(sig in ("int8xint8->int32", "uint8xint8->int32") for op in artefact.op_counts().values() for sig in op)
     x = np.random.default_rng(4).standard_normal((20, 3, 12, 12)).astype(np.float32)
     ours, ref = artefact.run(x), onnxruntime_outputs(path, x)
     assert (ours.argmax(1) == ref.argmax(1)).mean() >= 0.95

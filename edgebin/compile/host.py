@@ -42,6 +42,7 @@ import numpy as np
 from edgebin.atomic import atomic_write_text
 from edgebin.compile import binary, importer, kernels, lut_weights, mcu_lut, mcu_schedule
 from edgebin.compile import tvm_adapter as tvm_api
+from edgebin.compile.batch_norm import BatchNormAsAffine
 from edgebin.compile.qdq_to_int import REQUANT_MODES, QdqToInt8, is_quantized
 from edgebin.compile.tune import TuneConfig, TuneSummary, tune_kernels
 from edgebin.errors import InputShapeError, ModelLoadError, ToolchainMissingError, UsageError
@@ -95,7 +96,8 @@ def lower(mod, *, integer: bool, requant: str = "float", schedule: bool = True) 
     ops = kernels.op_census(mod)  # conv/matmul operand dtypes, before legalization hides the ops
     mod = tvm_api.tvm.transform.Sequential([
         relax.transform.DeadCodeElimination(),  # drop the float subgraphs the rewrite orphaned
-        relax.transform.DecomposeOpsForInference(),  # batch_norm & co. into arithmetic, if export left any
+        BatchNormAsAffine(),  # a BatchNorm the rewrites left (W1A1's stem): x * s + t, onnxruntime's arithmetic
+        relax.transform.DecomposeOpsForInference(),  # any other batch_norm & co. into arithmetic
         relax.transform.CanonicalizeBindings(),  # its (y, mean, var)[0] -> y: a tuple stops FuseOps at the BatchNorm
         relax.transform.LegalizeOps(),  # Relax ops -> TIR PrimFuncs
         relax.transform.AnnotateTIROpPattern(),  # op patterns FuseOps needs
@@ -169,6 +171,9 @@ def _vectorizable_nearbyint() -> None:
         tvm_api.tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
 
 
+SUM_GROUP = 4  # outputs of a global pool summed side by side (`_interleave_sums`)
+
+
 def _schedule_or_keep(func):
     try:
         return _schedule_kernel(func)
@@ -198,6 +203,9 @@ def _schedule_kernel(func):
         spatial = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == 0]
         reduction = [loop for loop, kind in zip(loops, kinds, strict=True) if kind == 2]
         if not reduction or len(spatial) < 2 or len(spatial) + len(reduction) != len(loops):
+            continue
+        if int(sch.get(spatial[-1]).extent) == 1:  # a reduction into unit axes (keepdims): a global pool
+            _interleave_sums(sch, block, spatial, reduction)
             continue
         if _worth_reordering(sch, spatial, reduction, integer=_is_integer_kernel(func)):
             sch.reorder(*spatial[:-1], *reduction, spatial[-1])
@@ -430,6 +438,25 @@ def _worth_reordering(sch, spatial, reduction, *, integer: bool) -> bool:
     for loop in reduction:
         extent *= int(sch.get(loop).extent)
     return extent >= 32 and int(sch.get(spatial[-1]).extent) >= 8
+
+
+def _interleave_sums(sch, block, spatial: list, reduction: list) -> None:
+    """Outputs of a reduction over the trailing axes (a global average pool) in groups of SUM_GROUP, their sums
+    interleaved and unrolled: each output's sum is otherwise one chain of dependent adds. Every output keeps its own
+    order of additions, so the results are bit-identical. Measured on ResNet-8's 64x7x7 float pool (a throwaway
+    script timing the kernel alone): 2.1 -> 0.76 us a call; with the channel loop innermost LLVM gathered across
+    channels (1.7 us), and groups of 8 or 16 came out at 0.85 and 0.95 us."""
+    wide = [loop for loop in spatial if int(sch.get(loop).extent) > 1]
+    group = next((g for g in (SUM_GROUP, 2) if wide and int(sch.get(wide[-1]).extent) % g == 0), 1)
+    if group == 1:
+        return
+    outer, inner = sch.split(wide[-1], [None, group])
+    sch.reorder(outer, *reduction, inner)
+    sch.decompose_reduction(block, reduction[0])
+    sch.unroll(inner)
+    for consumer in sch.get_consumers(block):
+        with contextlib.suppress(tvm_api.s_tir.ScheduleError):
+            sch.reverse_compute_at(consumer, outer)
 
 
 def _tuned(func) -> bool:

@@ -184,8 +184,11 @@ def make_target(spec: dict[str, Any]) -> tvm.target.Target:
 
 
 def build(mod: tvm.IRModule, target: tvm.target.Target) -> Any:
-    """`tvm.compile` with the default Relax build pipeline (memory planning, VM lowering)."""
-    return tvm.compile(mod, target=target)
+    """The default Relax build pipeline (memory planning, VM lowering), the VM's program compiled to machine code
+    (`exec_mode="compiled"`) rather than bytecode the VM interprets call by call: a W1A1 ResNet-8 inference,
+    about 20 kernel calls of a few microseconds each, took 5 % less time (0.0392 -> 0.0373 ms in one alternating
+    run of a throwaway script), with identical outputs."""
+    return relax.build(mod, target=target, exec_mode="compiled")
 
 
 def export_library(executable: Any, path: Path, addons: Sequence[Path] = ()) -> None:
