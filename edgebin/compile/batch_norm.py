@@ -15,6 +15,7 @@ left of this kind.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,18 +34,25 @@ from edgebin.compile.tvm_adapter import (
 log = logging.getLogger(__name__)
 
 
-def affine_of(norm, graph: BindingGraph) -> tuple[np.ndarray, np.ndarray] | None:
-    """(s, t), float32 per channel, of an inference `batch_norm` call with constant parameters, else None."""
+def batch_norm_params(norm, value: Callable) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+    """(gamma, beta, mean, var) in float64, flat, of an inference `batch_norm` call whose parameters `value` (a
+    binding lookup) resolves to constants; gamma 1 and beta 0 where the call does not scale or center. Else None."""
     if norm.attrs.training:
         return None
-    params = [const_array(graph.value(a)) for a in norm.args[1:5]]
+    params = [const_array(value(a)) for a in norm.args[1:5]]
     if any(p is None for p in params):
         return None
-    gamma, beta, mean, var = (p.astype(np.float32).reshape(-1) for p in params)
-    if not norm.attrs.scale:
-        gamma = np.ones_like(var)
-    if not norm.attrs.center:
-        beta = np.zeros_like(var)
+    gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
+    return (gamma if norm.attrs.scale else np.ones_like(var), beta if norm.attrs.center else np.zeros_like(var),
+            mean, var)
+
+
+def affine_of(norm, graph: BindingGraph) -> tuple[np.ndarray, np.ndarray] | None:
+    """(s, t), float32 per channel, of an inference `batch_norm` call with constant parameters, else None."""
+    params = batch_norm_params(norm, graph.value)
+    if params is None:
+        return None
+    gamma, beta, mean, var = (p.astype(np.float32) for p in params)  # exact: the values were float32
     inv_std = np.float32(1) / np.sqrt(var + np.float32(norm.attrs.epsilon))
     scale = (inv_std * gamma).astype(np.float32)
     return scale, (beta - mean * scale).astype(np.float32)
@@ -89,4 +97,4 @@ class BatchNormAsAffine:
         return mod
 
 
-__all__ = ["BatchNormAsAffine", "affine_of"]
+__all__ = ["BatchNormAsAffine", "affine_of", "batch_norm_params"]

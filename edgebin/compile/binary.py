@@ -55,6 +55,7 @@ from pathlib import Path
 import numpy as np
 
 from edgebin.compile import binary_slice
+from edgebin.compile.batch_norm import batch_norm_params
 from edgebin.compile.kernels import extern_calls
 from edgebin.compile.mst import mst_plan
 from edgebin.compile.qdq_to_int import BindingGraph
@@ -487,17 +488,12 @@ class _Rewriter(PyExprMutator):
 
     def _batch_norm(self, norm, conv: _BinaryConv | None) -> tuple[np.ndarray, np.ndarray] | None:
         """(mul, add) with mul = scale·γ/√(σ²+ε) and add = β - μ·γ/√(σ²+ε) per output channel, or None."""
-        if conv is None or int(norm.attrs.axis) != 1 or norm.attrs.training:
+        if conv is None or int(norm.attrs.axis) != 1:
             return None
-        params = [const_array(self.value(a)) for a in norm.args[1:5]]
-        cout = conv.codes.shape[0]
-        if any(p is None or p.size != cout for p in params):
+        params = batch_norm_params(norm, self.value)
+        if params is None or any(p.size != conv.codes.shape[0] for p in params):
             return None
-        gamma, beta, mean, var = (p.astype(np.float64).reshape(-1) for p in params)
-        if not norm.attrs.scale:
-            gamma = np.ones(cout)
-        if not norm.attrs.center:
-            beta = np.zeros(cout)
+        gamma, beta, mean, var = params
         inv = gamma / np.sqrt(var + float(norm.attrs.epsilon))
         return (conv.scale * inv).astype(np.float32), (beta - mean * inv).astype(np.float32)
 
