@@ -109,18 +109,22 @@ SHAPES = [  # n, c, h, w, cout, k, stride, pad
     (1, 64, 9, 9, 8, 3, 2, 1),
     (1, 32, 6, 6, 4, 5, 1, 2),  # a border wider than one tap
 ]
-# The AVX-512 core's cases on top: 16-bit lanes (c <= 16) and 32-bit lanes, whole rows per block or a row in
-# segments (ow above the lanes), strides 1 to 3 (its input planes: copied, de-interleaved, or element by element),
-# no padding, and shapes past its stack buffers, which go to the portable core.
+# The AVX-512 core's cases on top: 16-bit lanes (c <= 16) and 32-bit lanes; blocks of consecutive pixels across rows
+# (a "same" conv, its planes as wide as its output rows) or within one row (no padding); a short last block pixel by
+# pixel; strides 1 to 3 (its input planes: copied, de-interleaved, or element by element); and shapes past its stack
+# buffers, which go to the portable core.
 HOST_SHAPES = SHAPES + [
-    (1, 16, 28, 28, 16, 3, 1, 1),  # ResNet-8's stack1: 28 of 32 lanes, one row per block
-    (2, 16, 10, 10, 32, 3, 2, 1),  # 16-bit lanes, stride 2, six output rows per block
-    (1, 64, 7, 7, 64, 3, 1, 1),  # two words a pixel, two rows per block, two output words a pixel
+    (1, 16, 28, 28, 16, 3, 1, 1),  # ResNet-8's stack1: blocks of 32 pixels across rows, a last block of 16
+    (1, 16, 28, 28, 32, 3, 2, 1),  # ResNet-8's stack2.conv1: six blocks, then 4 pixels one by one
+    (2, 16, 10, 10, 32, 3, 2, 1),  # 16-bit lanes, stride 2, one block of 25 pixels an image
+    (1, 64, 7, 7, 64, 3, 1, 1),  # two words a pixel, two output words a pixel, then 1 pixel alone
     (1, 32, 14, 14, 64, 3, 2, 1),  # ResNet-8's stack3.conv1
-    (1, 32, 5, 40, 8, 3, 1, 1),  # a row of 40 in segments of 16 lanes
-    (1, 12, 4, 37, 3, 3, 1, 1),  # a row of 37 in segments of 32 lanes, c < 16
+    (1, 32, 5, 40, 8, 3, 1, 1),  # rows of 40 across blocks of 16 lanes
+    (1, 12, 4, 37, 3, 3, 1, 1),  # rows of 37, c < 16
     (1, 16, 10, 11, 8, 3, 3, 1),  # stride 3: planes filled element by element
-    (1, 16, 6, 6, 8, 3, 1, 0),  # no padding
+    (1, 16, 6, 6, 8, 3, 1, 0),  # no padding, rows of 4: every pixel alone
+    (1, 16, 20, 40, 8, 3, 1, 0),  # no padding, rows of 38: a block of 32 and 6 pixels alone a row
+    (1, 20, 12, 30, 8, 3, 1, 0),  # no padding, 32-bit lanes: blocks of 16 and 12 a row
     (1, 16, 28, 28, 32, 1, 2, 0),  # a strided 1x1 shortcut
     (1, 512, 3, 3, 4, 3, 1, 1),  # 144 tap vectors: past the AVX-512 core's 64, so the portable core
     (1, 8, 140, 130, 2, 1, 1, 0),  # an input past its plane buffer: the portable core
@@ -243,8 +247,9 @@ def test_shape_specialized_kernels_equal_the_reference(host_kernels, shape):
     np.testing.assert_array_equal(out_b, pack_activation_bits(y, next_shift))
 
 
-# (n, c, hw): two words a pixel with the second partial and an odd pixel count, pixels not a multiple of 4, one word
-PACK_SHAPES = [(2, 40, 21), (1, 16, 30), (1, 32, 8)]
+# (n, c, hw): two words a pixel with the second partial and an odd pixel count, pixels not a multiple of 4, one word,
+# and a longer run of pixels (the AVX-512 kernel goes 16 at a time)
+PACK_SHAPES = [(2, 40, 21), (1, 16, 30), (1, 32, 8), (1, 16, 100)]
 PACK_KERNELS = ("edgebin_bpack_nchw_f32", "edgebin_bpack_add_nchw_f32")
 
 
@@ -281,10 +286,12 @@ def test_relu_folds_into_the_packing_shift():
     np.testing.assert_array_equal(pack_activation_bits(v.reshape(1, 5, 5, 8), relu_folded_shift(shift)), want)
 
 
-def test_packing_kernels_equal_the_reference(tmp_path):
-    """edgebin_bpack_nchw_f32 and edgebin_bpack_add_nchw_f32 (portable C) on the sums' edge cases."""
+@pytest.mark.parametrize("variant", ["avx512", "portable"])
+def test_packing_kernels_equal_the_reference(tmp_path, variant):
+    """edgebin_bpack_nchw_f32 and edgebin_bpack_add_nchw_f32 on the sums' edge cases, in portable C and AVX-512
+    (which compares x >= -shift where the shift is finite)."""
     names = {specialized_name(k, s) for s in PACK_SHAPES for k in PACK_KERNELS}
-    lib = _specialized_library(tmp_path, names, ("-O2", "-DEDGEBIN_NO_AVX512"))
+    lib = _specialized_library(tmp_path, names, ("-O2", *_variant_flags(variant)))
     for shape in PACK_SHAPES:
         n, c, hw = shape
         x, y, shift = _pack_case(shape)

@@ -109,17 +109,20 @@ static inline int32_t edgebin_popcount32(uint32_t v) {
  * The portable conv core (edgebin_bconv2d_core) vectorizes over output channels, one pixel at a time: for a
  * 16-channel layer half of each word is empty, and every pixel pays its tap bounds, its count array and one scalar
  * store per channel (20 us for ResNet-8's 16x28x28 conv on a Zen 4 core). This core vectorizes over output pixels
- * instead. A block is a run of whole output rows (or one row's segment), one pixel per
- * lane: 16-bit lanes (VPOPCNTW, 32 pixels a zmm) when c <= 16, so a 16-channel word is full; else 32-bit lanes
- * (VPOPCNTD, 16 pixels), one vector per 32-channel word. Per block, each tap's input words are loaded once into a
- * vector with a mask of the lanes whose tap lies inside the image; then each output channel costs, per tap and word,
- * one XOR with its broadcast weight word, one popcount and one masked add (a padded tap adds nothing), and its
- * epilogue writes a row run of the NCHW output with vector stores (the threshold epilogue ORs the channel's bit into
- * the block's output words). The input is first re-laid out into one plane per word and stride phase (16-bit
- * elements when c <= 16), so that every tap reads consecutive elements. Shapes it does not take (more tap vectors
- * or a larger input than its stack buffers) go to the portable core; every path computes the same integers.
- * EDGEBIN_NO_AVX512 turns it off (the tests' portable build). The packing kernel needs no such version: gcc
- * vectorizes it, and it runs at about the speed of reading its float input (an AVX-512 version measured no faster). */
+ * instead. A block is up to one vector of consecutive output pixels, one pixel per lane: 16-bit lanes (VPOPCNTW,
+ * 32 pixels a zmm) when c <= 16, so a 16-channel word is full; else 32-bit lanes (VPOPCNTD, 16 pixels), one vector
+ * per 32-channel word. The input is first re-laid out into one plane per word and stride phase, rows and columns
+ * (16-bit elements when c <= 16), so that each tap of a block reads consecutive elements: one load a tap, the block
+ * spanning rows where the planes are as wide as the output (a "same" conv), else within one row. Each tap's vector
+ * has a mask of the lanes whose tap lies inside the image; each output channel then costs, per tap and word, one
+ * XOR with its broadcast weight word and one zero-masked popcount (a padded tap counts nothing), the counts summed
+ * as a tree, and its epilogue writes a run of the NCHW output with vector stores (the threshold epilogue ORs the
+ * channel's bit into the block's output words). A block of at most a quarter of the lanes (a row's or the image's
+ * last few pixels) goes pixel by pixel through the portable core's loop instead, which is cheaper than a whole
+ * block per channel. Shapes it does not take (more tap vectors or a larger input than its stack buffers) go to the
+ * portable core; every path computes the same integers.
+ * EDGEBIN_NO_AVX512 turns it off (the tests' portable build). The packing kernel has an AVX-512 version too
+ * (edgebin_bpack_avx512). */
 #if defined(__AVX512BW__) && defined(__AVX512VPOPCNTDQ__) && defined(__AVX512BITALG__) && !defined(EDGEBIN_NO_AVX512)
 #include <immintrin.h>
 #define EDGEBIN_BINARY_AVX512 1
@@ -178,6 +181,61 @@ EDGEBIN_CORE void edgebin_bpack4(const float* xp, const float* yp, const float* 
 #undef EDGEBIN_PACK_SIGNS
 #endif
 
+#ifdef EDGEBIN_BINARY_AVX512
+/* edgebin_bpack_core on AVX-512, 16 pixels at a time: per channel one compare into a mask register and one masked OR
+ * of the channel's bit into the pixels' words, in four independent chains (gcc's vectorization of the portable loop
+ * takes about six instructions, and one chain waits on each OR). x + s >= 0 is compared as x >= -s, the same test
+ * for a finite s: a sum of two floats rounds to 0 only when it is exactly 0, and rounding is monotonic. A word's
+ * channels with an infinite or NaN shift keep the add. With an addend the sum x + y is formed first, as in the
+ * graph. 16 channels of 784 pixels (50 KB of floats) take about as long as reading them from L2. */
+static const int32_t edgebin_bit[32] = {
+    1 << 0,  1 << 1,  1 << 2,  1 << 3,  1 << 4,  1 << 5,  1 << 6,  1 << 7,  1 << 8,  1 << 9,  1 << 10,
+    1 << 11, 1 << 12, 1 << 13, 1 << 14, 1 << 15, 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21,
+    1 << 22, 1 << 23, 1 << 24, 1 << 25, 1 << 26, 1 << 27, 1 << 28, 1 << 29, 1 << 30, (int32_t)0x80000000u};
+EDGEBIN_CORE void edgebin_bpack_avx512(const float* x, const float* y, const float* shift, int32_t n, int32_t c,
+                                       int32_t hw, uint32_t* bits) {
+  const int32_t words = (c + 31) / 32;
+  const int32_t* bit = edgebin_bit;
+  __asm__("" : "+r"(bit)); /* opaque: each bit a broadcast operand from memory, not a register built per use */
+  float limit[32];
+  for (int32_t i = 0; i < n; ++i) {
+    for (int32_t k = 0; k < words; ++k) {
+      const int32_t c0 = k * 32, nc = c - c0 < 32 ? c - c0 : 32;
+      const int64_t first = ((int64_t)i * c + c0) * hw; /* channel c0's plane */
+      uint32_t* dst = bits + (int64_t)i * hw * words + k;
+      int finite = 1;
+      for (int32_t j = 0; j < nc; ++j) {
+        limit[j] = -shift[c0 + j];
+        finite &= shift[c0 + j] - shift[c0 + j] == 0.0f;
+      }
+      for (int32_t p0 = 0; p0 < hw; p0 += 16) {
+        const __mmask16 in = (__mmask16)(hw - p0 >= 16 ? 0xFFFF : (1u << (hw - p0)) - 1);
+        __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                          _mm512_setzero_si512()};
+        EDGEBIN_UNROLL for (int32_t j = 0; j < nc; ++j) {
+          __m512 v = _mm512_maskz_loadu_ps(in, x + first + (int64_t)j * hw + p0);
+          if (y) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(in, y + first + (int64_t)j * hw + p0));
+          const __mmask16 on =
+              finite ? _mm512_cmp_ps_mask(v, _mm512_set1_ps(limit[j]), _CMP_GE_OQ)
+                     : _mm512_cmp_ps_mask(_mm512_add_ps(v, _mm512_set1_ps(shift[c0 + j])), _mm512_setzero_ps(),
+                                          _CMP_GE_OQ);
+          acc[j & 3] = _mm512_mask_or_epi32(acc[j & 3], on, acc[j & 3], _mm512_set1_epi32(bit[j]));
+        }
+        const __m512i word = _mm512_or_si512(_mm512_or_si512(acc[0], acc[1]), _mm512_or_si512(acc[2], acc[3]));
+        if (words == 1) {
+          _mm512_mask_storeu_epi32(dst + p0, in, word);
+        } else { /* pixel p's word at dst[p * words] */
+          const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+          const __m512i at = _mm512_mullo_epi32(_mm512_add_epi32(_mm512_set1_epi32(p0), lane),
+                                                _mm512_set1_epi32(words));
+          _mm512_mask_i32scatter_epi32(dst, in, at, word, 4);
+        }
+      }
+    }
+  }
+}
+#endif
+
 /* Pack x (+ y) + shift >= 0 (y may be 0: no addend). On Cortex-M with an FPU four pixels at a time
  * (edgebin_bpack4): each bit from the sum's sign rather than a float compare (VCMP and VMRS an element; the
  * portable loop below took 11 instructions an element on Cortex-M4). The sign is the comparison's answer for every
@@ -185,6 +243,10 @@ EDGEBIN_CORE void edgebin_bpack4(const float* xp, const float* yp, const float* 
  * terms are, and the shift is added to +0.0 first. */
 EDGEBIN_CORE void edgebin_bpack_core(const float* x, const float* y, const float* shift, int32_t n, int32_t c,
                                      int32_t hw, uint32_t* bits) {
+#ifdef EDGEBIN_BINARY_AVX512
+  edgebin_bpack_avx512(x, y, shift, n, c, hw, bits);
+  return;
+#endif
   const int32_t words = (c + 31) / 32;
   for (int32_t i = 0; i < n; ++i) {
     for (int32_t k = 0; k < words; ++k) {
@@ -261,7 +323,215 @@ EDGEBIN_CORE void edgebin_bconv2d_store(int32_t sum, int32_t co, int64_t at, int
   }
 }
 
+/* Output pixel (y, x) of image i, every output channel: the portable conv, vectorized over output channels (the
+ * loop over j below), one tap and input word at a time. The AVX-512 core also uses it for the few pixels of a last
+ * short block. */
+EDGEBIN_CORE void edgebin_bconv2d_pixel(const uint32_t* bits, const uint32_t* w, int32_t i, int32_t y, int32_t x,
+                                         int32_t c, int32_t h, int32_t wd, int32_t cout, int32_t kh, int32_t kw,
+                                         int32_t sh, int32_t sw, int32_t ph, int32_t pw, int32_t oh, int32_t ow,
+                                         int32_t* out_i, const float* mul, const float* add, const float* res,
+                                         float* out_f, const int32_t* dir, const int32_t* thr, uint32_t* out_b) {
+  const int32_t out_words = (cout + 31) / 32;
+  const int32_t words = (c + 31) / 32;
+  int32_t count[EDGEBIN_BCONV_BLOCK];
+  const uint32_t* image = bits + (int64_t)i * h * wd * words;
+  const int64_t base = (int64_t)i * cout * oh * ow;
+  const int32_t y0 = y * sh - ph, x0 = x * sw - pw;
+  int32_t ky0, ky1, kx0, kx1;
+  edgebin_taps_inside(y0, h, kh, &ky0, &ky1);
+  edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
+  const int32_t valid = (ky1 - ky0) * (kx1 - kx0) * c;
+  uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
+  for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
+  for (int32_t cb = 0; cb < cout; cb += EDGEBIN_BCONV_BLOCK) {
+    const int32_t nb = cout - cb < EDGEBIN_BCONV_BLOCK ? cout - cb : EDGEBIN_BCONV_BLOCK;
+    for (int32_t j = 0; j < nb; ++j) count[j] = 0;
+    for (int32_t ky = ky0; ky < ky1; ++ky) {
+      for (int32_t kx = kx0; kx < kx1; ++kx) {
+        const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
+        const uint32_t* wt = w + ((int64_t)(ky * kw + kx) * words) * cout + cb;
+        for (int32_t k = 0; k < words; ++k, wt += cout) {
+          const uint32_t ak = a[k];
+          /* Not unrolled before the vectorizer sees it: with a constant nb (shape-specialized kernels) gcc would
+           * otherwise unroll it into scalar popcounts. */
+          EDGEBIN_NO_UNROLL
+          for (int32_t j = 0; j < nb; ++j) count[j] += edgebin_popcount32(ak ^ wt[j]);
+        }
+      }
+    }
+    if (row) { /* whole words at once (cb is a multiple of 32): no read-modify-write per bit */
+      for (int32_t j = 0; j < nb; j += 32) {
+        uint32_t word = 0;
+        for (int32_t b = 0; b < 32 && j + b < nb; ++b) {
+          word |= (uint32_t)(dir[cb + j + b] * (valid - 2 * count[j + b]) >= thr[cb + j + b]) << b;
+        }
+        row[(cb + j) >> 5] = word;
+      }
+      continue;
+    }
+    for (int32_t j = 0; j < nb; ++j) {
+      edgebin_bconv2d_store(valid - 2 * count[j], cb + j, base + ((int64_t)(cb + j) * oh + y) * ow + x, out_i, mul,
+                            add, res, out_f, dir, thr, row);
+    }
+  }
+}
+
 #ifdef EDGEBIN_BINARY_AVX512
+/* The XOR popcounts of a block's tap vectors tv against one output channel's weight words (word j at wt[j * stride],
+ * tap j / words), each zero-masked to the lanes whose tap is inside the image (tm), summed as a tree: log2(taps)
+ * dependent adds instead of a chain of taps * words, so that consecutive channels overlap. 16-bit lanes (half) or
+ * 32-bit. */
+EDGEBIN_CORE __m512i edgebin_avx512_counts(const __m512i* tv, const __mmask32* tm, const uint32_t* wt,
+                                           int32_t stride, int32_t taps, int32_t words, int32_t half) {
+  __m512i p[EDGEBIN_AVX512_TAPS];
+  const int32_t n = taps * words;
+  EDGEBIN_UNROLL for (int32_t j = 0; j < n; ++j) {
+    const __m512i d = _mm512_xor_si512(tv[j], _mm512_set1_epi32((int32_t)wt[(int64_t)j * stride]));
+    p[j] = half ? _mm512_maskz_popcnt_epi16(tm[j / words], d) : _mm512_maskz_popcnt_epi32((__mmask16)tm[j / words], d);
+  }
+  EDGEBIN_UNROLL for (int32_t s = 1; s < n; s *= 2) {
+    EDGEBIN_UNROLL for (int32_t j = 0; j + s < n; j += 2 * s) {
+      p[j] = half ? _mm512_add_epi16(p[j], p[j + s]) : _mm512_add_epi32(p[j], p[j + s]);
+    }
+  }
+  return p[0];
+}
+
+/* One block of the AVX-512 core: given its tap vectors tv (tap j / words, word j % words), their lane masks tm and
+ * valid (per lane, the count of products inside the image), every output channel's sums for the block's nl pixels,
+ * the NCHW pixels pix0.. pix0 + nl - 1, through the epilogue of edgebin_bconv2d_store. 16-bit lanes hold the pixels
+ * in edgebin_avx512_order and read their weights from wdup (each word's low half twice) and their threshold
+ * epilogue's dir and clamped thr from dthr (both halves, per channel). */
+EDGEBIN_CORE void edgebin_avx512_block(const __m512i* tv, const __mmask32* tm, __m512i valid, int32_t nl,
+                                       int64_t pix0, const uint32_t* w, const uint32_t* wdup, int32_t i, int32_t c,
+                                       int32_t taps, int32_t cout, int64_t ohw, int32_t* out_i, const float* mul,
+                                       const float* add, const float* res, float* out_f, const int32_t* dir,
+                                       const int32_t* thr, const uint32_t* dthr, uint32_t* out_b) {
+  const int32_t words = (c + 31) / 32, half = c <= 16, out_words = (cout + 31) / 32, parts = half ? 2 : 1;
+  const __mmask32 all = (__mmask32)(((uint64_t)1 << nl) - 1); /* pixels, in order */
+  /* the threshold epilogue's bits: 16-bit lanes gather channels 16g.. 16g + 15 in ob[g] (lanes in the block's
+   * order), 32-bit lanes channels 32k.. 32k + 31 in ob[k] */
+  __m512i ob[2 * EDGEBIN_AVX512_OUT_WORDS];
+  uint32_t ob_lanes[EDGEBIN_AVX512_OUT_WORDS][32];
+  for (int32_t k = 0; k < 2 * out_words; ++k) ob[k] = _mm512_setzero_si512();
+  for (int32_t co = 0; co < cout; ++co) {
+    const __m512i acc = half ? edgebin_avx512_counts(tv, tm, wdup + co, cout, taps, 1, 1)
+                             : edgebin_avx512_counts(tv, tm, w + co, cout, taps, words, 0);
+    /* sum = valid - 2 * count; 16-bit lanes hold it (|sum| <= taps * 16) */
+    const __m512i sum = half ? _mm512_sub_epi16(valid, _mm512_add_epi16(acc, acc))
+                             : _mm512_sub_epi32(valid, _mm512_add_epi32(acc, acc));
+    if (out_b) { /* dir is -1, 0 or +1 (sign_thresholds); thr clamped to int16 keeps every comparison */
+      if (half) {
+        const __mmask32 on = _mm512_cmpge_epi16_mask(_mm512_mullo_epi16(sum, _mm512_set1_epi32((int32_t)dthr[2 * co])),
+                                                     _mm512_set1_epi32((int32_t)dthr[2 * co + 1]));
+        /* each channel's bit is added once: an add is the OR */
+        const __m512i bit = _mm512_set1_epi32((int32_t)(0x10001u << (co & 15)));
+        ob[co >> 4] = _mm512_mask_add_epi16(ob[co >> 4], on, ob[co >> 4], bit);
+      } else {
+        const __mmask16 on = _mm512_cmpge_epi32_mask(_mm512_mullo_epi32(sum, _mm512_set1_epi32(dir[co])),
+                                                     _mm512_set1_epi32(thr[co]));
+        ob[co >> 5] = _mm512_mask_or_epi32(ob[co >> 5], on, ob[co >> 5], _mm512_set1_epi32((int32_t)(1u << (co & 31))));
+      }
+      continue;
+    }
+    const int64_t at = ((int64_t)i * cout + co) * ohw + pix0;
+    for (int32_t p = 0; p < parts; ++p) {
+      /* 16-bit lanes: pixel j in lane 2j, pixel 16 + j in lane 2j + 1 (edgebin_avx512_order), so that each 32-bit
+       * lane's halves widen by shifts */
+      const __m512i s32 = !half ? sum
+                          : p   ? _mm512_srai_epi32(sum, 16)
+                                : _mm512_srai_epi32(_mm512_slli_epi32(sum, 16), 16);
+      const __mmask16 keep = (__mmask16)(all >> (16 * p));
+      if (out_f) { /* one FMA: what a compiler contracts `(float)sum * mul + add` into on such a CPU */
+        __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32), _mm512_set1_ps(mul[co]), _mm512_set1_ps(add[co]));
+        if (res) { /* the residual add, then the ReLU */
+          f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(keep, res + at + 16 * p));
+          f = _mm512_max_ps(f, _mm512_setzero_ps());
+        }
+        _mm512_mask_storeu_ps(out_f + at + 16 * p, keep, f);
+      } else {
+        _mm512_mask_storeu_epi32(out_i + at + 16 * p, keep, s32);
+      }
+    }
+  }
+  if (out_b) { /* the block's pixels' word rows: straight stores for one word, else interleaved */
+    if (half) { /* channel groups 2k and 2k + 1 into word k: pixel j's halves from lane 2j, 16 + j's from 2j + 1 */
+      const __m512i low = _mm512_set1_epi32(0xFFFF);
+      for (int32_t k = 0; k < out_words; ++k) {
+        const __m512i a = ob[2 * k], b = 2 * k + 1 < 2 * out_words ? ob[2 * k + 1] : _mm512_setzero_si512();
+        ob[2 * k] = _mm512_or_si512(_mm512_and_si512(a, low), _mm512_slli_epi32(b, 16));
+        ob[2 * k + 1] = _mm512_or_si512(_mm512_srli_epi32(a, 16), _mm512_andnot_si512(low, b));
+      }
+    }
+    uint32_t* dst = out_b + ((int64_t)i * ohw + pix0) * out_words;
+    const int32_t stride = half ? 2 : 1; /* ob index of word k, part p: stride * k + p */
+    if (out_words == 1) {
+      for (int32_t p = 0; p < parts; ++p) _mm512_mask_storeu_epi32(dst + 16 * p, (__mmask16)(all >> (16 * p)), ob[p]);
+    } else {
+      for (int32_t k = 0; k < out_words; ++k) {
+        for (int32_t p = 0; p < parts; ++p) _mm512_storeu_si512(&ob_lanes[k][16 * p], ob[stride * k + p]);
+      }
+      for (int32_t l = 0; l < nl; ++l) {
+        for (int32_t k = 0; k < out_words; ++k) dst[(int64_t)l * out_words + k] = ob_lanes[k][l];
+      }
+    }
+  }
+}
+
+/* The pixel of each 16-bit lane of a block, and the element of a loaded vector that each lane takes: lane 2j has
+ * pixel j and lane 2j + 1 pixel 16 + j, so that the 32-bit halves of a sum widen to pixels 0..15 and 16..31 by two
+ * shifts (VPMOVSXWD and VEXTRACTI64X4 instead took a shuffle unit three times a channel). */
+EDGEBIN_CORE __m512i edgebin_avx512_order(void) {
+  return _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19,
+                          3, 18, 2, 17, 1, 16, 0);
+}
+
+/* Per lane of a block of consecutive output pixels (lanes 16-bit, in edgebin_avx512_order, or 32-bit): its output row
+ * y and column x, from p0's by carrying the column past the row's end (at most lanes / ow + 1 times). */
+EDGEBIN_CORE void edgebin_avx512_rows_cols(int32_t p0, int32_t ow, int32_t half, __m512i* y, __m512i* x) {
+  const int32_t lanes = half ? 32 : 16;
+  const __m512i iota16 = edgebin_avx512_order();
+  const __m512i iota32 = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  *y = half ? _mm512_set1_epi16((int16_t)(p0 / ow)) : _mm512_set1_epi32(p0 / ow);
+  *x = half ? _mm512_add_epi16(_mm512_set1_epi16((int16_t)(p0 % ow)), iota16)
+            : _mm512_add_epi32(_mm512_set1_epi32(p0 % ow), iota32);
+  for (int32_t r = 0; r <= lanes / ow; ++r) {
+    if (half) {
+      const __mmask32 wrap = _mm512_cmpge_epi16_mask(*x, _mm512_set1_epi16((int16_t)ow));
+      *x = _mm512_mask_sub_epi16(*x, wrap, *x, _mm512_set1_epi16((int16_t)ow));
+      *y = _mm512_mask_add_epi16(*y, wrap, *y, _mm512_set1_epi16(1));
+    } else {
+      const __mmask16 wrap = _mm512_cmpge_epi32_mask(*x, _mm512_set1_epi32(ow));
+      *x = _mm512_mask_sub_epi32(*x, wrap, *x, _mm512_set1_epi32(ow));
+      *y = _mm512_mask_add_epi32(*y, wrap, *y, _mm512_set1_epi32(1));
+    }
+  }
+}
+
+/* The lanes whose input coordinate v * s + off (v the lane's output row or column) lies in [0, size). */
+EDGEBIN_CORE __mmask32 edgebin_avx512_inside(__m512i v, int32_t s, int32_t off, int32_t size, int32_t half) {
+  /* v * s + off >= 0 and < size, as v >= ceil(-off / s) and v <= floor((size - 1 - off) / s) */
+  const int32_t lo = off >= 0 ? 0 : (-off + s - 1) / s;
+  const int32_t hi = size - 1 - off < 0 ? -1 : (size - 1 - off) / s;
+  if (half) {
+    return _mm512_cmpge_epi16_mask(v, _mm512_set1_epi16((int16_t)lo)) &
+           _mm512_cmple_epi16_mask(v, _mm512_set1_epi16((int16_t)hi));
+  }
+  return (__mmask32)(_mm512_cmpge_epi32_mask(v, _mm512_set1_epi32(lo)) &
+                     _mm512_cmple_epi32_mask(v, _mm512_set1_epi32(hi)));
+}
+
+/* Word indexes for VPERMT2W over 32 uint32 elements (two vectors): the low half of element j in lane j (deal 0), or
+ * of the even elements in lanes 0..15 and of the odd ones in lanes 16..31 (deal 1). */
+EDGEBIN_CORE __m512i edgebin_avx512_halves(int deal) {
+  if (!deal) {
+    return _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20, 18,
+                            16, 14, 12, 10, 8, 6, 4, 2, 0);
+  }
+  return _mm512_set_epi16(62, 58, 54, 50, 46, 42, 38, 34, 30, 26, 22, 18, 14, 10, 6, 2, 60, 56, 52, 48, 44, 40, 36, 32,
+                          28, 24, 20, 16, 12, 8, 4, 0);
+}
+
 /* Returns 0, having done nothing, for a shape it does not take. */
 EDGEBIN_CORE int edgebin_bconv2d_avx512(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
                                          int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
@@ -269,166 +539,114 @@ EDGEBIN_CORE int edgebin_bconv2d_avx512(const uint32_t* bits, const uint32_t* w,
                                          const float* mul, const float* add, const float* res, float* out_f,
                                          const int32_t* dir, const int32_t* thr, uint32_t* out_b) {
   const int32_t words = (c + 31) / 32, taps = kh * kw, half = c <= 16, lanes = half ? 32 : 16;
-  const int32_t wq = (wd + sw - 1) / sw;           /* columns of one stride phase */
-  const int32_t margin = lanes + kw + pw;          /* before and after the planes: every lane's address is inside */
-  const int64_t plane = (int64_t)h * wq, used = (int64_t)words * sw * plane + 2 * margin;
+  const int32_t hq = (h + sh - 1) / sh, wq = (wd + sw - 1) / sw; /* rows and columns of one stride phase */
+  /* before and after the planes: every lane's address is inside the buffer */
+  const int32_t margin = lanes + (kh + ph + 1) * wq + kw + pw;
+  const int64_t plane = (int64_t)hq * wq, groups = (int64_t)sh * sw * words;
+  const int64_t used = groups * plane + 2 * margin;
   const int32_t out_words = (cout + 31) / 32;
   if (taps * words > EDGEBIN_AVX512_TAPS || used * (half ? 2 : 4) > EDGEBIN_AVX512_PLANE_BYTES ||
-      out_words > EDGEBIN_AVX512_OUT_WORDS ||
-      (half && (int64_t)cout * taps > EDGEBIN_AVX512_WEIGHTS)) {
+      out_words > EDGEBIN_AVX512_OUT_WORDS || (half && (int64_t)cout * taps > EDGEBIN_AVX512_WEIGHTS)) {
     return 0;
   }
-  const int32_t rows = ow <= lanes ? lanes / ow : 1; /* output rows per block */
-  const int32_t seg = ow <= lanes ? ow : lanes;      /* and columns */
   uint32_t buf[EDGEBIN_AVX512_PLANE_BYTES / 4];
   edgebin_u16_alias* const b16 = (edgebin_u16_alias*)buf;
   __m512i tv[EDGEBIN_AVX512_TAPS];
   __mmask32 tm[EDGEBIN_AVX512_TAPS];
-  __m512i ob[2 * EDGEBIN_AVX512_OUT_WORDS];
-  uint32_t ob_lanes[EDGEBIN_AVX512_OUT_WORDS][32];
-  uint32_t wdup[EDGEBIN_AVX512_WEIGHTS]; /* 16-bit lanes: w of (co, t) as [co * taps + t], in both halves */
-  for (int32_t co = 0; half && co < cout; ++co) {
-    for (int32_t t = 0; t < taps; ++t) wdup[co * taps + t] = (w[(int64_t)t * cout + co] & 0xFFFFu) * 0x10001u;
+  uint32_t wdup[EDGEBIN_AVX512_WEIGHTS]; /* 16-bit lanes: each weight word's low half in both halves */
+  for (int32_t j = 0; half && j < cout * taps; ++j) wdup[j] = (w[j] & 0xFFFFu) * 0x10001u;
+  uint32_t dthr[2 * 32 * EDGEBIN_AVX512_OUT_WORDS]; /* 16-bit lanes: dir and the clamped thr, in both halves */
+  for (int32_t co = 0; half && out_b && co < cout; ++co) {
+    const int32_t t16 = thr[co] < -32768 ? -32768 : thr[co] > 32767 ? 32767 : thr[co];
+    dthr[2 * co] = ((uint32_t)dir[co] & 0xFFFFu) * 0x10001u;
+    dthr[2 * co + 1] = ((uint32_t)t16 & 0xFFFFu) * 0x10001u;
   }
   for (int32_t i = 0; i < n; ++i) {
-    /* Each input row re-laid out as G = sw * words planes: element e = q * G + g of the row (word k of column
-     * q * sw + phase, g = phase * words + k) goes to plane g at column q; G = 1 is a copy, G = 2 a de-interleave. */
+    /* Input row iy goes to the planes of row phase iy % sh, at their row iy / sh; within it, element e = q * G + g
+     * of the row (word k of column q * sw + phase, g = phase * words + k, G = sw * words) goes to plane g at column q:
+     * G = 1 is a copy, G = 2 a de-interleave. */
     const uint32_t* image = bits + (int64_t)i * h * wd * words;
-    const int32_t groups = sw * words, len = wd * words;
+    const int32_t cg = sw * words, len = wd * words;
     for (int32_t y = 0; y < h; ++y) {
       const uint32_t* row = image + (int64_t)y * len;
-      const int64_t at = margin + (int64_t)y * wq; /* + g * h * wq for plane g */
-      if (groups <= 2) {
-        for (int32_t e = 0; e < len; e += 16) { /* 16 elements: 16 columns of one plane, or 8 of two */
-          const __mmask16 in = (__mmask16)(len - e >= 16 ? 0xFFFF : (1u << (len - e)) - 1);
-          const __m512i v = _mm512_maskz_loadu_epi32(in, row + e);
-          if (groups == 1 && half) _mm512_mask_cvtepi32_storeu_epi16(b16 + at + e, in, v);
-          if (groups == 1 && !half) _mm512_mask_storeu_epi32(buf + at + e, in, v);
-          if (groups == 1) continue;
-          const __mmask8 pairs = (__mmask8)(len - e >= 16 ? 0xFF : (1u << ((len - e + 1) / 2)) - 1);
-          const __m512i odd = _mm512_srli_epi64(v, 32);
-          const int64_t q = at + e / 2, next = (int64_t)h * wq;
-          if (half) {
-            _mm512_mask_cvtepi64_storeu_epi16(b16 + q, pairs, v);
-            _mm512_mask_cvtepi64_storeu_epi16(b16 + q + next, pairs, odd);
-          } else {
-            _mm512_mask_cvtepi64_storeu_epi32(buf + q, pairs, v);
-            _mm512_mask_cvtepi64_storeu_epi32(buf + q + next, pairs, odd);
+      const int64_t at = margin + (int64_t)(y % sh) * cg * plane + (int64_t)(y / sh) * wq; /* + g * plane */
+      if (cg <= 2) { /* 32 elements at a time: a copy, or even and odd elements apart, by one or two permutes */
+        for (int32_t e = 0; e < len; e += 32) {
+          const int32_t m = len - e < 32 ? len - e : 32, ne = (m + 1) / 2, no = m / 2;
+          const __m512i lo = _mm512_maskz_loadu_epi32((__mmask16)(m >= 16 ? 0xFFFF : (1u << m) - 1), row + e);
+          const __m512i hi = _mm512_maskz_loadu_epi32((__mmask16)(m > 16 ? (1u << (m - 16)) - 1 : 0), row + e + 16);
+          if (!half) {
+            if (cg == 1) {
+              _mm512_storeu_si512(buf + at + e, lo);
+              _mm512_storeu_si512(buf + at + e + 16, hi);
+              continue;
+            }
+            const __m512i even = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                                                 20, 22, 24, 26, 28, 30), hi);
+            const __m512i odd = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19,
+                                                                                21, 23, 25, 27, 29, 31), hi);
+            _mm512_mask_storeu_epi32(buf + at + e / 2, (__mmask16)((1u << ne) - 1), even);
+            _mm512_mask_storeu_epi32(buf + at + plane + e / 2, (__mmask16)((1u << no) - 1), odd);
+            continue;
           }
+          /* the low halves of elements 0..31 (cg 1), or of the even ones in lanes 0..15 and the odd in 16..31 */
+          const __m512i idx = cg == 1 ? edgebin_avx512_halves(0) : edgebin_avx512_halves(1);
+          const __m512i v = _mm512_permutex2var_epi16(lo, idx, hi);
+          if (cg == 1) {
+            _mm512_mask_storeu_epi16(b16 + at + e, (__mmask32)(((uint64_t)1 << m) - 1), v);
+            continue;
+          }
+          _mm512_mask_storeu_epi16(b16 + at + e / 2, (__mmask32)((1u << ne) - 1), v);
+          _mm256_mask_storeu_epi16(b16 + at + plane + e / 2, (__mmask16)((1u << no) - 1),
+                                   _mm512_extracti64x4_epi64(v, 1));
         }
         continue;
       }
       for (int32_t e = 0; e < len; ++e) {
-        const int64_t to = at + (int64_t)(e % groups) * h * wq + e / groups;
+        const int64_t to = at + (int64_t)(e % cg) * plane + e / cg;
         if (half) b16[to] = (uint16_t)row[e];
         else buf[to] = row[e];
       }
     }
-    for (int32_t y0 = 0; y0 < oh; y0 += rows) {
-      const int32_t nr = oh - y0 < rows ? oh - y0 : rows;
-      for (int32_t x0 = 0; x0 < ow; x0 += seg) {
-        const int32_t nc = ow - x0 < seg ? ow - x0 : seg, nl = nr * nc;
-        const __mmask32 all = (__mmask32)(((uint64_t)1 << nl) - 1);
-        __m512i valid = _mm512_setzero_si512(); /* taps inside the image times c, per lane */
-        for (int32_t ky = 0; ky < kh; ++ky) {
-          for (int32_t kx = 0; kx < kw; ++kx) {
-            const int32_t t = ky * kw + kx, off = kx - pw;
-            const int32_t phase = ((off % sw) + sw) % sw, dx = (off - phase) / sw;
-            /* the segment's columns j with 0 <= (x0 + j) * sw + off < wd */
-            int32_t jlo = (off < 0 ? (-off + sw - 1) / sw : 0) - x0;
-            int32_t jhi = (wd - 1 - off < 0 ? 0 : (wd - 1 - off) / sw + 1) - x0;
-            jlo = jlo < 0 ? 0 : jlo;
-            jhi = jhi > nc ? nc : jhi;
-            const uint64_t cols = jhi > jlo ? ((uint64_t)1 << jhi) - ((uint64_t)1 << jlo) : 0;
-            uint64_t m = 0;
-            for (int32_t k = 0; k < words; ++k) tv[t * words + k] = _mm512_setzero_si512();
-            for (int32_t r = 0; r < nr; ++r) {
-              const int32_t iy = (y0 + r) * sh + ky - ph;
-              if (iy < 0 || iy >= h || !cols) continue;
-              const uint64_t rm = cols << (r * nc);
-              m |= rm;
-              for (int32_t k = 0; k < words; ++k) { /* lane r * nc + j reads column x0 + j + dx of row iy */
-                const int64_t at = margin + ((int64_t)(phase * words + k) * h + iy) * wq + x0 + dx - r * nc;
-                tv[t * words + k] = half ? _mm512_mask_loadu_epi16(tv[t * words + k], (__mmask32)rm, b16 + at)
-                                         : _mm512_mask_loadu_epi32(tv[t * words + k], (__mmask16)rm, buf + at);
-              }
-            }
-            tm[t] = (__mmask32)m;
-            valid = half ? _mm512_mask_add_epi16(valid, tm[t], valid, _mm512_set1_epi16((int16_t)c))
-                         : _mm512_mask_add_epi32(valid, (__mmask16)tm[t], valid, _mm512_set1_epi32(c));
-          }
+    /* Blocks of up to `lanes` consecutive output pixels p0 + lane. With wq == ow (a "same" conv: ResNet's), pixel
+     * p = y * ow + x reads tap (ky, kx) at element p + dy * wq + dx of its phase plane, whatever rows the block spans;
+     * else a block stays within one output row, at element y * wq + x + dy * wq + dx. One load a tap either way. */
+    const int32_t total = oh * ow, linear = wq == ow;
+    for (int32_t p0 = 0, nl; p0 < total; p0 += nl) {
+      const int32_t end = linear ? total : (p0 / ow + 1) * ow;
+      nl = end - p0 < lanes ? end - p0 : lanes;
+      if (4 * nl <= lanes) { /* a short block costs a whole one per output channel: pixel by pixel instead */
+        for (int32_t p = p0; p < p0 + nl; ++p) {
+          edgebin_bconv2d_pixel(bits, w, i, p / ow, p % ow, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out_i,
+                                mul, add, res, out_f, dir, thr, out_b);
         }
-        for (int32_t k = 0; k < 2 * out_words; ++k) ob[k] = _mm512_setzero_si512();
-        const int64_t pix0 = (int64_t)y0 * ow + x0; /* the block's lanes are the NCHW pixels pix0 + lane */
-        for (int32_t co = 0; co < cout; ++co) {
-          __m512i acc = _mm512_setzero_si512();
-          for (int32_t t = 0; t < taps; ++t) {
-            for (int32_t k = 0; k < words; ++k) {
-              if (half) { /* words == 1 */
-                const __m512i d = _mm512_xor_si512(tv[t], _mm512_set1_epi32((int32_t)wdup[co * taps + t]));
-                acc = _mm512_mask_add_epi16(acc, tm[t], acc, _mm512_popcnt_epi16(d));
-              } else {
-                const uint32_t wk = w[((int64_t)t * words + k) * cout + co];
-                const __m512i d = _mm512_xor_si512(tv[t * words + k], _mm512_set1_epi32((int32_t)wk));
-                acc = _mm512_mask_add_epi32(acc, (__mmask16)tm[t], acc, _mm512_popcnt_epi32(d));
-              }
-            }
+        continue;
+      }
+      const int64_t a0 = linear ? p0 : (int64_t)(p0 / ow) * wq + p0 % ow;
+      const __mmask32 all = half ? _mm512_cmplt_epi16_mask(edgebin_avx512_order(), _mm512_set1_epi16((int16_t)nl))
+                                 : (__mmask32)(((uint64_t)1 << nl) - 1); /* the block's lanes, in their order */
+      __m512i yv, xv;
+      edgebin_avx512_rows_cols(p0, ow, half, &yv, &xv);
+      __mmask32 rows_in[EDGEBIN_AVX512_TAPS], cols_in[EDGEBIN_AVX512_TAPS];
+      for (int32_t ky = 0; ky < kh; ++ky) rows_in[ky] = all & edgebin_avx512_inside(yv, sh, ky - ph, h, half);
+      for (int32_t kx = 0; kx < kw; ++kx) cols_in[kx] = edgebin_avx512_inside(xv, sw, kx - pw, wd, half);
+      __m512i valid = _mm512_setzero_si512(); /* taps inside the image times c, per lane */
+      for (int32_t ky = 0; ky < kh; ++ky) {
+        const int32_t offy = ky - ph, py = ((offy % sh) + sh) % sh, dy = (offy - py) / sh;
+        for (int32_t kx = 0; kx < kw; ++kx) {
+          const int32_t t = ky * kw + kx, offx = kx - pw, px = ((offx % sw) + sw) % sw, dx = (offx - px) / sw;
+          tm[t] = rows_in[ky] & cols_in[kx];
+          for (int32_t k = 0; k < words; ++k) {
+            const int64_t at = margin + ((int64_t)(py * sw + px) * words + k) * plane + (int64_t)dy * wq + dx + a0;
+            tv[t * words + k] = half ? _mm512_permutexvar_epi16(edgebin_avx512_order(), _mm512_loadu_si512(b16 + at))
+                                     : _mm512_loadu_si512(buf + at);
           }
-          /* sum = valid - 2 * count; 16-bit lanes hold it (|sum| <= taps * 16), and widen in two halves */
-          const __m512i sum = half ? _mm512_sub_epi16(valid, _mm512_add_epi16(acc, acc))
-                                   : _mm512_sub_epi32(valid, _mm512_add_epi32(acc, acc));
-          const int32_t parts = half ? 2 : 1;
-          if (out_b) { /* dir is -1, 0 or +1 (sign_thresholds); thr clamped to int16 keeps every comparison */
-            __mmask32 on;
-            if (half) {
-              const int32_t t16 = thr[co] < -32768 ? -32768 : thr[co] > 32767 ? 32767 : thr[co];
-              on = _mm512_cmpge_epi16_mask(_mm512_mullo_epi16(sum, _mm512_set1_epi16((int16_t)dir[co])),
-                                           _mm512_set1_epi16((int16_t)t16));
-            } else {
-              on = _mm512_cmpge_epi32_mask(_mm512_mullo_epi32(sum, _mm512_set1_epi32(dir[co])),
-                                           _mm512_set1_epi32(thr[co]));
-            }
-            const __m512i bit = _mm512_set1_epi32((int32_t)(1u << (co & 31)));
-            for (int32_t p = 0; p < parts; ++p) {
-              __m512i* o = &ob[(co >> 5) * 2 + p];
-              *o = _mm512_mask_or_epi32(*o, (__mmask16)(on >> (16 * p)), *o, bit);
-            }
-            continue;
-          }
-          const int64_t at = ((int64_t)i * cout + co) * oh * ow + pix0;
-          for (int32_t p = 0; p < parts; ++p) {
-            const __m512i s32 = half ? _mm512_cvtepi16_epi32(p ? _mm512_extracti64x4_epi64(sum, 1)
-                                                                : _mm512_castsi512_si256(sum)) : sum;
-            const __mmask16 keep = (__mmask16)(all >> (16 * p));
-            if (out_f) { /* one FMA: what a compiler contracts `(float)sum * mul + add` into on such a CPU */
-              __m512 f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s32), _mm512_set1_ps(mul[co]), _mm512_set1_ps(add[co]));
-              if (res) { /* the residual add, then the ReLU */
-                f = _mm512_add_ps(f, _mm512_maskz_loadu_ps(keep, res + at + 16 * p));
-                f = _mm512_max_ps(f, _mm512_setzero_ps());
-              }
-              _mm512_mask_storeu_ps(out_f + at + 16 * p, keep, f);
-            } else {
-              _mm512_mask_storeu_epi32(out_i + at + 16 * p, keep, s32);
-            }
-          }
-        }
-        if (out_b) { /* the block's pixels' word rows: straight stores for one word, else interleaved */
-          uint32_t* dst = out_b + ((int64_t)i * oh * ow + pix0) * out_words;
-          const int32_t parts = half ? 2 : 1;
-          if (out_words == 1) {
-            for (int32_t p = 0; p < parts; ++p) {
-              _mm512_mask_storeu_epi32(dst + 16 * p, (__mmask16)(all >> (16 * p)), ob[p]);
-            }
-          } else {
-            for (int32_t k = 0; k < out_words; ++k) {
-              for (int32_t p = 0; p < parts; ++p) _mm512_storeu_si512(&ob_lanes[k][16 * p], ob[2 * k + p]);
-            }
-            for (int32_t l = 0; l < nl; ++l) {
-              for (int32_t k = 0; k < out_words; ++k) dst[(int64_t)l * out_words + k] = ob_lanes[k][l];
-            }
-          }
+          valid = half ? _mm512_mask_add_epi16(valid, tm[t], valid, _mm512_set1_epi16((int16_t)c))
+                       : _mm512_mask_add_epi32(valid, (__mmask16)tm[t], valid, _mm512_set1_epi32(c));
         }
       }
+      edgebin_avx512_block(tv, tm, valid, nl, p0, w, wdup, i, c, taps, cout, (int64_t)oh * ow, out_i, mul, add, res,
+                           out_f, dir, thr, dthr, out_b);
     }
   }
   return 1;
@@ -447,54 +665,11 @@ EDGEBIN_CORE void edgebin_bconv2d_core(const uint32_t* bits, const uint32_t* w, 
     return;
   }
 #endif
-  const int32_t out_words = (cout + 31) / 32;
-  const int32_t words = (c + 31) / 32;
-  int32_t count[EDGEBIN_BCONV_BLOCK];
   for (int32_t i = 0; i < n; ++i) {
-    const uint32_t* image = bits + (int64_t)i * h * wd * words;
-    const int64_t base = (int64_t)i * cout * oh * ow;
     for (int32_t y = 0; y < oh; ++y) {
-      const int32_t y0 = y * sh - ph;
-      int32_t ky0, ky1;
-      edgebin_taps_inside(y0, h, kh, &ky0, &ky1);
       for (int32_t x = 0; x < ow; ++x) {
-        const int32_t x0 = x * sw - pw;
-        int32_t kx0, kx1;
-        edgebin_taps_inside(x0, wd, kw, &kx0, &kx1);
-        const int32_t valid = (ky1 - ky0) * (kx1 - kx0) * c;
-        uint32_t* row = out_b ? out_b + (((int64_t)i * oh + y) * ow + x) * out_words : 0;
-        for (int32_t k = 0; row && k < out_words; ++k) row[k] = 0;
-        for (int32_t cb = 0; cb < cout; cb += EDGEBIN_BCONV_BLOCK) {
-          const int32_t nb = cout - cb < EDGEBIN_BCONV_BLOCK ? cout - cb : EDGEBIN_BCONV_BLOCK;
-          for (int32_t j = 0; j < nb; ++j) count[j] = 0;
-          for (int32_t ky = ky0; ky < ky1; ++ky) {
-            for (int32_t kx = kx0; kx < kx1; ++kx) {
-              const uint32_t* a = image + ((int64_t)(y0 + ky) * wd + (x0 + kx)) * words;
-              const uint32_t* wt = w + ((int64_t)(ky * kw + kx) * words) * cout + cb;
-              for (int32_t k = 0; k < words; ++k, wt += cout) {
-                const uint32_t ak = a[k];
-                /* Not unrolled before the vectorizer sees it: with a constant nb (shape-specialized kernels) gcc
-                 * would otherwise unroll it into scalar popcounts. */
-                EDGEBIN_NO_UNROLL
-                for (int32_t j = 0; j < nb; ++j) count[j] += edgebin_popcount32(ak ^ wt[j]);
-              }
-            }
-          }
-          if (row) { /* whole words at once (cb is a multiple of 32): no read-modify-write per bit */
-            for (int32_t j = 0; j < nb; j += 32) {
-              uint32_t word = 0;
-              for (int32_t b = 0; b < 32 && j + b < nb; ++b) {
-                word |= (uint32_t)(dir[cb + j + b] * (valid - 2 * count[j + b]) >= thr[cb + j + b]) << b;
-              }
-              row[(cb + j) >> 5] = word;
-            }
-            continue;
-          }
-          for (int32_t j = 0; j < nb; ++j) {
-            edgebin_bconv2d_store(valid - 2 * count[j], cb + j, base + ((int64_t)(cb + j) * oh + y) * ow + x, out_i,
-                                  mul, add, res, out_f, dir, thr, row);
-          }
-        }
+        edgebin_bconv2d_pixel(bits, w, i, y, x, c, h, wd, cout, kh, kw, sh, sw, ph, pw, oh, ow, out_i, mul, add, res,
+                              out_f, dir, thr, out_b);
       }
     }
   }
