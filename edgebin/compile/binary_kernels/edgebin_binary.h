@@ -521,17 +521,6 @@ EDGEBIN_CORE __mmask32 edgebin_avx512_inside(__m512i v, int32_t s, int32_t off, 
                      _mm512_cmple_epi32_mask(v, _mm512_set1_epi32(hi)));
 }
 
-/* Word indexes for VPERMT2W over 32 uint32 elements (two vectors): the low half of element j in lane j (deal 0), or
- * of the even elements in lanes 0..15 and of the odd ones in lanes 16..31 (deal 1). */
-EDGEBIN_CORE __m512i edgebin_avx512_halves(int deal) {
-  if (!deal) {
-    return _mm512_set_epi16(62, 60, 58, 56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20, 18,
-                            16, 14, 12, 10, 8, 6, 4, 2, 0);
-  }
-  return _mm512_set_epi16(62, 58, 54, 50, 46, 42, 38, 34, 30, 26, 22, 18, 14, 10, 6, 2, 60, 56, 52, 48, 44, 40, 36, 32,
-                          28, 24, 20, 16, 12, 8, 4, 0);
-}
-
 /* Returns 0, having done nothing, for a shape it does not take. */
 EDGEBIN_CORE int edgebin_bconv2d_avx512(const uint32_t* bits, const uint32_t* w, int32_t n, int32_t c, int32_t h,
                                          int32_t wd, int32_t cout, int32_t kh, int32_t kw, int32_t sh, int32_t sw,
@@ -570,35 +559,23 @@ EDGEBIN_CORE int edgebin_bconv2d_avx512(const uint32_t* bits, const uint32_t* w,
     for (int32_t y = 0; y < h; ++y) {
       const uint32_t* row = image + (int64_t)y * len;
       const int64_t at = margin + (int64_t)(y % sh) * cg * plane + (int64_t)(y / sh) * wq; /* + g * plane */
-      if (cg <= 2) { /* 32 elements at a time: a copy, or even and odd elements apart, by one or two permutes */
-        for (int32_t e = 0; e < len; e += 32) {
-          const int32_t m = len - e < 32 ? len - e : 32, ne = (m + 1) / 2, no = m / 2;
-          const __m512i lo = _mm512_maskz_loadu_epi32((__mmask16)(m >= 16 ? 0xFFFF : (1u << m) - 1), row + e);
-          const __m512i hi = _mm512_maskz_loadu_epi32((__mmask16)(m > 16 ? (1u << (m - 16)) - 1 : 0), row + e + 16);
-          if (!half) {
-            if (cg == 1) {
-              _mm512_storeu_si512(buf + at + e, lo);
-              _mm512_storeu_si512(buf + at + e + 16, hi);
-              continue;
-            }
-            const __m512i even = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
-                                                                                 20, 22, 24, 26, 28, 30), hi);
-            const __m512i odd = _mm512_permutex2var_epi32(lo, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19,
-                                                                                21, 23, 25, 27, 29, 31), hi);
-            _mm512_mask_storeu_epi32(buf + at + e / 2, (__mmask16)((1u << ne) - 1), even);
-            _mm512_mask_storeu_epi32(buf + at + plane + e / 2, (__mmask16)((1u << no) - 1), odd);
-            continue;
+      if (cg <= 2) {
+        for (int32_t e = 0; e < len; e += 16) { /* 16 elements: 16 columns of one plane, or 8 of two */
+          const __mmask16 in = (__mmask16)(len - e >= 16 ? 0xFFFF : (1u << (len - e)) - 1);
+          const __m512i v = _mm512_maskz_loadu_epi32(in, row + e);
+          if (cg == 1 && half) _mm512_mask_cvtepi32_storeu_epi16(b16 + at + e, in, v);
+          if (cg == 1 && !half) _mm512_mask_storeu_epi32(buf + at + e, in, v);
+          if (cg == 1) continue;
+          const __mmask8 pairs = (__mmask8)(len - e >= 16 ? 0xFF : (1u << ((len - e + 1) / 2)) - 1);
+          const __m512i odd = _mm512_srli_epi64(v, 32);
+          const int64_t q = at + e / 2;
+          if (half) {
+            _mm512_mask_cvtepi64_storeu_epi16(b16 + q, pairs, v);
+            _mm512_mask_cvtepi64_storeu_epi16(b16 + q + plane, pairs, odd);
+          } else {
+            _mm512_mask_cvtepi64_storeu_epi32(buf + q, pairs, v);
+            _mm512_mask_cvtepi64_storeu_epi32(buf + q + plane, pairs, odd);
           }
-          /* the low halves of elements 0..31 (cg 1), or of the even ones in lanes 0..15 and the odd in 16..31 */
-          const __m512i idx = cg == 1 ? edgebin_avx512_halves(0) : edgebin_avx512_halves(1);
-          const __m512i v = _mm512_permutex2var_epi16(lo, idx, hi);
-          if (cg == 1) {
-            _mm512_mask_storeu_epi16(b16 + at + e, (__mmask32)(((uint64_t)1 << m) - 1), v);
-            continue;
-          }
-          _mm512_mask_storeu_epi16(b16 + at + e / 2, (__mmask32)((1u << ne) - 1), v);
-          _mm256_mask_storeu_epi16(b16 + at + plane + e / 2, (__mmask16)((1u << no) - 1),
-                                   _mm512_extracti64x4_epi64(v, 1));
         }
         continue;
       }
